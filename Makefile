@@ -1,0 +1,44 @@
+# make setup   create .venv and install the project (TORCH=torch==X.Y.Z pins a torch build)
+# make demo    end to end: data (Hugging Face, else DATA=path, else synthetic), model, short training, a story
+# make train   the original's quick start: 10k steps of the default model at B=32, T=256
+# make test    the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch
+DATA ?=
+TOKENS := data/tinystories/TinyStories_train.bin
+
+.PHONY: setup demo train data test test-gpu clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+
+data: $(TOKENS)
+
+$(TOKENS):
+	$(PY) prepare_data.py $(if $(DATA),--source $(DATA),--fallback-synthetic)
+
+model.bin:
+	$(PY) create_model.py
+
+demo: setup data model.bin
+	./train -e model.bin -c demo_checkpoint.bin -n 200 -b 8 -t 256 -l 1e-3 -v 100 -s 0
+	./generate -e demo_checkpoint.bin -n 200 -s 42
+
+train: setup data model.bin
+	./train -e model.bin -c checkpoint.bin -n 10000 -b 32 -t 256 -l 1e-3 -v 500 -s 500
+
+test:
+	$(PY) -m pytest -q
+
+test-gpu:
+	$(PY) -m pytest -q -m gpu
+
+clean:
+	rm -rf .pytest_cache .hypothesis

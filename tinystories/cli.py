@@ -1,0 +1,250 @@
+"""Every command-line flag, its help text, and the error reporting, in one place.
+
+    python -m tinystories prepare|create|train|generate|export|import|plot [flags]
+
+The root scripts (prepare_data.py, create_model.py, ./train, ./generate) are thin aliases.
+Bad input of any kind ends with one line on stderr, `<command>: error: <what and where>`, and
+exit status 2; no traceback.
+"""
+import argparse
+import os
+import sys
+
+from .errors import BadInput
+
+HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints a single line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
+    _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def prepare_parser() -> Parser:
+    p = Parser(prog="prepare_data.py", description=(
+        "Download TinyStories and tokenize it with GPT-2 BPE into llm.c token files "
+        "(TinyStories_train.bin, TinyStories_val.bin) and write gpt2_tokenizer.bin."))
+    p.add_argument("--source", default="hf", help=(
+        "where stories come from: 'hf' (default) downloads the Hugging Face archive "
+        "TinyStories_all_data.tar.gz (cached under --cache-dir); a local path to that archive, "
+        "a folder of JSON shards, a TinyStories .txt file (stories separated by lines <|endoftext|>) "
+        "or a folder/file of Hugging Face parquet files; or 'synthetic' for generated stories "
+        "(offline smoke tests only, never real data)"))
+    p.add_argument("--val-source", default=None, help=(
+        "a separate local source for the val split (same kinds of path as --source); by default the "
+        "val split is the first shard (archive, JSON folder) or a held-out part of the source"))
+    p.add_argument("--out-dir", default="data/tinystories", help="folder for the token files (default: %(default)s)")
+    p.add_argument("--tokenizer-file", default="gpt2_tokenizer.bin",
+                   help="where to write the llm.c tokenizer file (default: %(default)s)")
+    p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
+    p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
+    p.add_argument("--sha256", default=None, help="expected sha256 of the archive (default: the published archive's)")
+    p.add_argument("--size", type=positive_int, default=None, help="expected size of the archive in bytes (default: the published archive's)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="tokenizer processes (default: all cores, %(default)s here)")
+    p.add_argument("--synthetic-stories", type=positive_int, default=20000,
+                   help="number of stories for --source synthetic (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for --source synthetic (default: %(default)s)")
+    p.add_argument("--fallback-synthetic", action="store_true", help=(
+        "with --source hf: if Hugging Face cannot be reached, say so and use synthetic stories instead "
+        "of failing (used by make demo)"))
+    return p
+
+
+def prepare_main(argv=None) -> None:
+    from . import data
+    data.prepare(prepare_parser().parse_args(argv))
+
+
+# ----------------------------------------------------------------------------- create
+
+def create_parser() -> Parser:
+    p = Parser(prog="create_model.py", description="Write a randomly initialised GPT-2 style model (llm.c model.bin format, fp32).")
+    p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--layers", type=positive_int, default=4, help="transformer blocks (default: %(default)s)")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
+    p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
+    p.add_argument("--block-size", type=positive_int, default=256, help="maximum sequence length (default: %(default)s)")
+    p.add_argument("--vocab-size", type=positive_int, default=50257, help="vocabulary size (default: %(default)s, GPT-2)")
+    p.add_argument("--seed", type=int, default=1337, help="initialisation seed (default: %(default)s)")
+    return p
+
+
+def create_main(argv=None) -> None:
+    from .config import GPTConfig
+    from .formats import write_model
+    from .model import GPT
+
+    args = create_parser().parse_args(argv)
+    config = GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size, n_layer=args.layers,
+                       n_head=args.heads, n_embd=args.channels)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    model = GPT(config)
+    model.init_weights(args.seed)
+    write_model(args.output, config, model.llmc_params())
+    print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
+          f"block {config.block_size}, vocab {config.vocab_size}; "
+          f"{config.num_parameters(padded=False):,} parameters ({config.num_parameters():,} stored with vocab padding)")
+
+
+# ----------------------------------------------------------------------------- train
+
+def train_parser() -> Parser:
+    p = Parser(prog="train", description="Train a GPT-2 style model on llm.c token files (CPU or CUDA).",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("-e", "--model", default="model.bin", help="model to start from: a model.bin starts a fresh run, "
+      "a checkpoint written by -c resumes it exactly")
+    a("-c", "--checkpoint", default=None, help="checkpoint to write (weights in llm.c format + training state); none if unset")
+    a("-k", "--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0 = only at the end)")
+    a("-i", "--train-tokens", default="data/tinystories/TinyStories_train.bin", help="train token file")
+    a("-j", "--val-tokens", default="data/tinystories/TinyStories_val.bin", help="val token file")
+    a("-n", "--max-steps", type=int, default=-1, help="steps to train (-1 = one epoch of the train file)")
+    a("-b", "--batch-size", type=positive_int, default=4, help="sequences per step (per process under torchrun)")
+    a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per sequence; 0 = the model's block size "
+      "(the original's 1024 exceeds the default model's block of 256); more than the block size is an error")
+    a("-l", "--lr", type=positive_float, default=3e-4, help="peak learning rate")
+    a("-v", "--val-every", type=non_negative_int, default=20, help="val loss every N steps (0 = never)")
+    a("-s", "--sample-every", type=non_negative_int, default=20, help="print a generated sample every N steps (0 = never)")
+    a("-g", "--sample-length", type=positive_int, default=64, help="tokens per sample")
+    a("--val-batches", type=positive_int, default=20, help="batches averaged for the val loss")
+    a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+      help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32; master weights "
+      "and optimizer state are always fp32")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--seed", type=int, default=1337, help="seed for sampling and any randomness in training")
+    a("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (matrices only)")
+    a("--beta1", type=float, default=0.9, help="AdamW beta1")
+    a("--beta2", type=float, default=0.95, help="AdamW beta2")
+    a("--eps", type=positive_float, default=1e-8, help="AdamW epsilon")
+    a("--warmup", type=non_negative_int, default=0, help="linear LR warmup steps")
+    a("--lr-decay", default="none", choices=["none", "cosine", "linear"], help="LR decay after warmup, to --min-lr-ratio x lr at the last step")
+    a("--min-lr-ratio", type=non_negative_float, default=0.1, help="final LR as a fraction of -l when decaying")
+    a("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
+    a("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
+    a("--max-bad-steps", type=positive_int, default=10, help="stop after this many consecutive steps with a non-finite loss or gradient")
+    a("--metrics", default=None, help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
+    return p
+
+
+def train_config_from_args(args):
+    from .config import TrainConfig
+
+    return TrainConfig(
+        model=args.model, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        train_tokens=args.train_tokens, val_tokens=args.val_tokens, max_steps=args.max_steps,
+        batch_size=args.batch_size, seq_len=args.seq_len, learning_rate=args.lr, val_every=args.val_every,
+        sample_every=args.sample_every, sample_length=args.sample_length, val_batches=args.val_batches,
+        device=args.device, precision=args.precision, compile=args.compile, seed=args.seed,
+        weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        warmup_steps=args.warmup, lr_decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio,
+        grad_clip=args.grad_clip, grad_accum=args.grad_accum, max_bad_steps=args.max_bad_steps,
+        metrics=args.metrics)
+
+
+def train_main(argv=None) -> None:
+    args = train_parser().parse_args(argv)
+    from . import train
+
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise BadInput(f"-n/--max-steps must be positive or -1 (one epoch), got {args.max_steps}")
+    train.train(train_config_from_args(args))
+
+
+# ----------------------------------------------------------------------------- generate
+
+def generate_parser() -> Parser:
+    p = Parser(prog="generate", description="Print a story sampled from a trained model.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
+    a("-n", "--tokens", type=positive_int, default=256, help="tokens to generate (at most the block size minus the prompt)")
+    a("-s", "--seed", type=int, default=None, help="random seed; the same seed gives the same story (default: a fresh one, printed)")
+    a("-p", "--prompt", default="", help="text the story starts with (default: a new story after <|endoftext|>)")
+    a("--temperature", type=non_negative_float, default=1.0, help="softmax temperature (0 = greedy)")
+    a("--top-k", type=non_negative_int, default=0, help="sample only from the k most likely tokens (0 = off)")
+    a("--top-p", type=positive_float, default=1.0, help="nucleus sampling: smallest set of tokens with this total probability (1 = off)")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return p
+
+
+def generate_main(argv=None) -> None:
+    args = generate_parser().parse_args(argv)
+    from . import generate
+
+    if args.top_p > 1:
+        raise BadInput(f"--top-p must be in (0, 1], got {args.top_p}")
+    generate.main(args)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+COMMANDS = {
+    "prepare": prepare_main,
+    "create": create_main,
+    "train": train_main,
+    "generate": generate_main,
+}
+
+
+def run(entry, argv=None) -> None:
+    """Run one command's main; turn BadInput into one line on stderr and exit status 2."""
+    try:
+        entry(argv)
+    except BadInput as e:
+        prog = os.path.basename(sys.argv[0])
+        prog = "tinystories" if prog in ("", "__main__.py", "-m") else prog
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        print(f"usage: python -m tinystories {{{names}}} [flags]   (each command has --help)", file=sys.stderr)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    run(COMMANDS[argv[0]], argv[1:])

@@ -1,0 +1,360 @@
+"""Binary file formats: llm.c token files, llm.c model files, and our training-state trailer.
+
+Every reader validates before it allocates (sizes are checked against the file's length, so a
+forged header cannot ask for a huge buffer) and raises `BadInput` with one line naming the file.
+Every writer goes through `atomic_write`: temp file in the same folder, fsync, rename, so a kill at
+any instant leaves either the old complete file or the new complete one. Nothing uses pickle.
+
+All headers are 256 little-endian int32 values (1024 bytes); unused entries are 0.
+
+Token file (llm.c `dev/data/*.bin`)
+    header[0] = 20240520 (magic), [1] = 1 (version), [2] = token count N
+    then N tokens as uint16.               size == 1024 + 2 * N
+
+Model file (llm.c `gpt2_124M.bin` style)
+    header[0] = 20240326 (magic), [1] = 3 (fp32) or 5 (bf16, read only),
+    [2] block size, [3] vocab size, [4] layers, [5] heads, [6] channels, [7] padded vocab size
+    then the 16 tensors of `model_tensor_shapes`, each holding all layers, linear weights as
+    (out, in), in fp32 (4 bytes) or bf16 (2 bytes).
+    size == 1024 + bytes_per_value * config.num_parameters()
+
+Checkpoint = model file + training-state trailer (ours)
+    A checkpoint is a complete model file followed by a trailer, so llm.c and every model reader
+    see an ordinary model file (they read exactly the header and the tensors), while the weights
+    and the optimizer state live in one file and are replaced by one atomic rename: they can
+    never come from two different moments. The trailer:
+        header[0] = 20261123 (state magic), [1] = 1 (version), [2] = metadata length M (bytes),
+        [3] = payload length P (bytes; payload = metadata + tensor data)
+        M bytes of UTF-8 JSON metadata: free-form training fields plus
+            "weights_sha256": sha256 of the model part (header + tensors) it belongs to,
+            "payload_sha256": sha256 of the tensor data that follows,
+            "tensors": [{"name", "dtype", "shape"}, ...] in storage order
+        P - M bytes of raw little-endian tensor data, in that order.
+    size == model size + 1024 + P
+"""
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import GPTConfig
+from .errors import BadInput
+
+HEADER_INTS = 256
+HEADER_BYTES = 4 * HEADER_INTS
+TOKEN_MAGIC, TOKEN_VERSION = 20240520, 1
+MODEL_MAGIC, MODEL_VERSION_FP32, MODEL_VERSION_BF16 = 20240326, 3, 5
+STATE_MAGIC, STATE_VERSION = 20261123, 1
+STATE_DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8}
+MAX_TOKEN_COUNT = 2**31 - 1  # llm.c stores the count in an int32
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Open a temp file beside `path` for binary writing; on success fsync it and rename it over
+    `path`. On any error (or a kill) the temp file is removed/abandoned and `path` is untouched."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: folder {folder} does not exist") from None
+    except PermissionError:
+        raise BadInput(f"{path}: folder {folder} is not writable") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, BadInput):
+            raise BadInput(f"{path}: write failed: {e.strerror or e}") from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+
+
+def make_header(*values: int) -> bytes:
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[: len(values)] = values
+    return header.tobytes()
+
+
+def _file_size(path) -> int:
+    """Size of a regular readable file, or BadInput naming the problem."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadInput(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: is a folder, expected a file")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"{path}: file is not readable (permission denied)")
+    return os.path.getsize(path)
+
+
+def _read_header(path, what: str) -> np.ndarray:
+    size = _file_size(path)
+    if size < HEADER_BYTES:
+        raise BadInput(f"{path}: too short for a {what} ({size} bytes, the header alone is {HEADER_BYTES})")
+    with open(path, "rb") as f:
+        return np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+
+
+# ----------------------------------------------------------------------------- token files
+
+class TokenFileWriter:
+    """Stream uint16 tokens into an llm.c token file, atomically.
+
+        with TokenFileWriter(path) as w:
+            w.write(np.array([...], dtype=np.uint16))
+    The header's count is patched in at the end; the file appears under `path` only when complete.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.count = 0
+
+    def __enter__(self):
+        self._ctx = atomic_write(self.path)
+        self._file = self._ctx.__enter__()
+        self._file.write(make_header(TOKEN_MAGIC, TOKEN_VERSION, 0))
+        return self
+
+    def write(self, tokens) -> None:
+        tokens = np.asarray(tokens)
+        if tokens.dtype != np.uint16:
+            if tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
+                raise ValueError("token ids must fit in uint16")
+            tokens = tokens.astype(np.uint16)
+        if self.count + tokens.size > MAX_TOKEN_COUNT:
+            raise BadInput(f"{self.path}: more than {MAX_TOKEN_COUNT} tokens do not fit an llm.c token file")
+        self._file.write(tokens.astype("<u2", copy=False).tobytes())
+        self.count += tokens.size
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._file.seek(0)
+            self._file.write(make_header(TOKEN_MAGIC, TOKEN_VERSION, self.count))
+            self._file.seek(0, os.SEEK_END)
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_tokens(path, tokens) -> None:
+    with TokenFileWriter(path) as w:
+        w.write(tokens)
+
+
+def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
+    """Memory-map an llm.c token file as a read-only uint16 array, after validating magic, version,
+    size, and (when vocab_size is given) that every id is below vocab_size."""
+    header = _read_header(path, "token file")
+    if header[0] != TOKEN_MAGIC:
+        raise BadInput(f"{path}: not an llm.c token file (magic {header[0]}, expected {TOKEN_MAGIC})")
+    if header[1] != TOKEN_VERSION:
+        raise BadInput(f"{path}: unsupported token file version {header[1]} (expected {TOKEN_VERSION})")
+    count = int(header[2])
+    size = os.path.getsize(path)
+    if count < 0 or size != HEADER_BYTES + 2 * count:
+        raise BadInput(f"{path}: header says {count} tokens ({HEADER_BYTES + 2 * count} bytes) "
+                       f"but the file has {size} bytes (truncated or corrupt)")
+    if count == 0:
+        raise BadInput(f"{path}: token file holds no tokens")
+    tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+    if vocab_size is not None:
+        _check_token_range(path, tokens, vocab_size)
+    return tokens
+
+
+def _check_token_range(path, tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> None:
+    for start in range(0, tokens.size, chunk):
+        part = tokens[start : start + chunk]
+        top = int(part.max())
+        if top >= vocab_size:
+            where = start + int(np.argmax(part >= vocab_size))
+            raise BadInput(f"{path}: token id {int(tokens[where])} at position {where} "
+                           f"is outside the vocabulary (size {vocab_size})")
+
+
+# ----------------------------------------------------------------------------- model files
+
+def model_tensor_shapes(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The 16 tensors of an llm.c model file, in file order, with their shapes."""
+    V, T, L, C = config.padded_vocab_size, config.block_size, config.n_layer, config.n_embd
+    return [
+        ("wte", (V, C)), ("wpe", (T, C)),
+        ("ln1w", (L, C)), ("ln1b", (L, C)),
+        ("qkvw", (L, 3 * C, C)), ("qkvb", (L, 3 * C)),
+        ("attprojw", (L, C, C)), ("attprojb", (L, C)),
+        ("ln2w", (L, C)), ("ln2b", (L, C)),
+        ("fcw", (L, 4 * C, C)), ("fcb", (L, 4 * C)),
+        ("fcprojw", (L, C, 4 * C)), ("fcprojb", (L, C)),
+        ("lnfw", (C,)), ("lnfb", (C,)),
+    ]
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint carries beside the weights: JSON-able metadata and named numpy tensors."""
+    meta: dict
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ModelFile:
+    config: GPTConfig
+    params: dict[str, np.ndarray]  # name -> fp32 array, shapes of model_tensor_shapes
+    state: TrainingState | None  # present only in checkpoints written by ./train
+    weights_sha256: str  # of the model part (header + tensors), as stored
+
+
+def _model_header(config: GPTConfig, version: int = MODEL_VERSION_FP32) -> bytes:
+    return make_header(MODEL_MAGIC, version, config.block_size, config.vocab_size, config.n_layer,
+                       config.n_head, config.n_embd, config.padded_vocab_size)
+
+
+def model_bytes(config: GPTConfig, params: dict[str, np.ndarray]) -> bytes:
+    """The model part of a file: header + the 16 tensors in fp32, checked against the config."""
+    parts = [_model_header(config)]
+    for name, shape in model_tensor_shapes(config):
+        array = np.asarray(params[name], dtype="<f4")
+        if array.shape != shape:
+            raise ValueError(f"tensor {name} has shape {array.shape}, expected {shape}")
+        parts.append(array.tobytes())
+    return b"".join(parts)
+
+
+def write_model(path, config: GPTConfig, params: dict[str, np.ndarray],
+                state: TrainingState | None = None) -> str:
+    """Write an fp32 llm.c model file (with a training-state trailer when `state` is given),
+    atomically. Returns the sha256 of the model part."""
+    body = model_bytes(config, params)
+    digest = hashlib.sha256(body).hexdigest()
+    with atomic_write(path) as f:
+        f.write(body)
+        if state is not None:
+            f.write(_state_bytes(state, digest))
+    return digest
+
+
+def read_model_config(header: np.ndarray, path) -> tuple[GPTConfig, int]:
+    """GPTConfig and bytes-per-value from a model header, or BadInput."""
+    if header[0] != MODEL_MAGIC:
+        raise BadInput(f"{path}: not an llm.c model file (magic {header[0]}, expected {MODEL_MAGIC})")
+    if header[1] not in (MODEL_VERSION_FP32, MODEL_VERSION_BF16):
+        raise BadInput(f"{path}: unsupported model file version {header[1]} "
+                       f"(expected {MODEL_VERSION_FP32} for fp32 or {MODEL_VERSION_BF16} for bf16)")
+    config = GPTConfig(block_size=int(header[2]), vocab_size=int(header[3]), n_layer=int(header[4]),
+                       n_head=int(header[5]), n_embd=int(header[6]))
+    try:
+        config.validate()
+    except ValueError as e:
+        raise BadInput(f"{path}: bad model header: {e}") from None
+    if header[7] != config.padded_vocab_size:
+        raise BadInput(f"{path}: bad model header: padded vocab {header[7]}, expected {config.padded_vocab_size}")
+    return config, (4 if header[1] == MODEL_VERSION_FP32 else 2)
+
+
+def read_model(path) -> ModelFile:
+    """Read and validate a model file or checkpoint (fp32 or llm.c bf16)."""
+    header = _read_header(path, "model file")
+    config, width = read_model_config(header, path)
+    model_size = HEADER_BYTES + width * config.num_parameters()
+    size = os.path.getsize(path)
+    if size < model_size:
+        raise BadInput(f"{path}: truncated model file ({size} bytes, expected {model_size} for its header's config)")
+    with open(path, "rb") as f:
+        body = f.read(model_size)
+        trailer_size = size - model_size
+        trailer = f.read(trailer_size) if trailer_size else b""
+    digest = hashlib.sha256(body).hexdigest()
+    params, offset = {}, HEADER_BYTES
+    for name, shape in model_tensor_shapes(config):
+        n = int(np.prod(shape))
+        if width == 4:
+            array = np.frombuffer(body, dtype="<f4", count=n, offset=offset).reshape(shape)
+        else:  # bf16 is the top half of an fp32
+            raw = np.frombuffer(body, dtype="<u2", count=n, offset=offset).astype(np.uint32) << 16
+            array = raw.view(np.float32).reshape(shape)
+        params[name] = array
+        offset += width * n
+    for name, array in params.items():
+        if not np.isfinite(array).all():
+            raise BadInput(f"{path}: tensor {name} holds NaN or infinite values")
+    state = _parse_state(trailer, path, digest) if trailer else None
+    return ModelFile(config, params, state, digest)
+
+
+# ----------------------------------------------------------------------------- training state
+
+def _state_bytes(state: TrainingState, weights_sha256: str) -> bytes:
+    table, blobs = [], []
+    for name, array in state.tensors.items():
+        array = np.ascontiguousarray(array)
+        dtype = array.dtype.name
+        if dtype not in STATE_DTYPES:
+            raise ValueError(f"state tensor {name}: unsupported dtype {dtype}")
+        table.append({"name": name, "dtype": dtype, "shape": list(array.shape)})
+        blobs.append(array.astype(np.dtype(STATE_DTYPES[dtype]).newbyteorder("<"), copy=False).tobytes())
+    data = b"".join(blobs)
+    meta = dict(state.meta, weights_sha256=weights_sha256,
+                payload_sha256=hashlib.sha256(data).hexdigest(), tensors=table)
+    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    return make_header(STATE_MAGIC, STATE_VERSION, len(meta_bytes), len(meta_bytes) + len(data)) + meta_bytes + data
+
+
+def _parse_state(trailer: bytes, path, weights_sha256: str) -> TrainingState:
+    def bad(problem):
+        return BadInput(f"{path}: training state is invalid: {problem}")
+
+    if len(trailer) < HEADER_BYTES:
+        raise bad(f"{len(trailer)} bytes after the model tensors, too few for a state header")
+    header = np.frombuffer(trailer[:HEADER_BYTES], dtype="<i4")
+    if header[0] != STATE_MAGIC:
+        raise bad(f"unexpected bytes after the model tensors (magic {header[0]}, expected {STATE_MAGIC})")
+    if header[1] != STATE_VERSION:
+        raise bad(f"unsupported version {header[1]} (expected {STATE_VERSION})")
+    meta_len, payload_len = int(header[2]), int(header[3])
+    if not (0 < meta_len <= payload_len) or HEADER_BYTES + payload_len != len(trailer):
+        raise bad(f"header sizes ({meta_len}, {payload_len}) do not match its {len(trailer)} bytes")
+    try:
+        meta = json.loads(trailer[HEADER_BYTES : HEADER_BYTES + meta_len].decode())
+        table = meta["tensors"]
+        if not isinstance(meta, dict) or not isinstance(table, list):
+            raise TypeError
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise bad("metadata is not the expected JSON") from None
+    if meta.get("weights_sha256") != weights_sha256:
+        raise bad("it belongs to other weights (weights checksum differs)")
+    data = trailer[HEADER_BYTES + meta_len :]
+    if hashlib.sha256(data).hexdigest() != meta.get("payload_sha256"):
+        raise bad("tensor data checksum mismatch (corrupt)")
+    tensors, offset = {}, 0
+    for entry in table:
+        try:
+            name, dtype, shape = entry["name"], np.dtype(STATE_DTYPES[entry["dtype"]]), tuple(int(d) for d in entry["shape"])
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if count < 0 or any(d < 0 for d in shape):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor table entry {entry!r:.80} is malformed") from None
+        nbytes = count * dtype.itemsize
+        if offset + nbytes > len(data):
+            raise bad(f"tensor {name} runs past the end of the file")
+        tensors[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
+        offset += nbytes
+    if offset != len(data):
+        raise bad(f"{len(data) - offset} unexplained bytes after the tensors")
+    return TrainingState(meta, tensors)

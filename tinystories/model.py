@@ -1,0 +1,184 @@
+"""The GPT-2 model: learned positions, pre-LayerNorm blocks, GELU (tanh), causal attention through
+`scaled_dot_product_attention`, and an output head tied to the token embedding.
+
+Shapes: B batch, T time (sequence), C channels (n_embd), H heads, hs = C // H head size,
+V vocab size (50257), Vp padded vocab size (50304, the rows stored in wte).
+
+The token embedding keeps llm.c's Vp rows so files round-trip byte for byte; rows V..Vp-1 are zero,
+are never looked up, and are left out of the output head, so they stay zero throughout training.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+from .formats import ModelFile, model_tensor_shapes
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, one (B, H, block_size, hs) buffer pair per layer."""
+
+    def __init__(self, config: GPTConfig, batch: int, device, dtype):
+        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # positions filled so far
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, H, t, hs) after the cached positions; return all keys and values so far."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.append(layer, k, v)  # (B, H, past + T, hs)
+            # query i (absolute position past + i) sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def plain_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits h @ weight.T against targets; the reference formulation.
+    h: (N, C), weight: (V, C), targets: (N,) int64."""
+    logits = F.linear(h, weight)  # (N, V)
+    return F.cross_entropy(logits.float(), targets)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)  # (Vp, C), also the output head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # (T, C)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head_loss = plain_head_loss  # swapped for a fused version by the trainer's speed switches
+
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, N(0, 0.02 / sqrt(2 L)) for the
+        projections into the residual stream, zero biases, LayerNorm weight 1, zero padding rows."""
+        generator = torch.Generator().manual_seed(seed)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    p.normal_(0.0, residual_std, generator=generator)
+                elif p.dim() == 2:
+                    p.normal_(0.0, 0.02, generator=generator)
+                elif ".ln_" in name or name.startswith("ln_f"):
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                else:
+                    p.zero_()
+            self.wte.weight[self.config.vocab_size :].zero_()
+
+    def head_weight(self) -> torch.Tensor:
+        return self.wte.weight[: self.config.vocab_size]  # (V, C): padding rows never score
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) for token ids idx (B, T); with a cache, idx continues it."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block size {self.config.block_size}"
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """With targets (B, T): the mean cross-entropy loss. Without: logits (B, T, V)."""
+        x = self.hidden(idx)  # (B, T, C)
+        if targets is None:
+            return F.linear(x, self.head_weight())  # (B, T, V)
+        C = x.size(-1)
+        return self.head_loss(x.view(-1, C), self.head_weight(), targets.view(-1))
+
+    @torch.no_grad()
+    def next_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) of the token after idx (B, t), which continues what the cache holds."""
+        x = self.hidden(idx, cache)[:, -1, :]  # (B, C)
+        return F.linear(x, self.head_weight()).float()
+
+    # --------------------------------------------------------------------- llm.c layout
+
+    def _llmc_parts(self) -> dict[str, list[torch.Tensor]]:
+        """Our parameters grouped under the llm.c tensor names (one entry per layer for stacked ones)."""
+        blocks = self.h
+        return {
+            "wte": [self.wte.weight], "wpe": [self.wpe.weight],
+            "ln1w": [b.ln_1.weight for b in blocks], "ln1b": [b.ln_1.bias for b in blocks],
+            "qkvw": [b.attn.c_attn.weight for b in blocks], "qkvb": [b.attn.c_attn.bias for b in blocks],
+            "attprojw": [b.attn.c_proj.weight for b in blocks], "attprojb": [b.attn.c_proj.bias for b in blocks],
+            "ln2w": [b.ln_2.weight for b in blocks], "ln2b": [b.ln_2.bias for b in blocks],
+            "fcw": [b.mlp.c_fc.weight for b in blocks], "fcb": [b.mlp.c_fc.bias for b in blocks],
+            "fcprojw": [b.mlp.c_proj.weight for b in blocks], "fcprojb": [b.mlp.c_proj.bias for b in blocks],
+            "lnfw": [self.ln_f.weight], "lnfb": [self.ln_f.bias],
+        }
+
+    def llmc_params(self) -> dict[str, np.ndarray]:
+        """The weights as the 16 llm.c tensors (fp32 numpy), ready for formats.write_model."""
+        out = {}
+        for (name, shape), parts in zip(model_tensor_shapes(self.config), self._llmc_parts().values()):
+            stacked = torch.stack([p.detach().float().cpu() for p in parts])
+            out[name] = stacked.reshape(shape).numpy()
+        return out
+
+    def load_llmc_params(self, params: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for (name, shape), parts in zip(model_tensor_shapes(self.config), self._llmc_parts().values()):
+                stacked = torch.from_numpy(np.array(params[name], dtype=np.float32)).reshape(len(parts), *parts[0].shape)
+                for p, value in zip(parts, stacked):
+                    p.copy_(value)
+
+    @classmethod
+    def from_file(cls, model_file: ModelFile) -> "GPT":
+        model = cls(model_file.config)
+        model.load_llmc_params(model_file.params)
+        return model
