@@ -1,0 +1,191 @@
+"""The trainer end to end through ./train: exact resume, falling loss, checkpoints, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinystories import formats, tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]
+
+
+def run(*args, check=True, cwd=ROOT):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def train(*args, check=True):
+    return run("-m", "tinystories", "train", *args, check=check)
+
+
+def story_tokens(limit_stories=400) -> np.ndarray:
+    """Tokens of real TinyStories text (EOT before each story), or synthetic-looking text without it."""
+    path = SHARED / "tinystories_v1_train_head.txt"
+    if path.exists():
+        stories = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
+    else:
+        stories = [f"Once upon a time there was a cat number {i}. The cat was happy." for i in range(2000)]
+    ids = []
+    for story in stories[:limit_stories]:
+        ids += [tokenizer.EOT] + tokenizer.encode(story)
+    return np.array(ids, dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny model and train/val token files from real stories."""
+    d = tmp_path_factory.mktemp("train")
+    tokens = story_tokens()
+    cut = len(tokens) // 10
+    formats.write_tokens(d / "val.bin", tokens[:cut])
+    formats.write_tokens(d / "train.bin", tokens[cut:])
+    run("create_model.py", "-o", d / "model.bin", *TINY)
+    return d
+
+
+def base_args(d, *extra):
+    return ["-i", d / "train.bin", "-j", d / "val.bin", "-b", "2", "-t", "32", "-s", "0", "-v", "0",
+            "-l", "1e-3", *extra]
+
+
+def losses(metrics: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+def test_resume_is_exact(workdir, tmp_path):
+    """N steps, stop, resume for M more == N + M steps without a stop, loss for loss (bitwise)."""
+    straight = tmp_path / "straight.bin"
+    train("-e", workdir / "model.bin", "-c", straight, "-n", "6", *base_args(workdir))
+    split = tmp_path / "split.bin"
+    train("-e", workdir / "model.bin", "-c", split, "-n", "3", *base_args(workdir))
+    out = train("-e", split, "-c", split, "-n", "6", *base_args(workdir)).stdout
+    assert "resuming run" in out and "at step 3" in out
+    a, b = losses(Path(str(straight) + ".metrics.jsonl")), losses(Path(str(split) + ".metrics.jsonl"))
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert a == b
+    # and the final weights and optimizer moments agree exactly
+    fa, fb = formats.read_model(straight), formats.read_model(split)
+    for name in fa.params:
+        np.testing.assert_array_equal(fa.params[name], fb.params[name])
+    for name in fa.state.tensors:
+        np.testing.assert_array_equal(fa.state.tensors[name], fb.state.tensors[name])
+    assert fa.state.meta["step"] == fb.state.meta["step"] == 6
+
+
+def test_checkpoint_is_an_llmc_model_file(workdir, tmp_path):
+    """The checkpoint starts with an ordinary llm.c model file; ./generate-style readers use it."""
+    ck = tmp_path / "ck.bin"
+    train("-e", workdir / "model.bin", "-c", ck, "-n", "2", *base_args(workdir))
+    config = formats.read_model(workdir / "model.bin").config
+    model_size = 1024 + 4 * config.num_parameters()
+    raw = ck.read_bytes()
+    header = np.frombuffer(raw[:1024], dtype="<i4")
+    assert list(header[:8]) == [20240326, 3, 64, 50257, 2, 2, 32, 50304]
+    assert len(raw) > model_size
+    trailer = np.frombuffer(raw[model_size:model_size + 16], dtype="<i4")
+    assert trailer[0] == formats.STATE_MAGIC
+    # a model file holding just the weights part starts a fresh run
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(raw[:model_size])
+    out = train("-e", plain, "-n", "1", *base_args(workdir)).stdout
+    assert "resuming" not in out
+
+
+def test_loss_falls_on_real_text(workdir, tmp_path):
+    out = train("-e", workdir / "model.bin", "-n", "60",
+                *base_args(workdir, "-v", "60", "--val-batches", "4", "-b", "4", "-l", "3e-3")).stdout
+    vals = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "val loss" in line]
+    assert len(vals) == 2
+    assert abs(vals[0] - np.log(50257)) < 0.3  # random init: uniform over the vocabulary
+    assert vals[1] < vals[0] - 2.5
+
+
+def test_state_from_another_model_is_refused(workdir, tmp_path):
+    """A training state spliced onto other weights must not load."""
+    ck = tmp_path / "ck.bin"
+    train("-e", workdir / "model.bin", "-c", ck, "-n", "1", *base_args(workdir))
+    other = tmp_path / "other.bin"
+    run("create_model.py", "-o", other, *TINY, "--seed", "7")
+    config = formats.read_model(other).config
+    model_size = 1024 + 4 * config.num_parameters()
+    spliced = tmp_path / "spliced.bin"
+    spliced.write_bytes(other.read_bytes() + ck.read_bytes()[model_size:])
+    result = train("-e", spliced, "-c", spliced, "-n", "2", *base_args(workdir), check=False)
+    assert result.returncode == 2
+    assert "belongs to other weights" in result.stderr
+
+
+def bad_model_files(d: Path) -> dict[str, bytes]:
+    raw = (d / "model.bin").read_bytes()
+    wrong_magic = bytearray(raw); wrong_magic[0:4] = (1234).to_bytes(4, "little")
+    wrong_version = bytearray(raw); wrong_version[4:8] = (9).to_bytes(4, "little")
+    return {"wrong magic": bytes(wrong_magic), "wrong version": bytes(wrong_version),
+            "truncated": raw[: len(raw) // 2], "empty": b""}
+
+
+@pytest.mark.parametrize("case", ["wrong magic", "wrong version", "truncated", "empty"])
+def test_bad_model_file(workdir, tmp_path, case):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(bad_model_files(workdir)[case])
+    ck = tmp_path / "ck.bin"
+    ck.write_bytes(b"previous checkpoint")
+    result = train("-e", bad, "-c", ck, "-n", "1", *base_args(workdir), check=False)
+    assert_one_line_error(result, str(bad))
+    assert ck.read_bytes() == b"previous checkpoint"
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs(workdir, tmp_path):
+    d = workdir
+    corrupt = tmp_path / "corrupt_tokens.bin"
+    corrupt.write_bytes((d / "train.bin").read_bytes()[:-10])
+    model = ["-e", d / "model.bin"]
+    cases = [
+        (["-t", "65", *model], "-t/--seq-len 65 exceeds"),
+        (["-b", "0", *model], "-b/--batch-size"),
+        (["-b", "-3", *model], "-b/--batch-size"),
+        (["-e", tmp_path / "missing.bin"], "missing.bin: file not found"),
+        (["-i", tmp_path / "missing_tokens.bin", *model], "missing_tokens.bin: file not found"),
+        (["-i", corrupt, *model], "truncated or corrupt"),
+        (["-c", tmp_path / "no" / "such" / "dir" / "ck.bin", *model], "does not exist"),
+        (["-n", "0", *model], "-n/--max-steps"),
+        (["--device", "tpu", *model], "--device"),
+    ]
+    for extra, needle in cases:
+        args = ["-i", d / "train.bin", "-j", d / "val.bin", "-s", "0", "-v", "0", "-n", "1", *extra]
+        assert_one_line_error(train(*args, check=False), needle)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_checkpoint_folder_user(workdir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = train("-e", workdir / "model.bin", "-c", locked / "ck.bin", "-n", "1", *base_args(workdir), check=False)
+    assert_one_line_error(result, "not writable")
+
+
+def test_unwritable_checkpoint_folder(workdir, tmp_path):
+    """A checkpoint path whose folder is really a file cannot be written: clear error, nothing lost."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    result = train("-e", workdir / "model.bin", "-c", blocker / "ck.bin", "-n", "1", *base_args(workdir), check=False)
+    assert_one_line_error(result, "ck.bin")
+    assert blocker.read_text() == "keep me"
