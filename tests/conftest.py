@@ -1,0 +1,24 @@
+"""Shared fixtures. Real TinyStories text lives outside the repo, in ../shared/data (see its README)."""
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN_HEAD = "tinystories_v1_train_head.txt"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test when it is absent."""
+    if not (SHARED_DATA / TRAIN_HEAD).is_file():
+        pytest.skip(f"real TinyStories text not found in {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def head_stories(shared_data) -> list[str]:
+    """The 2,316 stories of tinystories_v1_train_head.txt, unstripped, in file order."""
+    text = (shared_data / TRAIN_HEAD).read_text(encoding="utf-8")
+    stories = [s for s in text.split("<|endoftext|>") if s.strip()]
+    assert len(stories) == 2316
+    return stories

@@ -1,0 +1,277 @@
+"""prepare_data.py end to end: every local source kind against llm.c's recipe written out plainly,
+determinism, labelling of synthetic stories, and every kind of bad input through the real CLI."""
+import io
+import json
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tinystories import data, synthetic
+from tinystories.cli import prepare_parser
+from tinystories.formats import read_tokens
+from tinystories.tokenizer import EOT, gpt2_encoding
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = ("val", "train")
+
+
+def reference_tokens(split_shards: list[list[str]]) -> list[int]:
+    """llm.c's tokenization of one split: shard i shuffled with random.Random(1337 + i), then
+    EOT + encode_ordinary(story.strip()) for every story."""
+    enc, tokens = gpt2_encoding(), []
+    for i, stories in enumerate(split_shards):
+        stories = list(stories)
+        random.Random(1337 + i).shuffle(stories)
+        for story in stories:
+            tokens.append(EOT)
+            tokens.extend(enc.encode_ordinary(story.strip()))
+    return tokens
+
+
+def chunks(stories: list[str], size: int) -> list[list[str]]:
+    return [stories[i : i + size] for i in range(0, len(stories), size)]
+
+
+def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
+    """data.prepare in this process; returns the output folder."""
+    args = prepare_parser().parse_args([*flags, "--out-dir", str(out), "--tokenizer-file",
+                                        str(out / "gpt2_tokenizer.bin"), "--workers", str(workers)])
+    data.prepare(args)
+    return out
+
+
+def split_tokens(out: Path, split: str) -> list[int]:
+    return read_tokens(out / f"TinyStories_{split}.bin").tolist()
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def shard_json(stories: list[str]) -> bytes:
+    """A shard as in the Hugging Face archive: objects with a "story" and other fields."""
+    items = [{"story": s, "instruction": {"prompt": "Write a story.", "words": ["a", "b"]}, "summary": "x",
+              "source": "GPT-4"} for s in stories]
+    return json.dumps(items).encode()
+
+
+@pytest.fixture
+def three_shards(head_stories) -> list[list[str]]:
+    return [head_stories[0:40], head_stories[40:70], head_stories[70:120]]
+
+
+def write_json_folder(folder: Path, shards: list[list[str]]) -> Path:
+    folder.mkdir()
+    for i, stories in enumerate(shards):
+        (folder / f"data{i:02d}.json").write_bytes(shard_json(stories))
+    return folder
+
+
+def write_archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def write_text(path: Path, stories: list[str]) -> Path:
+    """The layout of TinyStories-train.txt: each story followed by a line <|endoftext|>."""
+    path.write_text("".join(s.strip() + "\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, stories: list[str], column: str = "text") -> Path:
+    pq.write_table(pa.table({column: stories, "other": list(range(len(stories)))}), path, row_group_size=17)
+    return path
+
+
+def test_json_folder_follows_llmc(tmp_path, three_shards):
+    source = write_json_folder(tmp_path / "shards", three_shards)
+    out = run_prepare(tmp_path / "out", "--source", str(source))
+    val, train = split_tokens(out, "val"), split_tokens(out, "train")
+    assert val == reference_tokens(three_shards[:1])  # first shard = val, index 0
+    assert train == reference_tokens(three_shards[1:])  # the rest = train, indices 0, 1 (as llm.c)
+    assert val[0] == train[0] == EOT
+    assert val.count(EOT) == 40 and train.count(EOT) == 80  # one EOT per story
+    assert (out / "gpt2_tokenizer.bin").stat().st_size > 300_000
+    assert "val: 1 shards, 40 stories" in (out / "SOURCE.txt").read_text()
+
+
+def test_archive_shards_in_name_order(tmp_path, three_shards):
+    members = {"data02.json": shard_json(three_shards[2]), "README.md": b"not a shard",
+               "data00.json": shard_json(three_shards[0]), "data01.json": shard_json(three_shards[1])}
+    archive = write_archive(tmp_path / "TinyStories_all_data.tar.gz", members)
+    out = run_prepare(tmp_path / "out", "--source", str(archive))
+    assert split_tokens(out, "val") == reference_tokens(three_shards[:1])
+    assert split_tokens(out, "train") == reference_tokens(three_shards[1:])
+
+
+def test_text_file_holds_out_every_50th_story(tmp_path, head_stories, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_STORIES", 30)
+    stories = head_stories[:230]
+    out = run_prepare(tmp_path / "out", "--source", str(write_text(tmp_path / "s.txt", stories)))
+    val = [s for i, s in enumerate(stories) if i % 50 == 0]
+    train = [s for i, s in enumerate(stories) if i % 50 != 0]
+    assert split_tokens(out, "val") == reference_tokens(chunks(val, 30))
+    assert split_tokens(out, "train") == reference_tokens(chunks(train, 30))  # 8 shards of 30 (last 5)
+
+
+def test_parquet_file_and_huggingface_folder(tmp_path, head_stories, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_STORIES", 25)
+    stories = head_stories[:120]
+    out = run_prepare(tmp_path / "one", "--source", str(write_parquet(tmp_path / "s.parquet", stories, "story")))
+    assert split_tokens(out, "val") == reference_tokens(chunks(stories[::50], 25))
+    assert split_tokens(out, "train") == reference_tokens(
+        chunks([s for i, s in enumerate(stories) if i % 50], 25))
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    write_parquet(folder / "train-00001-of-00002.parquet", stories[60:100])
+    write_parquet(folder / "train-00000-of-00002.parquet", stories[:60])
+    write_parquet(folder / "validation-00000-of-00001.parquet", stories[100:])
+    out = run_prepare(tmp_path / "two", "--source", str(folder))
+    assert split_tokens(out, "val") == reference_tokens(chunks(stories[100:], 25))
+    assert split_tokens(out, "train") == reference_tokens(chunks(stories[:100], 25))
+
+
+def test_separate_val_source(tmp_path, head_stories, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_STORIES", 50)
+    train, val = head_stories[:80], head_stories[80:100]
+    out = run_prepare(tmp_path / "out", "--source", str(write_text(tmp_path / "train.txt", train)),
+                      "--val-source", str(write_parquet(tmp_path / "val.parquet", val)))
+    assert split_tokens(out, "val") == reference_tokens([val])
+    assert split_tokens(out, "train") == reference_tokens(chunks(train, 50))
+
+
+def test_two_runs_are_byte_identical_whatever_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_STORIES", 700)
+    flags = ["--source", "synthetic", "--synthetic-stories", "3000", "--seed", "7"]
+    one = output_bytes(run_prepare(tmp_path / "one", *flags, workers=1))
+    two = output_bytes(run_prepare(tmp_path / "two", *flags, workers=2))
+    assert one == two
+    assert sorted(one) == ["SOURCE.txt", "TinyStories_train.bin", "TinyStories_val.bin", "gpt2_tokenizer.bin"]
+
+
+def test_synthetic_source_is_labelled_and_seeded(tmp_path, capsys):
+    out = run_prepare(tmp_path / "out", "--source", "synthetic", "--synthetic-stories", "200")
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC stories" in printed.splitlines()[0]
+    assert "from SYNTHETIC stories (not TinyStories)" in printed.splitlines()[-1]
+    assert (out / "SOURCE.txt").read_text().startswith("source: SYNTHETIC stories")
+    stories = list(synthetic.stories(1337, 200))
+    assert split_tokens(out, "val") == reference_tokens([stories[::50]])
+    assert list(synthetic.stories(5, 50)) == list(synthetic.stories(5, 50)) != list(synthetic.stories(6, 50))
+    assert len(set(stories)) == 200 and all(s.endswith(".") for s in stories)
+
+
+# ----------------------------------------------------------------------------- bad input, via the CLI
+
+def run_cli(*flags: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *flags], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("prepare_data.py: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str], list[str]]:
+    """(flags, fragments the one error line must contain) for each kind of bad input."""
+    good_shard = shard_json(stories[:3])
+    if kind == "missing path":
+        return ["--source", str(tmp / "nope.txt")], ["--source", "nope.txt: no such file"]
+    if kind == "missing val path":
+        txt = write_text(tmp / "s.txt", stories[:10])
+        return ["--source", str(txt), "--val-source", str(tmp / "nope")], ["--val-source", "no such file"]
+    if kind == "unknown kind":
+        (tmp / "stories.csv").write_text("a,b\n")
+        return ["--source", str(tmp / "stories.csv")], ["stories.csv", "unknown kind of source"]
+    if kind == "folder without shards":
+        (tmp / "empty").mkdir()
+        return ["--source", str(tmp / "empty")], ["empty", "no .json shards or .parquet files"]
+    if kind == "corrupt archive":
+        (tmp / "a.tar.gz").write_bytes(bytes(range(256)) * 100)
+        return ["--source", str(tmp / "a.tar.gz")], ["a.tar.gz", "corrupt or truncated archive"]
+    if kind == "truncated archive":
+        whole = write_archive(tmp / "whole.tar.gz", {f"data{i:02d}.json": shard_json(stories[i * 50 : i * 50 + 50])
+                                                     for i in range(3)}).read_bytes()
+        (tmp / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+        return ["--source", str(tmp / "cut.tar.gz")], ["cut.tar.gz", "corrupt or truncated archive"]
+    if kind == "shard without story":
+        folder = tmp / "shards"
+        folder.mkdir()
+        (folder / "data00.json").write_bytes(good_shard)
+        (folder / "data01.json").write_text(json.dumps([{"text": "Once upon a time."}]))
+        return ["--source", str(folder)], ["data01.json", '"story"']
+    if kind == "bad train shard after val":  # val completes first; nothing may replace the old pair
+        folder = tmp / "shards"
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"data{i:02d}.json").write_bytes(good_shard)
+        (folder / "data03.json").write_text("[{\"story\": \"cut off")
+        return ["--source", str(folder)], ["data03.json", "not a valid JSON shard"]
+    if kind == "empty text file":
+        (tmp / "empty.txt").write_text("\n<|endoftext|>\n\n")
+        return ["--source", str(tmp / "empty.txt")], ["empty.txt", "val split is empty"]
+    if kind == "one story":
+        return ["--source", str(write_text(tmp / "one.txt", stories[:1]))], ["one.txt", "train split is empty"]
+    if kind == "one shard":
+        folder = tmp / "shards"
+        folder.mkdir()
+        (folder / "data00.json").write_bytes(good_shard)
+        return ["--source", str(folder)], ["1 shard, too few for a val split"]
+    if kind == "unwritable out dir":
+        (tmp / "file").write_text("x")
+        txt = write_text(tmp / "s.txt", stories[:10])
+        return ["--source", str(txt), "--out-dir", str(tmp / "file" / "out")], ["--out-dir", "cannot create"]
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = ["missing path", "missing val path", "unknown kind", "folder without shards", "corrupt archive",
+              "truncated archive", "shard without story", "bad train shard after val", "empty text file",
+              "one story", "one shard", "unwritable out dir"]
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_is_one_line_and_leaves_old_outputs(tmp_path, head_stories, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"TinyStories_val.bin": b"old val", "TinyStories_train.bin": b"old train", "SOURCE.txt": b"old",
+           "gpt2_tokenizer.bin": b"old tokenizer"}
+    for name, payload in old.items():
+        (out / name).write_bytes(payload)
+    flags, fragments = make_bad_input(kind, tmp_path, head_stories)
+    if "--out-dir" not in flags:
+        flags += ["--out-dir", str(out)]
+    result = run_cli(*flags, "--tokenizer-file", str(out / "gpt2_tokenizer.bin"), "--workers", "2")
+    assert_one_line_error(result, *fragments)
+    assert output_bytes(out) == old  # untouched, and no temp files left beside them
+
+
+def test_text_file_parsing(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("Story one.\n<|endoftext|>\nStory two\nline 2\n<|endoftext|>\n\n<|endoftext|>\nNo separator")
+    assert list(data.text_stories(path)) == ["Story one.\n", "Story two\nline 2\n", "No separator"]
+    path.write_bytes(b"caf\xe9\n<|endoftext|>\n")
+    with pytest.raises(data.BadInput, match="s.txt: not UTF-8"):
+        list(data.text_stories(path))
+
+
+def test_failed_run_creates_no_output_folder(tmp_path):
+    with pytest.raises(data.BadInput, match="no such file"):
+        run_prepare(tmp_path / "new" / "out", "--source", str(tmp_path / "missing.txt"))
+    assert list(tmp_path.iterdir()) == []

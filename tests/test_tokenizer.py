@@ -1,0 +1,94 @@
+"""The offline GPT-2 encoding against an independent BPE, and the llm.c tokenizer file."""
+import json
+
+import numpy as np
+import pytest
+
+from tinystories import tokenizer
+from tinystories.errors import BadInput
+from tinystories.formats import HEADER_BYTES
+
+TRICKY = [
+    "Hello  world!\n\n  It's 2024, naïve café 😀 done.   \t x",
+    "They'll say \"we've\" & I'd... don't   stop\r\n",
+    "数字 123456789 ümlaut ÆØÅ — em dash, ½ and \u200b zero width",
+    " leading space", "", "\n\n\n",
+]
+
+
+def independent_gpt2():
+    """Hugging Face's byte-level BPE (the Rust `tokenizers` library, not tiktoken) built straight from
+    the same encoder.json / vocab.bpe files."""
+    from transformers import GPT2Tokenizer
+
+    vocab_bpe, encoder_json = tokenizer.vocabulary_files()
+    with open(encoder_json, encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(vocab_bpe, encoding="utf-8") as f:
+        merges = [tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line]  # line 0: #version
+    return GPT2Tokenizer(vocab=vocab, merges=merges)
+
+
+def test_once_upon_a_time():
+    assert tokenizer.encode("Once upon a time") == [7454, 2402, 257, 640]
+    assert tokenizer.gpt2_encoding().n_vocab == 50257
+
+
+def test_same_ids_as_an_independent_bpe(head_stories):
+    hf = independent_gpt2()
+    texts = [s.strip() for s in head_stories[:2000]] + TRICKY
+    expected = hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ours = [tokenizer.encode(t) for t in texts]
+    assert ours == expected
+    assert sum(map(len, ours)) > 400_000  # a real amount of text was compared
+
+
+def test_special_token_text_is_ordinary_text():
+    ids = tokenizer.encode("a <|endoftext|> b")
+    assert tokenizer.EOT not in ids
+    assert tokenizer.decode(ids) == "a <|endoftext|> b"
+
+
+def test_decode_inverts_encode_on_every_story(head_stories):
+    for story in head_stories:
+        assert tokenizer.decode(tokenizer.encode(story)) == story
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "gpt2_tokenizer.bin"
+    tokenizer.write_tokenizer_file(path)
+    return path
+
+
+def test_tokenizer_file_header_and_determinism(tokenizer_file, tmp_path):
+    data = tokenizer_file.read_bytes()
+    header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
+    assert list(header[:4]) == [20240328, 2, 50257, 50256]
+    assert not header[4:].any()
+    again = tmp_path / "again.bin"
+    tokenizer.write_tokenizer_file(again)
+    assert again.read_bytes() == data
+
+
+def test_tokenizer_file_holds_every_token(tokenizer_file):
+    enc = tokenizer.gpt2_encoding()
+    stored = tokenizer.read_tokenizer_file(tokenizer_file)
+    assert len(stored) == 50257
+    assert all(stored[i] == enc.decode_single_token_bytes(i) for i in range(50257))
+    assert stored[50256] == b"<|endoftext|>"
+    ids = tokenizer.encode("Once upon a time, Lily saw a café.")
+    assert tokenizer.TokenizerFileDecoder(tokenizer_file).decode(ids) == "Once upon a time, Lily saw a café."
+
+
+def test_tokenizer_file_rejects_wrong_magic_and_truncation(tokenizer_file, tmp_path):
+    data = tokenizer_file.read_bytes()
+    wrong_magic = tmp_path / "magic.bin"
+    wrong_magic.write_bytes(np.array([20240520], "<i4").tobytes() + data[4:])
+    with pytest.raises(BadInput, match="not an llm.c tokenizer file"):
+        tokenizer.read_tokenizer_file(wrong_magic)
+    for cut in (100, HEADER_BYTES + 10, len(data) - 1):
+        truncated = tmp_path / f"cut{cut}.bin"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(BadInput, match=str(truncated)):
+            tokenizer.read_tokenizer_file(truncated)
