@@ -59,23 +59,32 @@ for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
 def prepare_parser() -> Parser:
     p = Parser(prog="prepare_data.py", description=(
         "Download TinyStories and tokenize it with GPT-2 BPE into llm.c token files "
-        "(TinyStories_train.bin, TinyStories_val.bin) and write gpt2_tokenizer.bin."))
+        "(TinyStories_train.bin, TinyStories_val.bin) and write gpt2_tokenizer.bin. Each shard is "
+        "shuffled with random.Random(1337 + shard index), each story stripped and preceded by the EOT "
+        "token 50256, as llm.c does; two runs give byte-identical files."))
     p.add_argument("--source", default="hf", help=(
         "where stories come from: 'hf' (default) downloads the Hugging Face archive "
-        "TinyStories_all_data.tar.gz (cached under --cache-dir); a local path to that archive, "
-        "a folder of JSON shards, a TinyStories .txt file (stories separated by lines <|endoftext|>) "
-        "or a folder/file of Hugging Face parquet files; or 'synthetic' for generated stories "
-        "(offline smoke tests only, never real data)"))
+        "TinyStories_all_data.tar.gz (cached under --cache-dir, resumed if interrupted); a local path to that "
+        "archive or a folder of its JSON shards (val = the first shard in name order, train = the rest); "
+        "a TinyStories .txt file (stories separated by lines <|endoftext|>) or a parquet file/folder "
+        "(column 'text' or 'story'; in a folder, files named validation* are val): without --val-source these "
+        "hold out every 50th story (index %% 50 == 0) as val and are shuffled in shards of 100,000 stories; "
+        "or 'synthetic' for generated stories (offline smoke tests only, never real data)"))
     p.add_argument("--val-source", default=None, help=(
-        "a separate local source for the val split (same kinds of path as --source); by default the "
-        "val split is the first shard (archive, JSON folder) or a held-out part of the source"))
-    p.add_argument("--out-dir", default="data/tinystories", help="folder for the token files (default: %(default)s)")
+        "a separate local source for the val split (same kinds of path as --source); the whole --source is "
+        "then train. By default the val split is the first shard (archive, JSON folder) or a held-out part "
+        "of the source"))
+    p.add_argument("--out-dir", default="data/tinystories", help="folder for the token files and SOURCE.txt (default: %(default)s)")
     p.add_argument("--tokenizer-file", default="gpt2_tokenizer.bin",
                    help="where to write the llm.c tokenizer file (default: %(default)s)")
     p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
     p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the archive (default: the published archive's)")
-    p.add_argument("--size", type=positive_int, default=None, help="expected size of the archive in bytes (default: the published archive's)")
+    p.add_argument("--sha256", default=None, help=(
+        "expected sha256 of the archive. Without it the archive is checked for size and readability, and "
+        "its sha256 is recorded in <archive>.sha256 after the first complete download and checked on later runs"))
+    p.add_argument("--size", type=positive_int, default=None, help=(
+        "expected size of the archive in bytes (default: 1608001638 for the Hugging Face archive; "
+        "for another --url, the size the server reports)"))
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="tokenizer processes (default: all cores, %(default)s here)")
     p.add_argument("--synthetic-stories", type=positive_int, default=20000,
@@ -217,6 +226,74 @@ def generate_main(argv=None) -> None:
     generate.main(args)
 
 
+# ----------------------------------------------------------------------------- export
+
+def export_parser() -> Parser:
+    p = Parser(prog="tinystories export", description=(
+        "Write a Hugging Face transformers GPT-2 folder (config.json, model.safetensors, tokenizer files) "
+        "from an llm.c model file or checkpoint; load it with GPT2LMHeadModel.from_pretrained(folder)."))
+    p.add_argument("-e", "--model", default="checkpoint.bin",
+                   help="model or checkpoint file, fp32 or llm.c bf16 (default: %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="folder to write (built beside it, then renamed into place)")
+    p.add_argument("--force", action="store_true", help=(
+        "replace --output even if it holds files that export does not write (the whole folder is replaced); "
+        "without it, only an empty folder or a previous export is replaced"))
+    return p
+
+
+def export_main(argv=None) -> None:
+    args = export_parser().parse_args(argv)
+    from . import hf
+
+    names = hf.export(args.model, args.output, force=args.force)
+    print(f"wrote {args.output}: {', '.join(names)}")
+
+
+# ----------------------------------------------------------------------------- import
+
+def import_parser() -> Parser:
+    p = Parser(prog="tinystories import", description=(
+        "Convert a Hugging Face GPT-2 folder (config.json + model.safetensors) into an llm.c fp32 model "
+        "file that ./train and ./generate read. Pickled weights (pytorch_model.bin) are refused."))
+    p.add_argument("-i", "--input", required=True, help="Hugging Face model folder")
+    p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--block-size", type=positive_int, default=None,
+                   help="keep only the first N positions (default: all of the model's n_positions)")
+    return p
+
+
+def import_main(argv=None) -> None:
+    args = import_parser().parse_args(argv)
+    from . import hf
+
+    config = hf.import_folder(args.input, args.output, block_size=args.block_size)
+    print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
+          f"block {config.block_size}, vocab {config.vocab_size}; {config.num_parameters(padded=False):,} parameters")
+
+
+# ----------------------------------------------------------------------------- plot
+
+def plot_parser() -> Parser:
+    p = Parser(prog="tinystories plot", description=(
+        "Draw the train and val loss of one or more runs from the trainer's JSON-lines metrics files "
+        "into one chart (one colour per run, named after the file)."))
+    p.add_argument("metrics", nargs="+", help="metrics files (.jsonl) written by ./train")
+    p.add_argument("-o", "--output", default="loss.png", help="image to write; .png, .svg or .pdf (default: %(default)s)")
+    p.add_argument("--x", default="step", choices=["step", "tokens"], help="horizontal axis (default: %(default)s)")
+    p.add_argument("--log", action="store_true", help="log-scale loss axis (and log tokens axis with --x tokens)")
+    return p
+
+
+def plot_main(argv=None) -> None:
+    args = plot_parser().parse_args(argv)
+    from . import plot
+
+    runs = plot.plot(args.metrics, args.output, x=args.x, log=args.log)
+    print(f"wrote {args.output}")
+    for run in runs:
+        print("  " + plot.summary(run))
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
@@ -224,6 +301,9 @@ COMMANDS = {
     "create": create_main,
     "train": train_main,
     "generate": generate_main,
+    "export": export_main,
+    "import": import_main,
+    "plot": plot_main,
 }
 
 
