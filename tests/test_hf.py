@@ -1,0 +1,384 @@
+"""Hugging Face export/import against transformers itself (logits, tokenizer, pipeline), round trips
+through transformers-made folders, llm.c bf16 files in, and our model files checked the way llm.c's
+C reader checks them. Everything offline (HF_HUB_OFFLINE=1)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub read it
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from safetensors import safe_open  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+from tinystories import hf  # noqa: E402
+from tinystories.config import GPTConfig  # noqa: E402
+from tinystories.errors import BadInput  # noqa: E402
+from tinystories.formats import read_model, write_model  # noqa: E402
+from tinystories.model import GPT  # noqa: E402
+from tinystories.tokenizer import decode, encode  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=16)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def random_model(config: GPTConfig, seed: int) -> GPT:
+    """GPT-2 initialisation, then random biases and LayerNorms too, so a misplaced one shows."""
+    model = GPT(config)
+    model.init_weights(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1, generator=generator)  # LN weight or bias
+    return model
+
+
+def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, TINY.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_model(folder) -> "transformers.GPT2LMHeadModel":
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    assert not model.training and model.dtype == torch.float32
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(our model, the model file, the exported folder) for the tiny config."""
+    root = tmp_path_factory.mktemp("export")
+    model = random_model(TINY, seed=7)
+    write_model(root / "model.bin", TINY, model.llmc_params())
+    hf.export(root / "model.bin", root / "hf")
+    return model, root / "model.bin", root / "hf"
+
+
+# ----------------------------------------------------------------------------- llm.c's own checks
+
+def llmc_num_parameters(header: np.ndarray) -> int:
+    """llm.c's fill_in_parameter_sizes, written out from DESIGN.md."""
+    maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
+    sizes = [Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
+             L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C]
+    return sum(sizes)
+
+
+def assert_passes_llmc_reader(path) -> np.ndarray:
+    """The checks llm.c's C reader makes on an fp32 model file; returns wte (Vp, C)."""
+    data = Path(path).read_bytes()
+    header = np.frombuffer(data[:1024], dtype="<i4")
+    assert header[0] == 20240326, "magic"
+    assert header[1] == 3, "version (fp32)"
+    maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
+    assert min(maxT, V, L, NH, C) > 0 and C % NH == 0
+    assert Vp == (V + 127) // 128 * 128 and not header[8:].any()
+    assert len(data) == 1024 + 4 * llmc_num_parameters(header)
+    wte = np.frombuffer(data, dtype="<f4", count=Vp * C, offset=1024).reshape(Vp, C)
+    assert not wte[V:].any(), "padding rows of wte must be zero"
+    return wte
+
+
+def test_llmc_parameter_count_matches_design():
+    header = np.zeros(256, dtype="<i4")
+    header[:8] = [20240326, 3, 256, 50257, 4, 4, 128, 50304]  # the default model
+    assert llmc_num_parameters(header) == 7_265_024
+
+
+def bf16_llmc_file(path, config: GPTConfig, params: dict) -> dict:
+    """Write an llm.c bf16 (version 5) model file: each value's top 16 bits, round to nearest even.
+    Returns the fp32 values the file holds exactly."""
+    header = np.zeros(256, dtype="<i4")
+    header[:8] = [20240326, 5, config.block_size, config.vocab_size, config.n_layer, config.n_head,
+                  config.n_embd, config.padded_vocab_size]
+    parts, exact = [header.tobytes()], {}
+    for name, value in params.items():  # llmc_params keeps the file order
+        bits = np.ascontiguousarray(value, dtype="<f4").view("<u4").astype(np.uint64)
+        top = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+        parts.append(top.tobytes())
+        exact[name] = (top.astype(np.uint32) << 16).view(np.float32)
+    Path(path).write_bytes(b"".join(parts))
+    return exact
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_export_matches_our_logits_in_transformers(exported):
+    model, _, folder = exported
+    theirs = hf_model(folder)
+    assert theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr(), "head tied on load"
+    idx = tokens(2, TINY.block_size)
+    with torch.no_grad():
+        ours_logits, their_logits = model(idx), theirs(idx).logits  # (B, T, V) each
+    assert their_logits.shape == ours_logits.shape == (2, TINY.block_size, TINY.vocab_size)
+    assert rel_err(their_logits, ours_logits) <= 1e-5
+
+
+def test_export_folder_contents(exported):
+    model, _, folder = exported
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    assert (config["n_positions"], config["n_embd"], config["n_layer"], config["n_head"]) == (32, 16, 2, 2)
+    assert config["tie_word_embeddings"] is True and config["activation_function"] == "gelu_new"
+    tensors = load_file(folder / "model.safetensors")
+    assert "lm_head.weight" not in tensors and len(tensors) == 4 + 12 * TINY.n_layer
+    params = model.llmc_params()
+    assert np.array_equal(tensors["transformer.wte.weight"], params["wte"][: TINY.vocab_size])
+    assert np.array_equal(tensors["transformer.h.1.attn.c_attn.weight"], params["qkvw"][1].T)  # (C, 3C)
+    assert np.array_equal(tensors["transformer.h.0.mlp.c_proj.weight"], params["fcprojw"][0].T)  # (4C, C)
+    assert set(os.listdir(folder)) == hf.EXPORT_FILES
+
+
+def test_tokenizer_from_folder_is_gpt2(exported):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported[2])
+    assert tokenizer("Once upon a time")["input_ids"] == [7454, 2402, 257, 640]
+    assert tokenizer.eos_token_id == tokenizer.bos_token_id == 50256
+    tricky = "Tom's 3 dogs  ran...\n\n  \"Wow!\" said Lily. café 東京 🙂 it'll've"
+    assert tokenizer(tricky)["input_ids"] == encode(tricky)
+
+
+def test_tokenizer_from_folder_matches_tiktoken_on_real_stories(exported, head_stories):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported[2])
+    assert tokenizer(head_stories)["input_ids"] == [encode(s) for s in head_stories]
+
+
+def test_pipeline_generates_our_greedy_continuation(exported):
+    model, _, folder = exported
+    prompt = encode("Once upon a time")
+    idx = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(10):
+            idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    generator = transformers.pipeline("text-generation", model=str(folder))
+    out = generator("Once upon a time", max_new_tokens=10, do_sample=False)[0]["generated_text"]
+    assert out == decode(idx[0].tolist())
+
+
+def test_export_reads_checkpoint_with_training_state(tmp_path, exported):
+    """A trainer checkpoint (model + state trailer) exports the same weights as its model part."""
+    from tinystories.formats import TrainingState
+
+    model, _, folder = exported
+    state = TrainingState({"step": 3}, {"m": np.ones(2, np.float32)})
+    write_model(tmp_path / "ckpt.bin", TINY, model.llmc_params(), state)
+    hf.export(tmp_path / "ckpt.bin", tmp_path / "out")
+    with safe_open(tmp_path / "out" / "model.safetensors", framework="np") as f:
+        assert f.metadata()["source"] == "ckpt.bin"
+        assert f.metadata()["source_weights_sha256"] == read_model(tmp_path / "ckpt.bin").weights_sha256
+    a, b = load_file(tmp_path / "out" / "model.safetensors"), load_file(folder / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_export_replaces_only_previous_exports(tmp_path, exported):
+    _, model_file, _ = exported
+    out = tmp_path / "out"
+    hf.export(model_file, out)
+    hf.export(model_file, out)  # a previous export is replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="--force"):
+        hf.export(model_file, out)
+    assert (out / "notes.txt").exists()
+    hf.export(model_file, out, force=True)
+    assert set(os.listdir(out)) == hf.EXPORT_FILES
+    assert os.listdir(tmp_path) == ["out"], "no temp folders left behind"
+
+
+def test_small_vocab_exports_without_tokenizer(tmp_path):
+    config = GPTConfig(block_size=16, vocab_size=1000, n_layer=1, n_head=2, n_embd=8)
+    model = random_model(config, seed=3)
+    write_model(tmp_path / "m.bin", config, model.llmc_params())
+    hf.export(tmp_path / "m.bin", tmp_path / "hf")
+    assert set(os.listdir(tmp_path / "hf")) == {"config.json", "generation_config.json", "model.safetensors"}
+    idx = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert rel_err(hf_model(tmp_path / "hf")(idx).logits, model(idx)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- import
+
+@pytest.fixture(scope="module")
+def transformers_folder(tmp_path_factory):
+    """A random GPT2LMHeadModel saved by transformers (safetensors), biases and LayerNorms random."""
+    folder = tmp_path_factory.mktemp("transformers") / "gpt2"
+    torch.manual_seed(11)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_import_then_export_round_trips_tensors(tmp_path, transformers_folder):
+    config = hf.import_folder(transformers_folder, tmp_path / "model.bin")
+    assert config == TINY
+    assert_passes_llmc_reader(tmp_path / "model.bin")
+    hf.export(tmp_path / "model.bin", tmp_path / "again")
+    original = load_file(transformers_folder / "model.safetensors")
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    assert original.keys() == again.keys()
+    for name in original:
+        assert original[name].dtype == again[name].dtype == np.float32
+        assert original[name].shape == again[name].shape and original[name].tobytes() == again[name].tobytes(), name
+
+
+def test_imported_model_matches_transformers_logits(tmp_path, transformers_folder):
+    hf.import_folder(transformers_folder, tmp_path / "model.bin")
+    ours = GPT.from_file(read_model(tmp_path / "model.bin"))
+    idx = tokens(2, 32, seed=5)
+    with torch.no_grad():
+        assert rel_err(ours(idx), hf_model(transformers_folder)(idx).logits) <= 1e-5
+
+
+def test_import_block_size_keeps_first_positions(tmp_path, transformers_folder):
+    hf.import_folder(transformers_folder, tmp_path / "short.bin", block_size=8)
+    short = read_model(tmp_path / "short.bin")
+    assert short.config.block_size == 8
+    wpe = load_file(transformers_folder / "model.safetensors")["transformer.wpe.weight"]
+    assert np.array_equal(short.params["wpe"], wpe[:8])
+    assert_passes_llmc_reader(tmp_path / "short.bin")
+
+
+def test_import_half_precision_and_unprefixed_names(tmp_path, transformers_folder):
+    """Old-style files: no `transformer.` prefix, causal-mask buffers stored, fp16 values."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((transformers_folder / "config.json").read_bytes())
+    original = load_file(transformers_folder / "model.safetensors")
+    old = {k.removeprefix("transformer."): v.astype(np.float16) for k, v in original.items()}
+    old["h.0.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float16))
+    save_file(old, folder / "model.safetensors", metadata={"format": "pt"})
+    hf.import_folder(folder, tmp_path / "m.bin")
+    params = read_model(tmp_path / "m.bin").params
+    assert np.array_equal(params["wpe"], old["wpe.weight"].astype(np.float32))
+    assert np.array_equal(params["qkvw"][1], old["h.1.attn.c_attn.weight"].astype(np.float32).T)
+
+
+# ----------------------------------------------------------------------------- llm.c interop
+
+def test_llmc_bf16_file_exports_and_imports(tmp_path):
+    model = random_model(TINY, seed=5)
+    exact = bf16_llmc_file(tmp_path / "bf16.bin", TINY, model.llmc_params())
+    loaded = read_model(tmp_path / "bf16.bin")
+    assert all(np.array_equal(loaded.params[k], exact[k]) for k in exact)
+    hf.export(tmp_path / "bf16.bin", tmp_path / "hf")
+    ours = GPT.from_file(loaded)
+    idx = tokens(1, 32, seed=2)
+    with torch.no_grad():
+        assert rel_err(hf_model(tmp_path / "hf")(idx).logits, ours(idx)) <= 1e-5
+    hf.import_folder(tmp_path / "hf", tmp_path / "fp32.bin")
+    wte = assert_passes_llmc_reader(tmp_path / "fp32.bin")
+    back = read_model(tmp_path / "fp32.bin")
+    assert np.array_equal(wte, exact["wte"])
+    assert all(np.array_equal(back.params[k], exact[k]) for k in exact), "bf16 -> fp32 is exact"
+
+
+def test_written_model_files_pass_llmc_checks(tmp_path):
+    config = GPTConfig(block_size=24, vocab_size=50257, n_layer=3, n_head=3, n_embd=24)
+    write_model(tmp_path / "m.bin", config, random_model(config, seed=1).llmc_params())
+    assert_passes_llmc_reader(tmp_path / "m.bin")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def copy_folder(source, target):
+    target.mkdir()
+    for item in source.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: edit_config(f, model_type="llama"), "model_type is 'llama'"),
+    (lambda f: edit_config(f, activation_function="relu"), "unsupported activation_function 'relu'"),
+    (lambda f: edit_config(f, n_inner=32), "unsupported n_inner 32"),
+    (lambda f: edit_config(f, layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
+    (lambda f: edit_config(f, n_embd=15), "divisible"),
+    (lambda f: edit_config(f, n_layer="2"), "n_layer must be a positive integer"),
+    (lambda f: edit_config(f, n_layer=3), "tensor h.2.ln_1.weight missing"),
+    (lambda f: edit_config(f, n_positions=64), "wpe.weight has shape [32, 16], expected [64, 16]"),
+    (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
+    (lambda f: (f / "config.json").unlink(), "config.json: file not found"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}"), "not a valid safetensors"),
+    (lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin"), "pickle"),
+    (lambda f: (f / "model.safetensors").unlink(), "no model.safetensors"),
+])
+def test_import_bad_folders(tmp_path, transformers_folder, change, message):
+    folder = copy_folder(transformers_folder, tmp_path / "bad")
+    change(folder)
+    with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")):
+        hf.import_folder(folder, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_import_refuses_untied_head_and_nan(tmp_path, transformers_folder):
+    tensors = load_file(transformers_folder / "model.safetensors")
+    untied = copy_folder(transformers_folder, tmp_path / "untied")
+    edit_config(untied, tie_word_embeddings=False)
+    save_file(dict(tensors, **{"lm_head.weight": tensors["transformer.wte.weight"] * 2}), untied / "model.safetensors")
+    with pytest.raises(BadInput, match="lm_head.weight differs"):
+        hf.import_folder(untied, tmp_path / "out.bin")
+    save_file(tensors, untied / "model.safetensors")
+    with pytest.raises(BadInput, match="no lm_head.weight"):
+        hf.import_folder(untied, tmp_path / "out.bin")
+    nan = copy_folder(transformers_folder, tmp_path / "nan")
+    tensors["transformer.ln_f.bias"] = np.full(16, np.nan, np.float32)
+    save_file(tensors, nan / "model.safetensors")
+    with pytest.raises(BadInput, match="ln_f.bias holds NaN"):
+        hf.import_folder(nan, tmp_path / "out.bin")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "tinystories", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "-e", "missing.bin", "-o", "hf"],
+    ["export", "-e", "model.bin", "-o", "busy"],
+    ["import", "-i", "missing", "-o", "out.bin"],
+    ["import", "-i", "gpt2", "-o", "out.bin", "--block-size", "33"],
+    ["import", "-i", "pickled", "-o", "out.bin"],
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, transformers_folder, exported, command):
+    (tmp_path / "model.bin").write_bytes(exported[1].read_bytes())
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("keep")
+    copy_folder(transformers_folder, tmp_path / "gpt2")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_bytes((transformers_folder / "config.json").read_bytes())
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"PK\x03\x04")
+    before = sorted(os.listdir(tmp_path))
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == before, "nothing written or left behind"
+    assert os.listdir(tmp_path / "busy") == ["keep.txt"]
+
+
+def test_cli_export_and_import(tmp_path, exported):
+    result = run_cli("export", "-e", str(exported[1]), "-o", "hf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("import", "-i", "hf", "-o", "back.bin", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back.bin").read_bytes() == exported[1].read_bytes()

@@ -1,0 +1,363 @@
+"""Hugging Face interop: export an llm.c model file to a `transformers` GPT-2 folder, and import one.
+
+Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoTokenizer.from_pretrained
+(folder)` and `pipeline("text-generation", model=folder)`, offline)
+    config.json             GPT2Config: our shape, activation "gelu_new" (GELU, tanh form), LayerNorm
+                            eps 1e-5, n_inner null (= 4 C), tied output head, bos/eos 50256. Dropouts
+                            are 0.0 because our model has none: eval mode is unaffected either way,
+                            and fine-tuning in transformers then trains the same network we trained.
+    generation_config.json  bos/eos/pad 50256
+    model.safetensors       fp32 GPT-2 state dict, names `transformer.*`:
+                              wte.weight (V, C)          our wte without its padding rows
+                              wpe.weight (T, C)
+                              h.{i}.ln_1.weight / .bias (C)
+                              h.{i}.attn.c_attn.weight (C, 3C)   Conv1D layout (in, out) = our (out, in)
+                              h.{i}.attn.c_attn.bias (3C)        transposed; q, k, v in that order
+                              h.{i}.attn.c_proj.weight (C, C), .bias (C)
+                              h.{i}.ln_2.weight / .bias (C)
+                              h.{i}.mlp.c_fc.weight (C, 4C), .bias (4C)
+                              h.{i}.mlp.c_proj.weight (4C, C), .bias (C)
+                              ln_f.weight / .bias (C)
+                            `lm_head.weight` is not stored: the head is tied to wte, and transformers
+                            re-ties it on load (save_pretrained leaves it out the same way).
+                            Metadata: format "pt", the source file's name and weights sha256.
+    vocab.json, merges.txt  the GPT-2 BPE files (copies of OpenAI's encoder.json and vocab.bpe)
+    tokenizer.json          the same tokenizer for the `tokenizers` library (byte-level BPE)
+    tokenizer_config.json, special_tokens_map.json   <|endoftext|> as bos, eos and unk
+The tokenizer files are written only for the GPT-2 vocabulary (vocab size 50257).
+
+The folder is built in a hidden temp folder beside the target and renamed into place, so the target
+is either absent, the old folder, or the complete new one. An existing target is replaced only when it
+is empty or holds nothing but files that export writes; anything else needs `force=True`.
+
+Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a sharded
+model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
+to Vp rows of zeros. Pickled weights (pytorch_model.bin) are refused: nothing here runs pickle.
+The config must be model_type "gpt2" with a tanh GELU, n_inner null or 4 C, LayerNorm eps 1e-5, plain
+attention scaling and no cross-attention (fields it leaves out take GPT2Config's defaults); the
+weights must be exactly the tensors above (names with or without `transformer.`; old files'
+attention-mask buffers are skipped), finite, with the config's shapes; an untied lm_head.weight
+is accepted only when it equals wte.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from .config import GPTConfig
+from .errors import BadInput
+from .formats import _umask, atomic_write, model_tensor_shapes, read_model, write_model
+from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
+
+EOT_TEXT = "<|endoftext|>"
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS) + TOKENIZER_FILES)
+
+# llm.c tensor name -> name inside transformer.h.{i}, and whether it is a linear weight, which
+# transformers' Conv1D stores as (in, out) where llm.c stores (out, in)
+LAYER_TENSORS = {
+    "ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
+    "qkvw": ("attn.c_attn.weight", True), "qkvb": ("attn.c_attn.bias", False),
+    "attprojw": ("attn.c_proj.weight", True), "attprojb": ("attn.c_proj.bias", False),
+    "ln2w": ("ln_2.weight", False), "ln2b": ("ln_2.bias", False),
+    "fcw": ("mlp.c_fc.weight", True), "fcb": ("mlp.c_fc.bias", False),
+    "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False),
+}
+GLOBAL_TENSORS = {"wte": "wte.weight", "wpe": "wpe.weight", "lnfw": "ln_f.weight", "lnfb": "ln_f.bias"}
+# what GPT2Config assumes for a field that config.json leaves out
+GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+                 "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                 "add_cross_attention": False, "tie_word_embeddings": True}
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation of GELU
+
+
+# ----------------------------------------------------------------------------- tensor layout
+
+def hf_state_dict(config: GPTConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our 16 llm.c tensors -> GPT-2 state dict (names without the `transformer.` prefix)."""
+    out = {GLOBAL_TENSORS[name]: np.ascontiguousarray(params[name], dtype=np.float32)
+           for name in GLOBAL_TENSORS}
+    out["wte.weight"] = out["wte.weight"][: config.vocab_size]  # drop the padding rows
+    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
+        for i, value in enumerate(params[name]):
+            out[f"h.{i}.{hf_name}"] = np.ascontiguousarray(value.T if is_linear else value, dtype=np.float32)
+    return out
+
+
+def hf_tensor_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of each GPT-2 state dict tensor (without the prefix) for a config."""
+    ours = dict(model_tensor_shapes(config))
+    shapes = {GLOBAL_TENSORS[name]: ours[name] for name in GLOBAL_TENSORS}
+    shapes["wte.weight"] = (config.vocab_size, config.n_embd)
+    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
+        per_layer = ours[name][1:]
+        for i in range(config.n_layer):
+            shapes[f"h.{i}.{hf_name}"] = per_layer[::-1] if is_linear else per_layer
+    return shapes
+
+
+def llmc_params(config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GPT-2 state dict (validated shapes, no prefix) -> our 16 llm.c tensors, wte padded with zeros,
+    wpe cut to the config's block size."""
+    params = {name: tensors[hf_name] for name, hf_name in GLOBAL_TENSORS.items()}
+    wte = np.zeros((config.padded_vocab_size, config.n_embd), dtype=np.float32)  # (Vp, C)
+    wte[: config.vocab_size] = params["wte"]
+    params["wte"] = wte
+    params["wpe"] = params["wpe"][: config.block_size]
+    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
+        layers = [tensors[f"h.{i}.{hf_name}"] for i in range(config.n_layer)]
+        params[name] = np.stack([w.T if is_linear else w for w in layers])
+    return params
+
+
+# ----------------------------------------------------------------------------- export
+
+def gpt2_config_json(config: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+        "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
+        "bos_token_id": EOT, "eos_token_id": EOT, "tie_word_embeddings": True,
+    }
+
+
+def tokenizer_json() -> str:
+    """tokenizer.json for the `tokenizers` library: GPT-2 byte-level BPE from the offline vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab_bpe, encoder_json = vocabulary_files()
+    tokenizer = Tokenizer(models.BPE.from_file(encoder_json, vocab_bpe))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(EOT_TEXT, special=True)])
+    return tokenizer.to_str()
+
+
+def tokenizer_files(block_size: int) -> dict[str, bytes]:
+    vocab_bpe, encoder_json = vocabulary_files()
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    config = dict(special, tokenizer_class="GPT2Tokenizer", add_prefix_space=False, model_max_length=block_size)
+    with open(encoder_json, "rb") as f, open(vocab_bpe, "rb") as g:
+        files = {"vocab.json": f.read(), "merges.txt": g.read()}
+    files["tokenizer.json"] = tokenizer_json().encode()
+    files["tokenizer_config.json"] = _json_bytes(config)
+    files["special_tokens_map.json"] = _json_bytes(special)
+    return files
+
+
+def _json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode()
+
+
+def export_files(model_path) -> dict[str, bytes]:
+    """Every file of the Hugging Face folder for the model file at `model_path`, as bytes."""
+    from safetensors.numpy import save
+
+    model = read_model(model_path)
+    config = model.config
+    tensors = {f"transformer.{name}": value for name, value in hf_state_dict(config, model.params).items()}
+    metadata = {"format": "pt", "source": os.path.basename(os.fspath(model_path)),
+                "source_weights_sha256": model.weights_sha256}
+    files = {
+        "config.json": _json_bytes(gpt2_config_json(config)),
+        "generation_config.json": _json_bytes({"bos_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT}),
+        SAFETENSORS: save(tensors, metadata=metadata),
+    }
+    if config.vocab_size == VOCAB_SIZE:
+        files.update(tokenizer_files(config.block_size))
+    return files
+
+
+def export(model_path, folder, force: bool = False) -> list[str]:
+    """Write the Hugging Face folder for a model file or checkpoint (training state is ignored).
+    Returns the names of the files written."""
+    folder = os.path.normpath(os.fspath(folder))
+    _check_replaceable(folder, force)
+    files = export_files(model_path)
+    parent = os.path.dirname(os.path.abspath(folder))
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise BadInput(f"{folder}: cannot create a folder in {parent}: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
+        for name, data in files.items():
+            with atomic_write(os.path.join(tmp, name)) as f:
+                f.write(data)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(files)
+
+
+def _check_replaceable(folder: str, force: bool) -> None:
+    if not os.path.exists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise BadInput(f"{folder}: exists and is not a folder")
+    foreign = sorted(set(os.listdir(folder)) - EXPORT_FILES)
+    if foreign and not force:
+        raise BadInput(f"{folder}: folder holds files that export does not write ({', '.join(foreign[:3])}"
+                       f"{', ...' if len(foreign) > 3 else ''}); choose a new folder or pass --force to replace it")
+
+
+def _move_into_place(tmp: str, folder: str) -> None:
+    """Rename the finished temp folder to `folder`, replacing an old one (renamed aside, then deleted)."""
+    if not os.path.exists(folder):
+        os.rename(tmp, folder)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".old",
+                           dir=os.path.dirname(os.path.abspath(folder)))
+    os.rename(folder, os.path.join(old, "folder"))
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        os.rename(os.path.join(old, "folder"), folder)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- import
+
+def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
+    """Convert a Hugging Face GPT-2 folder into our fp32 llm.c model file, keeping the first
+    `block_size` positions (default: all of them). Returns the written model's config."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise BadInput(f"{folder}: not a folder (expected a Hugging Face model folder)"
+                       if os.path.exists(folder) else f"{folder}: folder not found")
+    config, tied = read_gpt2_config(os.path.join(folder, "config.json"))
+    if block_size is not None and block_size > config.block_size:
+        raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
+    tensors = read_gpt2_tensors(folder, config, tied)
+    config = dataclasses.replace(config, block_size=block_size or config.block_size)
+    write_model(output, config, llmc_params(config, tensors))
+    return config
+
+
+def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
+    """GPTConfig of a GPT2Config file (block size = n_positions), and whether it
+    declares the head tied. BadInput for anything our model cannot represent exactly."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadInput(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a JSON object")
+    if raw.get("model_type") != "gpt2":
+        raise BadInput(f"{path}: model_type is {raw.get('model_type')!r}; only GPT-2 ('gpt2') models can be imported")
+    fields = {**GPT2_DEFAULTS, **{k: v for k, v in raw.items() if k in GPT2_DEFAULTS}}
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if type(fields[name]) is not int or fields[name] <= 0:
+            raise BadInput(f"{path}: {name} must be a positive integer, got {fields[name]!r}")
+    C = fields["n_embd"]
+    unsupported = [
+        (fields["activation_function"] not in TANH_GELUS,
+         f"activation_function {fields['activation_function']!r} (ours is the tanh GELU: {', '.join(TANH_GELUS)})"),
+        (fields["n_inner"] not in (None, 4 * C), f"n_inner {fields['n_inner']!r} (ours is 4 * n_embd = {4 * C})"),
+        (fields["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon {fields['layer_norm_epsilon']!r} (ours is 1e-5)"),
+        (fields["scale_attn_weights"] is not True, "scale_attn_weights false"),
+        (fields["scale_attn_by_inverse_layer_idx"] is not False, "scale_attn_by_inverse_layer_idx true"),
+        (fields["add_cross_attention"] is not False, "add_cross_attention true"),
+    ]
+    for is_unsupported, what in unsupported:
+        if is_unsupported:
+            raise BadInput(f"{path}: unsupported {what}")
+    config = GPTConfig(block_size=fields["n_positions"], vocab_size=fields["vocab_size"],
+                       n_layer=fields["n_layer"], n_head=fields["n_head"], n_embd=C)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise BadInput(f"{path}: {e}") from None
+    return config, fields["tie_word_embeddings"] is not False
+
+
+def _safetensors_paths(folder: str) -> list[str]:
+    """The safetensors file(s) holding the weights; BadInput for pickles or nothing."""
+    single, index = os.path.join(folder, SAFETENSORS), os.path.join(folder, SAFETENSORS_INDEX)
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            raise BadInput(f"{index}: not a valid safetensors index (expected a JSON weight_map)") from None
+        return [os.path.join(folder, os.path.basename(str(shard))) for shard in shards]
+    pickles = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if pickles:
+        raise BadInput(f"{folder}: weights only in {pickles[0]}, a pickle, which is never loaded here; "
+                       f"re-save them as safetensors (save_pretrained(..., safe_serialization=True))")
+    raise BadInput(f"{folder}: no {SAFETENSORS} (the weights of a Hugging Face model folder)")
+
+
+def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, np.ndarray]:
+    """The GPT-2 state dict (names without `transformer.`) as fp32 arrays, after checking that
+    exactly the expected tensors are present with the expected shapes and finite values."""
+    expected = hf_tensor_shapes(config)
+    tensors, head = {}, None
+    for path in _safetensors_paths(folder):
+        for name, value in _read_safetensors(path, expected, config).items():
+            if name == "lm_head.weight":
+                head = (path, value)
+            else:
+                tensors[name] = value
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise BadInput(f"{folder}: tensor {missing[0]} missing "
+                       f"({len(missing)} of {len(expected)} expected tensors absent)")
+    if not tied:  # transformers would use lm_head.weight as stored; it must be wte for our tied head
+        if head is None:
+            raise BadInput(f"{folder}: config unties the output head (tie_word_embeddings false) "
+                           f"but no lm_head.weight is stored")
+        if not np.array_equal(head[1], tensors["wte.weight"]):
+            raise BadInput(f"{head[0]}: lm_head.weight differs from wte.weight; "
+                           f"our model ties the output head to the embedding")
+    return tensors
+
+
+def _read_safetensors(path: str, expected: dict, config: GPTConfig) -> dict[str, np.ndarray]:
+    """Tensors of one safetensors file that belong to the state dict, as fp32, validated before
+    each is loaded. Drops the `transformer.` prefix and the attention-mask buffers of old files."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: file not found")
+    out = {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                name = key.removeprefix("transformer.")
+                if name.endswith((".attn.bias", ".attn.masked_bias")):
+                    continue  # causal-mask buffers, not weights
+                want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
+                if want is None:
+                    raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != want:
+                    raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")
+                value = f.get_tensor(key)
+                if not value.is_floating_point():
+                    raise BadInput(f"{path}: tensor {key} has dtype {value.dtype}, expected floating point")
+                value = value.to(torch.float32).numpy()
+                if not np.isfinite(value).all():
+                    raise BadInput(f"{path}: tensor {key} holds NaN or infinite values")
+                out[name] = value
+    except SafetensorError as e:
+        raise BadInput(f"{path}: not a valid safetensors file: {e}") from None
+    return out
