@@ -148,7 +148,7 @@ def train_parser() -> Parser:
     a("-i", "--train-tokens", default="data/tinystories/TinyStories_train.bin", help="train token file")
     a("-j", "--val-tokens", default="data/tinystories/TinyStories_val.bin", help="val token file")
     a("-n", "--max-steps", type=int, default=-1, help="steps to train (-1 = one epoch of the train file)")
-    a("-b", "--batch-size", type=positive_int, default=4, help="sequences per step (per process under torchrun)")
+    a("-b", "--batch-size", type=positive_int, default=4, help="sequences per step, over all processes: under torchrun each of N ranks takes -b/N (N must divide -b)")
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per sequence; 0 = the model's block size "
       "(the original's 1024 exceeds the default model's block of 256); more than the block size is an error")
     a("-l", "--lr", type=positive_float, default=3e-4, help="peak learning rate")
