@@ -203,7 +203,7 @@ def test_more_ranks_than_gpus_is_one_line(monkeypatch):
 
 def assert_one_line_error(stderr: str, needle: str) -> None:
     """Our error line from each rank that got to print it, and no traceback from our code."""
-    errors = [line for line in stderr.splitlines() if line.startswith("tinystories: error:")]
+    errors = [line for line in stderr.splitlines() if line.startswith("train: error:")]
     assert errors and all(needle in line for line in errors), stderr
     assert f"tinystories{os.sep}" not in stderr  # torchrun's own traceback names only its files
 
@@ -225,5 +225,5 @@ def test_missing_rendezvous_variables(workdir):
                             env=environment(WORLD_SIZE="2", RANK="0"), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2
-    assert result.stderr == "tinystories: error: WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: start with torchrun\n"
+    assert result.stderr == "train: error: WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT not set: start with torchrun\n"
     assert result.stdout == ""

@@ -158,8 +158,12 @@ def train_parser() -> Parser:
     a("--val-batches", type=positive_int, default=20, help="batches averaged for the val loss")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-      help="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32; master weights "
-      "and optimizer state are always fp32")
+      help="auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32; "
+      "master weights and optimizer state are always fp32")
+    a("--head-loss", default="auto", choices=["auto", "chunked", "triton", "plain"],
+      help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
+      "triton = fused Triton kernel (CUDA); plain = the reference formulation; auto = triton on CUDA "
+      "when installed, else chunked")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--seed", type=int, default=1337, help="seed for sampling and any randomness in training")
     a("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (matrices only)")
@@ -172,6 +176,8 @@ def train_parser() -> Parser:
     a("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
     a("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
     a("--max-bad-steps", type=positive_int, default=10, help="stop after this many consecutive steps with a non-finite loss or gradient")
+    a("--log-every", type=positive_int, default=1, help="print and log every N steps; between them the "
+      "device runs ahead without waiting for the loss (use 10-100 on a GPU for full speed)")
     a("--metrics", default=None, help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
     return p
 
@@ -184,10 +190,11 @@ def train_config_from_args(args):
         train_tokens=args.train_tokens, val_tokens=args.val_tokens, max_steps=args.max_steps,
         batch_size=args.batch_size, seq_len=args.seq_len, learning_rate=args.lr, val_every=args.val_every,
         sample_every=args.sample_every, sample_length=args.sample_length, val_batches=args.val_batches,
-        device=args.device, precision=args.precision, compile=args.compile, seed=args.seed,
+        device=args.device, precision=args.precision, head_loss=args.head_loss, compile=args.compile, seed=args.seed,
         weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         warmup_steps=args.warmup, lr_decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, grad_accum=args.grad_accum, max_bad_steps=args.max_bad_steps,
+        log_every=args.log_every,
         metrics=args.metrics)
 
 
@@ -307,18 +314,20 @@ COMMANDS = {
 }
 
 
-def run(entry, argv=None) -> None:
+def run(entry, argv=None, prog: str | None = None) -> None:
     """Run one command's main; turn BadInput into one line on stderr and exit status 2."""
+    prog = prog or os.path.basename(sys.argv[0])
     try:
         entry(argv)
     except BadInput as e:
-        prog = os.path.basename(sys.argv[0])
-        prog = "tinystories" if prog in ("", "__main__.py", "-m") else prog
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # e.g. ./generate | head: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 def main(argv=None) -> None:
@@ -327,4 +336,4 @@ def main(argv=None) -> None:
         names = ", ".join(COMMANDS)
         print(f"usage: python -m tinystories {{{names}}} [flags]   (each command has --help)", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    run(COMMANDS[argv[0]], argv[1:])
+    run(COMMANDS[argv[0]], argv[1:], prog=argv[0])

@@ -54,6 +54,7 @@ class TrainConfig:
     val_batches: int = 20
     device: str = "auto"
     precision: str = "auto"
+    head_loss: str = "auto"
     compile: bool = False
     seed: int = 1337
     weight_decay: float = 0.0
@@ -66,4 +67,5 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     max_bad_steps: int = 10
+    log_every: int = 1
     metrics: str | None = None

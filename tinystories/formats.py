@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 
@@ -87,6 +88,19 @@ def atomic_write(path):
         dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)
+
+
+def remove_stale_temp_files(path) -> None:
+    """Delete the temp files atomic_write(path) abandons when its process is killed mid-write
+    (`<name>.<random>.tmp` beside `path`). Only for a writer that owns `path`: another process's
+    save in progress would lose its temp file."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(re.escape(name) + r"\.[a-z0-9_]+\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if pattern.fullmatch(entry):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, entry))
 
 
 def _umask() -> int:

@@ -138,7 +138,7 @@ class GPT(nn.Module):
         if targets is None:
             return F.linear(x, self.head_weight())  # (B, T, V)
         C = x.size(-1)
-        return self.head_loss(x.view(-1, C), self.head_weight(), targets.view(-1))
+        return self.head_loss(x.view(-1, C), self.head_weight(), targets.reshape(-1))
 
     @torch.no_grad()
     def next_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from .config import GPTConfig, TrainConfig
 from .data import TokenLoader
 from .errors import BadInput
-from .formats import ModelFile, TrainingState, atomic_write, read_model, write_model
+from .formats import ModelFile, TrainingState, atomic_write, read_model, remove_stale_temp_files, write_model
 from .model import GPT
 
 EOT = 50256
@@ -95,6 +95,10 @@ def pick_device(flag: str, local_rank: int | None = None) -> torch.device:
             raise BadInput(f"--device {flag}: CUDA is not available on this machine")
         if local_rank is not None and device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BadInput(f"--device {flag}: no CUDA device {device.index}, this machine has {count} "
+                           f"(under torchrun, start at most {count} processes per node)")
     elif device.type != "cpu":
         raise BadInput(f"--device: unsupported device '{flag}' (use auto, cpu, cuda or cuda:N)")
     return device
@@ -111,14 +115,36 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(flag: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' (autocast). auto: bf16 on CUDA with bf16 support, fp32 elsewhere."""
+    """'fp32' or 'bf16' (autocast). auto: bf16 on CUDA with bf16 support and on CPUs with native bf16
+    instructions, fp32 elsewhere."""
     if flag == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if flag == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         print("note: this CPU has no native bf16; --precision bf16 will be emulated and slow", file=sys.stderr)
     return flag
+
+
+def select_head_loss(flag: str, device: torch.device):
+    """The output layer + loss implementation for --head-loss. auto: the Triton kernel on CUDA when
+    triton imports, else the chunked PyTorch version; plain: the reference formulation."""
+    from .kernels.fused_ce import fused_head_loss
+    from .model import plain_head_loss
+
+    if flag == "plain":
+        return plain_head_loss
+    if flag == "chunked" or (flag == "auto" and device.type != "cuda"):
+        return fused_head_loss
+    if device.type != "cuda":
+        raise BadInput("--head-loss triton needs a CUDA device (use auto, chunked or plain)")
+    try:
+        from .kernels.triton_ce import triton_head_loss
+    except ImportError:
+        if flag == "triton":
+            raise BadInput("--head-loss triton: the triton package is not installed") from None
+        return fused_head_loss
+    return triton_head_loss
 
 
 def autocast(device: torch.device, precision: str):
@@ -134,9 +160,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -206,6 +230,10 @@ def restore_optimizer(optimizer: torch.optim.AdamW, model: GPT, state: TrainingS
     full = optimizer.state_dict()
     full["state"] = saved
     optimizer.load_state_dict(full)
+
+
+def same_file(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def check_resumable(model_file: ModelFile, path: str) -> dict:
@@ -299,9 +327,13 @@ class Trainer:
         self.config = model_file.config
         self.seq_len = cfg.seq_len or self.config.block_size
         self._check_flags()
+        if self.dist.master:  # temp files of saves cut short by a kill
+            for path in filter(None, (cfg.checkpoint, self._metrics_path())):
+                remove_stale_temp_files(path)
         torch.manual_seed(cfg.seed)
         self.model = GPT.from_file(model_file).to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.model.head_loss = select_head_loss(cfg.head_loss, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -316,6 +348,9 @@ class Trainer:
         resumed = model_file.state is not None
         if resumed:
             self._resume(model_file)
+        # divergence guard, kept on the device so a step never waits for it
+        self.skipped_steps = torch.tensor(self.counters["skipped_steps"], device=self.device)
+        self.bad_in_a_row = torch.zeros((), dtype=torch.long, device=self.device)
         self.total_steps = self._total_steps()
         self.forward_model = self._wrap_model()
         self.metrics = MetricsLog(self._metrics_path() if self.dist.master else None,
@@ -338,6 +373,19 @@ class Trainer:
                 raise BadInput(f"-c {cfg.checkpoint}: folder {folder} is not writable")
             if os.path.isdir(cfg.checkpoint):
                 raise BadInput(f"-c {cfg.checkpoint}: is a folder, expected a file name")
+        rules = {"-l/--lr": (cfg.learning_rate, 0 < cfg.learning_rate < math.inf, "positive and finite"),
+                 "--eps": (cfg.eps, 0 < cfg.eps < math.inf, "positive and finite"),
+                 "--beta1": (cfg.beta1, 0 <= cfg.beta1 < 1, "in [0, 1)"),
+                 "--beta2": (cfg.beta2, 0 <= cfg.beta2 < 1, "in [0, 1)")}
+        for flag, (value, ok, rule) in rules.items():
+            if not ok:
+                raise BadInput(f"{flag} {value}: must be {rule}")
+        paths = {"-e": cfg.model, "-i": cfg.train_tokens, "-j": cfg.val_tokens, "-c": cfg.checkpoint,
+                 "--metrics": self._metrics_path()}
+        for output, source in (("-c", "-i"), ("-c", "-j"), ("--metrics", "-e"), ("--metrics", "-i"),
+                               ("--metrics", "-j"), ("--metrics", "-c")):
+            if same_file(paths[output], paths[source]):
+                raise BadInput(f"{output} {paths[output]}: is the same file as {source}, which it would overwrite")
 
     def _resume(self, model_file: ModelFile) -> None:
         meta = check_resumable(model_file, self.cfg.model)
@@ -351,7 +399,7 @@ class Trainer:
         changed = [k for k, now in (("batch_size", self.cfg.batch_size), ("seq_len", self.seq_len),
                                     ("grad_accum", self.cfg.grad_accum)) if meta.get(k) != now]
         if changed and self.dist.master:
-            print(f"note: {', '.join(changed)} differ from the checkpoint's; resuming at its data position "
+            print(f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the checkpoint's; resuming at its data position "
                   f"anyway (losses will not match an uninterrupted run)", file=sys.stderr)
 
     def _total_steps(self) -> int:
@@ -380,7 +428,8 @@ class Trainer:
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
         print(f"model {cfg.model}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, block {c.block_size}, "
               f"{c.num_parameters(padded=False):,} parameters")
-        print(f"device {self.device} x {self.dist.world} process(es), precision {self.precision}; "
+        print(f"device {self.device} x {self.dist.world} process(es), precision {self.precision}, "
+              f"head loss {self.model.head_loss.__name__}{', compiled' if cfg.compile else ''}; "
               f"batch {cfg.batch_size} x {self.seq_len} tokens x {cfg.grad_accum} accumulation = {tokens_per_step:,} tokens/step")
         print(f"train {cfg.train_tokens}: {self.train_loader.tokens.size:,} tokens "
               f"({self.train_loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
@@ -395,9 +444,10 @@ class Trainer:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x, y
 
-    def train_step(self, lr: float) -> tuple[float, float]:
-        """One optimizer step over grad_accum micro-batches. Returns (mean loss, grad norm); when either
-        is non-finite the update is skipped and the weights are untouched."""
+    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over grad_accum micro-batches. Returns (mean loss, grad norm) as device
+        tensors, without waiting for the device. When either is non-finite, fused AdamW skips the
+        update on the device (its found_inf input), so a bad step never reaches the weights."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -413,11 +463,13 @@ class Trainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         total = self.dist.mean(total)
-        loss_value, norm_value = total.item(), norm.item()
-        if math.isfinite(loss_value) and math.isfinite(norm_value):
-            self.optimizer.step()
+        finite = torch.isfinite(total) & torch.isfinite(norm)
+        self.optimizer.found_inf = (~finite).float()
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value
+        self.bad_in_a_row = torch.where(finite, 0, self.bad_in_a_row + 1)
+        self.skipped_steps += (~finite).long()
+        return total, norm
 
     @torch.no_grad()
     def val_loss(self) -> float:
@@ -436,15 +488,15 @@ class Trainer:
         from .generate import generate_tokens
         from .tokenizer import decode
 
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
+        generator = torch.Generator().manual_seed(self.cfg.seed + self.step)
         self.model.eval()
-        with autocast(self.device, self.precision):
-            ids = generate_tokens(self.model, [EOT], min(self.cfg.sample_length, self.config.block_size - 1), generator)
+        ids = generate_tokens(self.model, [EOT], min(self.cfg.sample_length, self.config.block_size), generator)
         self.model.train()
         return decode(ids)
 
     def save(self) -> None:
         if self.cfg.checkpoint and self.dist.master:
+            self.counters["skipped_steps"] = int(self.skipped_steps)
             meta = state_meta(self.cfg, self.config, self.run_id, self.step, self.train_loader, self.counters,
                               self.dist.world, self.seq_len)
             save_checkpoint(self.cfg.checkpoint, self.model, self.optimizer, meta)
@@ -461,33 +513,34 @@ class Trainer:
         cfg, master = self.cfg, self.dist.master
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
         signals = StopSignals()
-        start_time, bad_in_a_row = time.time(), 0
+        start_time = time.time()
         try:
             if cfg.val_every and self.step == 0:
                 self._report_val()
-            while self.step < self.total_steps and not self.dist.any(signals.requested is not None):
-                lr = learning_rate(cfg, self.step, self.total_steps)
-                t0 = time.perf_counter()
-                loss, norm = self.train_step(lr)
-                dt = time.perf_counter() - t0
+            window_start, window_steps = time.perf_counter(), 0
+            while self.step < self.total_steps:
+                loss, norm = self.train_step(learning_rate(cfg, self.step, self.total_steps))
                 self.step += 1
+                window_steps += 1
                 self.counters["tokens"] += tokens_per_step
-                finite = math.isfinite(loss) and math.isfinite(norm)
-                bad_in_a_row = 0 if finite else bad_in_a_row + 1
-                if not finite:
-                    self.counters["skipped_steps"] += 1
-                self._report_step(loss, norm, lr, dt, tokens_per_step, time.time() - start_time, finite)
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise BadInput(f"training diverged: {bad_in_a_row} consecutive steps with a non-finite loss or "
-                                   f"gradient (at step {self.step}); the last checkpoint on disk is the last good one; "
-                                   f"try a lower -l")
                 last = self.step == self.total_steps
-                if cfg.val_every and (self.step % cfg.val_every == 0 or last):
+                due = {name: every > 0 and self.step % every == 0 for name, every in (
+                    ("log", cfg.log_every), ("val", cfg.val_every), ("sample", cfg.sample_every),
+                    ("save", cfg.checkpoint_every))}
+                if not (last or any(due.values())):
+                    continue  # let the device run ahead: nothing is read back until a log step
+                dt = self._sync_time(window_start, window_steps)
+                self._report_step(loss.item(), norm.item(), dt, tokens_per_step, time.time() - start_time)
+                self._check_divergence()
+                if cfg.val_every and (due["val"] or last):
                     self._report_val()
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and master:
+                if due["sample"] and master:
                     print(f"sample at step {self.step}:\n{self.sample()}\n---", flush=True)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not last:
+                if due["save"] and not last:
                     self.save()
+                if self.dist.any(signals.requested is not None):
+                    break
+                window_start, window_steps = time.perf_counter(), 0
             if self.step < self.total_steps and master:
                 print(f"stopped by {signals.requested or 'a signal on another rank'} at step {self.step}", flush=True)
             self.save()
@@ -496,9 +549,23 @@ class Trainer:
             self.metrics.close()
             self.dist.close()
 
-    def _report_step(self, loss, norm, lr, dt, tokens_per_step, elapsed, finite) -> None:
+    def _sync_time(self, window_start: float, window_steps: int) -> float:
+        """Seconds per step over the steps since window_start, once the device has finished them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - window_start) / window_steps
+
+    def _check_divergence(self) -> None:
+        bad = int(self.bad_in_a_row)
+        if bad >= self.cfg.max_bad_steps:
+            raise BadInput(f"training diverged: {bad} consecutive steps with a non-finite loss or gradient "
+                           f"(at step {self.step}); the last checkpoint on disk is the last good one; try a lower -l")
+
+    def _report_step(self, loss, norm, dt, tokens_per_step, elapsed) -> None:
         if not self.dist.master:
             return
+        lr = self.optimizer.param_groups[0]["lr"]
+        finite = math.isfinite(loss) and math.isfinite(norm)
         note = "" if finite else "  (non-finite: update skipped)"
         print(f"step {self.step:5d}/{self.total_steps} | loss {loss:.6f} | norm {norm:.4f} | lr {lr:.2e} | "
               f"{dt * 1000:.1f} ms | {tokens_per_step / dt:,.0f} tok/s{note}", flush=True)

@@ -1,0 +1,86 @@
+"""Tokens per second of story generation with the KV cache (generate.generate_tokens) against the
+baseline that recomputes the whole sequence for every new token, in one run. Both draw the same
+tokens from the same seed (checked), so they do the same work apart from the cache.
+
+    .venv/bin/python bench/bench_generate.py [--model model.bin] [--tokens 256] [--repeats 3] [--threads N]
+
+Without --model, a randomly initialised default model (4 layers, 4 heads, 128 channels, block 256).
+Sampling is plain (temperature 1, no top-k or top-p), as ./generate's defaults. The two run in
+interleaved rounds, so a slowdown of the machine hits both alike; the figure is the best round
+(the least disturbed by other load).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinystories.config import GPTConfig  # noqa: E402
+from tinystories.formats import read_model  # noqa: E402
+from tinystories.generate import generate_tokens, sample_next  # noqa: E402
+from tinystories.model import GPT  # noqa: E402
+from tinystories.tokenizer import EOT  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="llm.c model file (default: random default-size model)")
+    parser.add_argument("--tokens", type=int, default=256, help="new tokens after the EOT that starts a story")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser.parse_args()
+
+
+@torch.no_grad()
+def generate_without_cache(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator) -> list[int]:
+    """The baseline: every step runs the whole sequence so far, then scores only its last position."""
+    ids = list(prompt_ids)
+    for _ in range(max_new_tokens):
+        last = model.hidden(torch.tensor([ids]))[0, -1]  # (C,)
+        token = sample_next(F.linear(last, model.head_weight()), generator)
+        if token == EOT:
+            break
+        ids.append(token)
+    return ids[len(prompt_ids) :]
+
+
+def timed(generate, model, n, seed) -> tuple[float, list[int]]:
+    start = time.perf_counter()
+    ids = generate(model, [EOT], n, torch.Generator().manual_seed(seed))
+    return time.perf_counter() - start, ids
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model = GPT.from_file(read_model(args.model))
+    else:
+        model = GPT(GPTConfig())
+        model.init_weights(seed=1337)
+    model.eval()
+    ways = {"KV cache": generate_tokens, "full recompute": generate_without_cache}
+    for generate in ways.values():  # warm-up
+        generate(model, [EOT], 8, torch.Generator().manual_seed(0))
+    seconds, stories = {name: [] for name in ways}, {}
+    for _ in range(args.repeats):
+        for name, generate in ways.items():
+            elapsed, stories[name] = timed(generate, model, args.tokens, args.seed)
+            seconds[name].append(elapsed)
+    assert stories["KV cache"] == stories["full recompute"], "the two ways drew different tokens"
+    n = len(stories["KV cache"])
+    c = model.config
+    print(f"{c.n_layer}L {c.n_head}H {c.n_embd}C block {c.block_size}: {n} tokens after EOT, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}")
+    for name, times in seconds.items():
+        print(f"{name:<15} {n / min(times):8.1f} tokens/s   ({min(times):.2f} s)")
+    print(f"KV cache speed-up: {min(seconds['full recompute']) / min(seconds['KV cache']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

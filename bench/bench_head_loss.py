@@ -1,0 +1,93 @@
+"""Forward + backward time of the output layer + loss: plain_head_loss (the baseline, eager fp32)
+against its bf16-autocast and torch.compile variants and fused_head_loss at several chunk sizes,
+in one run. Prints the best-of-repeats wall time per variant, its speed-up over plain fp32, and
+the best CPU time (all threads; it counts no time spent waiting for a core another program holds).
+
+    .venv/bin/python bench/bench_head_loss.py [--rows 1024] [--channels 128] [--vocab 50257]
+                                              [--repeats 7] [--chunks 64 128 256 512] [--no-compile]
+
+The variants run in interleaved rounds (one call of each per round), so a slowdown of the machine
+hits all of them alike; the minimum over the rounds is the figure least disturbed by other load.
+The load average is printed before and after: wall times are only meaningful when it stays below
+the number of cores.
+"""
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinystories.kernels.fused_ce import fused_head_loss  # noqa: E402
+from tinystories.model import plain_head_loss  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1024, help="N = B * T (default 4 * 256)")
+    parser.add_argument("--channels", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    return parser.parse_args()
+
+
+def variants(chunks, with_compile):
+    """name -> (head_loss, use bf16 autocast)."""
+    table = {"plain fp32": (plain_head_loss, False), "plain bf16": (plain_head_loss, True)}
+    if with_compile:
+        table["plain fp32 compiled"] = (torch.compile(plain_head_loss), False)
+        table["plain bf16 compiled"] = (torch.compile(plain_head_loss), True)
+    for bf16 in (False, True):
+        for chunk in chunks:
+            fused = functools.partial(fused_head_loss, chunk_size=chunk)
+            table[f"fused {'bf16' if bf16 else 'fp32'} R={chunk}"] = (fused, bf16)
+    return table
+
+
+def step_seconds(head_loss, bf16, h, weight, targets):
+    """(wall, CPU) seconds for one forward + backward from fresh gradients."""
+    h.grad = weight.grad = None
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = head_loss(h, weight, targets)
+    loss.backward()
+    return time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+
+def main():
+    args = parse_args()
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(args.rows, args.channels, generator=g).requires_grad_()  # (N, C)
+    weight = (0.02 * torch.randn(args.vocab, args.channels, generator=g)).requires_grad_()  # (V, C)
+    targets = torch.randint(0, args.vocab, (args.rows,), generator=g)  # (N,)
+    table = variants(args.chunks, not args.no_compile)
+    for name in list(table):  # warm-up, and the compile itself; a variant that fails is dropped
+        try:
+            step_seconds(*table[name], h, weight, targets)
+        except Exception as error:  # noqa: BLE001 - report any compile failure and go on
+            print(f"{name}: failed ({type(error).__name__}: {str(error).splitlines()[0]})")
+            del table[name]
+    times = {name: [] for name in table}
+    for _ in range(args.repeats):
+        for name, (head_loss, bf16) in table.items():
+            times[name].append(step_seconds(head_loss, bf16, h, weight, targets))
+    print(f"N={args.rows} C={args.channels} V={args.vocab}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    baseline = min(wall for wall, _ in times["plain fp32"])
+    print(f"{'variant':<22} {'wall ms':>8} {'median ms':>10} {'speed-up':>9} {'CPU ms':>8}")
+    for name, pairs in times.items():
+        walls = sorted(wall for wall, _ in pairs)
+        best_cpu = min(cpu for _, cpu in pairs)
+        print(f"{name:<22} {walls[0] * 1e3:8.1f} {walls[len(walls) // 2] * 1e3:10.1f} "
+              f"{baseline / walls[0]:8.2f}x {best_cpu * 1e3:8.1f}")
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The GPT model against Hugging Face transformers, create_model.py end to end, the llm.c model
+format round trip (fp32 and bf16), the loss at initialisation, learning, and the KV cache."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tinystories.config import GPTConfig
+from tinystories.formats import HEADER_BYTES, make_header, read_model, write_model
+from tinystories.model import GPT, KVCache
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = GPTConfig()  # 4 layers, 4 heads, 128 channels, block 256, vocab 50257
+SMALL = GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=64)
+SMALL_VOCAB = GPTConfig(block_size=32, vocab_size=1000, n_layer=3, n_head=3, n_embd=48)  # Vp = 1024
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def random_model(config: GPTConfig, seed: int) -> GPT:
+    """A model whose every parameter is random (biases and LayerNorms too), padding rows zero."""
+    model = GPT(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1, generator=generator)
+        for block in model.h:
+            for ln in (block.ln_1, block.ln_2):
+                ln.weight.add_(1.0)
+        model.ln_f.weight.add_(1.0)
+        model.wte.weight[config.vocab_size :].zero_()
+    return model
+
+
+def inputs_and_targets(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T + 1) tokens -> inputs and next-token targets, (B, T) each (contiguous: GPT.forward
+    flattens targets with .view)."""
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+# ----------------------------------------------------------------------------- Hugging Face parity
+
+HF_CONV1D_WEIGHTS = {"qkvw": "attn.c_attn.weight", "attprojw": "attn.c_proj.weight",
+                     "fcw": "mlp.c_fc.weight", "fcprojw": "mlp.c_proj.weight"}  # HF stores these (in, out)
+HF_PER_LAYER = {"ln1w": "ln_1.weight", "ln1b": "ln_1.bias", "qkvb": "attn.c_attn.bias",
+                "attprojb": "attn.c_proj.bias", "ln2w": "ln_2.weight", "ln2b": "ln_2.bias",
+                "fcb": "mlp.c_fc.bias", "fcprojb": "mlp.c_proj.bias", **HF_CONV1D_WEIGHTS}
+
+
+def llmc_to_hf(params: dict[str, np.ndarray], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The 16 llm.c tensors as a GPT2LMHeadModel state dict (without the tied lm_head)."""
+    t = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}
+    hf = {"transformer.wte.weight": t["wte"][: config.vocab_size],  # HF has no padding rows
+          "transformer.wpe.weight": t["wpe"],
+          "transformer.ln_f.weight": t["lnfw"], "transformer.ln_f.bias": t["lnfb"]}
+    for llmc_name, hf_name in HF_PER_LAYER.items():
+        for layer in range(config.n_layer):
+            value = t[llmc_name][layer]
+            hf[f"transformer.h.{layer}.{hf_name}"] = value.T if llmc_name in HF_CONV1D_WEIGHTS else value
+    return hf
+
+
+def hf_model(config: GPTConfig, params: dict[str, np.ndarray]):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        bos_token_id=config.vocab_size - 1, eos_token_id=config.vocab_size - 1)
+    model = transformers.GPT2LMHeadModel._from_config(hf_config, attn_implementation="eager")
+    missing, unexpected = model.load_state_dict(llmc_to_hf(params, config), strict=False)
+    assert missing == ["lm_head.weight"] and unexpected == []  # lm_head is tied to wte
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    return model
+
+
+def gradients_as_llmc(model: GPT) -> dict[str, np.ndarray]:
+    """Our gradients in the llm.c layout: load them as the weights of a twin model and export."""
+    twin = GPT(model.config)
+    with torch.no_grad():
+        for p_twin, p in zip(twin.parameters(), model.parameters()):
+            p_twin.copy_(p.grad)
+    return twin.llmc_params()
+
+
+@pytest.mark.parametrize("config, seed", [(DEFAULT, 0), (SMALL, 1), (SMALL_VOCAB, 2)],
+                         ids=["default-4L4H128C", "2L2H64C-block64", "3L3H48C-vocab1000"])
+def test_matches_huggingface_gpt2_logits_loss_and_gradients(config, seed):
+    ours = random_model(config, seed)
+    params = ours.llmc_params()
+    theirs = hf_model(config, params)
+    tokens = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(seed))
+
+    assert rel_err(ours(tokens), theirs(tokens).logits) <= 1e-5  # (B, T, V) at every position
+
+    # HF shifts labels inside: logits at position t score tokens[t + 1]
+    hf_loss = theirs(tokens, labels=tokens).loss
+    our_loss = ours(*inputs_and_targets(tokens))
+    assert rel_err(our_loss, hf_loss) <= 1e-5
+    our_loss.backward()
+    hf_loss.backward()
+
+    our_grads = llmc_to_hf(gradients_as_llmc(ours), config)
+    hf_grads = {name: p.grad for name, p in theirs.named_parameters()}
+    assert our_grads.keys() == hf_grads.keys()
+    for name, grad in hf_grads.items():
+        assert rel_err(our_grads[name], grad) <= 1e-5, name
+    assert not ours.wte.weight.grad[config.vocab_size :].any()  # padding rows never learn
+
+
+# ----------------------------------------------------------------------------- create_model.py
+
+def create_model(*flags, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "create_model.py"), *flags], cwd=cwd,
+                          capture_output=True, text=True, check=True)
+
+
+def stored_values(L: int, H: int, C: int, T: int, V: int) -> int:
+    """Count of the 16 llm.c tensors, written out independently of GPTConfig.num_parameters."""
+    Vp = (V + 127) // 128 * 128
+    per_layer = C + C + 3 * C * C + 3 * C + C * C + C + C + C + 4 * C * C + 4 * C + C * 4 * C + C
+    return Vp * C + T * C + L * per_layer + C + C
+
+
+def test_create_model_default_file_header_and_size(tmp_path):
+    result = create_model(cwd=tmp_path)
+    path = tmp_path / "model.bin"
+    assert stored_values(4, 4, 128, 256, 50257) == 7_265_024
+    assert path.stat().st_size == HEADER_BYTES + 4 * 7_265_024
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[:8].tolist() == [20240326, 3, 256, 50257, 4, 4, 128, 50304]
+    assert not header[8:].any()
+    assert "7,259,008 parameters" in result.stdout and "7,265,024" in result.stdout
+
+
+def test_create_model_flags_change_the_shape(tmp_path):
+    create_model("-o", "small.bin", "--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64",
+                 "--vocab-size", "1000", cwd=tmp_path)
+    path = tmp_path / "small.bin"
+    assert path.stat().st_size == HEADER_BYTES + 4 * stored_values(2, 2, 32, 64, 1000)
+    header = np.fromfile(path, dtype="<i4", count=8)
+    assert header.tolist() == [20240326, 3, 64, 1000, 2, 2, 32, 1024]
+
+
+def test_create_model_initialisation_statistics(tmp_path):
+    create_model("--layers", "4", cwd=tmp_path)
+    p = read_model(tmp_path / "model.bin").params
+    V, L = 50257, 4
+    for name in ("wte", "wpe", "qkvw", "fcw"):
+        values = p[name][:V] if name == "wte" else p[name]
+        assert values.std() == pytest.approx(0.02, rel=0.02), name
+        assert abs(values.mean()) < 1e-3, name
+    for name in ("attprojw", "fcprojw"):  # projections into the residual stream
+        assert p[name].std() == pytest.approx(0.02 / math.sqrt(2 * L), rel=0.02), name
+    for name in ("qkvb", "attprojb", "fcb", "fcprojb", "ln1b", "ln2b", "lnfb"):
+        assert not p[name].any(), name
+    for name in ("ln1w", "ln2w", "lnfw"):
+        assert (p[name] == 1.0).all(), name
+    assert not p["wte"][V:].any()  # the 47 padding rows
+
+
+def test_create_model_seed_decides_the_bytes(tmp_path):
+    small = ["--layers", "1", "--heads", "2", "--channels", "16", "--block-size", "32"]
+    create_model("-o", "a.bin", "--seed", "5", *small, cwd=tmp_path)
+    create_model("-o", "b.bin", "--seed", "5", *small, cwd=tmp_path)
+    create_model("-o", "c.bin", "--seed", "6", *small, cwd=tmp_path)
+    a, b, c = ((tmp_path / name).read_bytes() for name in ("a.bin", "b.bin", "c.bin"))
+    assert a == b
+    assert a != c and a[:HEADER_BYTES] == c[:HEADER_BYTES]
+
+
+# ----------------------------------------------------------------------------- llm.c format
+
+def test_llmc_file_round_trip_is_exact(tmp_path):
+    model = random_model(SMALL_VOCAB, seed=3)
+    write_model(tmp_path / "m.bin", SMALL_VOCAB, model.llmc_params())
+    model_file = read_model(tmp_path / "m.bin")
+    assert model_file.config == SMALL_VOCAB and model_file.state is None
+    loaded = GPT.from_file(model_file)
+    original = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+
+def test_reads_llmc_bf16_files(tmp_path):
+    """llm.c's version 5 stores each value as the top 16 bits of its fp32."""
+    config = SMALL_VOCAB
+    model = random_model(config, seed=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())  # values bf16 holds exactly
+    params = model.llmc_params()
+    header = make_header(20240326, 5, config.block_size, config.vocab_size, config.n_layer, config.n_head,
+                         config.n_embd, config.padded_vocab_size)
+    halves = b"".join((params[name].astype("<f4").view("<u4") >> 16).astype("<u2").tobytes() for name in params)
+    path = tmp_path / "bf16.bin"
+    path.write_bytes(header + halves)
+    assert path.stat().st_size == HEADER_BYTES + 2 * config.num_parameters()
+
+    loaded = GPT.from_file(read_model(path))
+    original = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+
+# ----------------------------------------------------------------------------- training behaviour
+
+def test_initial_loss_is_uniform_over_the_vocabulary():
+    model = GPT(DEFAULT)
+    model.init_weights(seed=1337)
+    tokens = torch.randint(0, DEFAULT.vocab_size, (4, 65), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss = model(*inputs_and_targets(tokens))
+    assert abs(loss.item() - math.log(50257)) < 0.3
+
+
+def test_overfits_a_single_batch():
+    """The default dims with a 4000-token vocabulary (a cheap output head) memorise one batch of
+    random tokens (B=4, T=64); it takes about 40 steps."""
+    config = GPTConfig(block_size=64, vocab_size=4000)
+    model = GPT(config)
+    model.init_weights(seed=0)
+    tokens = torch.randint(0, config.vocab_size, (4, 65), generator=torch.Generator().manual_seed(1))
+    x, y = inputs_and_targets(tokens)  # (4, 64) each
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    while len(losses) < 100 and (not losses or losses[-1] >= 0.1):
+        loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1, f"loss {losses[0]:.2f} -> {losses[-1]:.3f} after {len(losses)} steps"
+    assert not model.wte.weight[config.vocab_size :].any()  # padding rows stay zero under AdamW
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+@pytest.mark.parametrize("prompt_length", [1, 5])
+def test_kv_cache_logits_equal_full_forward(prompt_length):
+    config = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
+    model = random_model(config, seed=5)
+    tokens = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(tokens)  # (B, T, V)
+    cache = KVCache(config, batch=2, device="cpu", dtype=torch.float32)
+    cached = [model.next_logits(tokens[:, :prompt_length], cache)]  # prefill: logits after the prompt
+    for t in range(prompt_length, config.block_size):  # then one token at a time, to a full block
+        cached.append(model.next_logits(tokens[:, t : t + 1], cache))
+    assert cache.length == config.block_size
+    for i, logits in enumerate(cached):
+        assert rel_err(logits, full[:, prompt_length - 1 + i]) <= 1e-5, f"position {prompt_length - 1 + i}"

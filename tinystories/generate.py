@@ -1,0 +1,117 @@
+"""Sample a story from a trained model: KV-cached decoding with temperature, top-k and top-p.
+
+A story starts after the end-of-text token (EOT, 50256), the way every story in the training data
+does, and ends at the next EOT. Sampling runs on the CPU with a CPU `torch.Generator`, so a seed
+names the same story whatever device computes the logits (up to rounding in those logits).
+
+Length: the EOT, the prompt and the new tokens but the last must fit the model's block size, so
+-n may be at most block size minus the prompt's tokens. More is an error, not a silent clamp.
+"""
+import codecs
+import os
+import secrets
+import sys
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from . import tokenizer
+from .errors import BadInput
+from .formats import read_model
+from .model import GPT, KVCache
+from .train import pick_device
+from .tokenizer import EOT
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0) -> int:
+    """The next token id drawn from logits (V,).
+
+    temperature 0 takes the most likely token; otherwise the logits are divided by the temperature,
+    top_k > 0 keeps the k most likely tokens, and top_p < 1 keeps the smallest set of most likely
+    tokens whose probabilities sum to at least top_p. `generator` is a CPU generator."""
+    logits = logits.detach().float().cpu()  # (V,)
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if 0 < top_k < logits.numel():
+        kth_largest = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = torch.softmax(logits, dim=0)  # (V,)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)  # (V,), (V,)
+        mass_before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # the top token always stays
+        sorted_probs[mass_before >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def stream_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Iterator[int]:
+    """Yield up to max_new_tokens sampled ids after prompt_ids, stopping before an EOT.
+
+    The prompt fills the KV cache in one forward pass; each new token then costs one position.
+    The last id is never fed back, so len(prompt_ids) + max_new_tokens - 1 positions must fit the
+    block size. Run it outside autocast: the cache holds keys and values in the weights' dtype."""
+    weight = model.wte.weight
+    cache = KVCache(model.config, batch=1, device=weight.device, dtype=weight.dtype)
+    idx = torch.tensor([prompt_ids], device=weight.device)  # (1, P)
+    for _ in range(max_new_tokens):
+        token = sample_next(model.next_logits(idx, cache)[0], generator, temperature, top_k, top_p)
+        if token == EOT:
+            return
+        yield token
+        idx = torch.tensor([[token]], device=weight.device)  # (1, 1)
+
+
+def generate_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[int]:
+    """The ids sampled after prompt_ids (without the prompt, and without the EOT that ends them)."""
+    return list(stream_tokens(model, prompt_ids, max_new_tokens, generator, temperature, top_k, top_p))
+
+
+def text_pieces(token_ids: Iterable[int]) -> Iterator[str]:
+    """Decode ids to text piece by piece as they arrive. A character whose UTF-8 bytes span several
+    tokens comes out whole once its last byte arrives; the pieces join to tokenizer.decode(ids)."""
+    encoding = tokenizer.gpt2_encoding()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in token_ids:
+        yield utf8.decode(encoding.decode_single_token_bytes(token))
+    yield utf8.decode(b"", final=True)
+
+
+def load_model(path: str, device: torch.device) -> GPT:
+    """A model or checkpoint file (its training state is ignored), ready for sampling."""
+    if not os.path.exists(path):
+        raise BadInput(f"{path}: model file not found (write one with create_model.py or ./train -c; choose it with -e)")
+    model_file = read_model(path)
+    if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
+        raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
+                       f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
+    return GPT.from_file(model_file).to(device).eval()
+
+
+def main(args) -> None:
+    """./generate: print the prompt and the story that follows it, token by token."""
+    device = pick_device(args.device)
+    model = load_model(args.model, device)
+    prompt_ids = [EOT] + tokenizer.encode(args.prompt)
+    room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
+    if room < 1:
+        raise BadInput(f"-p/--prompt: {len(prompt_ids) - 1} tokens leave no room in the model's block size "
+                       f"of {model.config.block_size}")
+    if args.tokens > room:
+        raise BadInput(f"-n/--tokens: {args.tokens} tokens after a {len(prompt_ids) - 1}-token prompt exceed "
+                       f"the model's block size of {model.config.block_size}; use -n {room} or less")
+    seed = args.seed
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        print(f"seed: {seed}", file=sys.stderr)
+    generator = torch.Generator().manual_seed(seed)
+    sys.stdout.write(args.prompt)
+    new_ids = stream_tokens(model, prompt_ids, args.tokens, generator, args.temperature, args.top_k, args.top_p)
+    for piece in text_pieces(new_ids):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
