@@ -395,7 +395,10 @@ class Trainer:
         self.train_loader.position = meta["data_position"]
         rng = model_file.state.tensors.get("torch_rng")
         if rng is not None:
-            torch.set_rng_state(torch.from_numpy(rng.copy()))
+            try:
+                torch.set_rng_state(torch.from_numpy(rng.copy()))
+            except (TypeError, RuntimeError):  # wrong dtype or size
+                raise BadInput(f"{self.cfg.model}: training state holds a malformed torch_rng") from None
         changed = [k for k, now in (("batch_size", self.cfg.batch_size), ("seq_len", self.seq_len),
                                     ("grad_accum", self.cfg.grad_accum)) if meta.get(k) != now]
         if changed and self.dist.master:

@@ -1,0 +1,382 @@
+"""Bad input, case by case: every malformed file or flag ends the command with exit status 2 and
+exactly one line on stderr naming the file or flag and the problem; no traceback; nothing on disk
+changes (a sentinel at the -c / -o path keeps its bytes, no file appears or disappears).
+
+Cases run in-process through tinystories.cli.run (the function the real entry points call), which
+keeps ~100 cases fast; test_train.py checks the same path through real subprocesses. Each case is
+one pytest id below, so `pytest -v` lists them all.
+"""
+import errno
+import math
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from tinystories import cli, formats, tokenizer
+from tinystories.config import GPTConfig, TrainConfig
+from tinystories.model import GPT
+from tinystories.train import Trainer
+
+SMALL = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32)  # train cases
+GPT2_VOCAB = GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=1, n_embd=8)  # generate cases
+SENTINEL = b"previous checkpoint: must survive"
+ROOT_SKIP = "runs as root: permission bits do not stop root"
+
+
+# ----------------------------------------------------------------------------- valid inputs
+
+def model_params(config: GPTConfig) -> dict:
+    model = GPT(config)
+    model.init_weights(1)
+    return model.llmc_params()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Valid files every case starts from: models, token files, a checkpoint after one step."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    formats.write_tokens(d / "train.bin", rng.integers(0, SMALL.vocab_size, 4000))
+    formats.write_tokens(d / "val.bin", rng.integers(0, SMALL.vocab_size, 1000))
+    formats.write_model(d / "model.bin", SMALL, model_params(SMALL))
+    formats.write_model(d / "gpt2vocab.bin", GPT2_VOCAB, model_params(GPT2_VOCAB))
+    cfg = TrainConfig(model=str(d / "model.bin"), checkpoint=str(d / "ck.bin"), train_tokens=str(d / "train.bin"),
+                      val_tokens=str(d / "val.bin"), max_steps=1, batch_size=2, seq_len=32, val_every=0,
+                      sample_every=0, device="cpu")
+    Trainer(cfg).run()
+    (d / "folder").mkdir()
+    return d
+
+
+MODEL_SIZE = formats.HEADER_BYTES + 4 * SMALL.num_parameters()
+METADATA_START = MODEL_SIZE + formats.HEADER_BYTES  # in a checkpoint: after the state header
+TENSOR_ENDS = list(np.cumsum([4 * math.prod(s) for _, s in formats.model_tensor_shapes(SMALL)]) + formats.HEADER_BYTES)
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+def raw(d, name: str) -> bytes:
+    return (d / name).read_bytes()
+
+
+def with_int32(data: bytes, offset: int, value: int) -> bytes:
+    return data[:offset] + int(value).to_bytes(4, "little", signed=True) + data[offset + 4:]
+
+
+def with_float(data: bytes, offset: int, value: float) -> bytes:
+    return data[:offset] + np.float32(value).tobytes() + data[offset + 4:]
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:]
+
+
+def model_field(index: int, value: int):
+    return lambda d: with_int32(raw(d, "model.bin"), 4 * index, value)
+
+
+def state_field(index: int, value: int):
+    return lambda d: with_int32(raw(d, "ck.bin"), MODEL_SIZE + 4 * index, value)
+
+
+def token_field(index: int, value: int):
+    return lambda d: with_int32(raw(d, "train.bin"), 4 * index, value)
+
+
+def checkpoint_with(meta: dict, tensors: dict | None = None, update: dict | None = None):
+    """A checkpoint of the small model with a made-up (but well-formed, checksummed) training state:
+    the real one's metadata updated with `meta` (None deletes a key), its tensors replaced by `tensors`
+    or updated with `update`."""
+    def make(d):
+        base = formats.read_model(d / "ck.bin").state
+        full = {k: v for k, v in dict(base.meta, **meta).items() if v is not None}
+        state = formats.TrainingState(full, dict(base.tensors if tensors is None else tensors, **(update or {})))
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "made.bin")
+            formats.write_model(path, SMALL, formats.read_model(d / "model.bin").params, state)
+            return open(path, "rb").read()
+    return make
+
+
+def tokenizer_bytes(vocab=3, version=2, magic=tokenizer.TOKENIZER_MAGIC, pieces=(b"a", b"bc", b"d"), tail=b""):
+    body = b"".join(bytes([len(p)]) + p for p in pieces)
+    return lambda d: formats.make_header(magic, version, vocab, vocab - 1) + body + tail
+
+
+# ----------------------------------------------------------------------------- the cases
+
+def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None):
+    """One malformed input. `args` and `needles` may use {bad} (a file holding bad(d) bytes),
+    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile};
+    `locked` names the one of them made unreadable (a file) or unwritable (a folder)."""
+    marks = [pytest.mark.skipif(True, reason=skip)] if skip else []
+    return pytest.param((command, args, needles, bad, env or {}, locked), id=id, marks=marks)
+
+
+TENSOR_NAMES = [name for name, _ in formats.model_tensor_shapes(SMALL)]
+AS_ROOT = ROOT_SKIP if os.geteuid() == 0 else None
+HAS_CUDA = "CUDA is available here" if torch.cuda.is_available() else None
+
+CASES = [
+    # model files (-e)
+    case("model-empty", "train", "-e {bad}", ["{bad}", "too short"], bad=lambda d: b""),
+    case("model-cut-inside-header", "train", "-e {bad}", ["{bad}", "too short"], bad=lambda d: raw(d, "model.bin")[:500]),
+    case("model-cut-after-header", "train", "-e {bad}", ["{bad}", "truncated"], bad=lambda d: raw(d, "model.bin")[:1024]),
+    case("model-cut-inside-wte", "train", "-e {bad}", ["{bad}", "truncated"], bad=lambda d: raw(d, "model.bin")[:2000]),
+    *[case(f"model-cut-after-{name}", "train", "-e {bad}", ["{bad}", "truncated"],
+           bad=lambda d, end=int(end): raw(d, "model.bin")[:end])
+      for name, end in zip(TENSOR_NAMES[:-1], TENSOR_ENDS[:-1])],  # after the 16th the model part is whole
+    case("checkpoint-cut-inside-state-header", "train", "-e {bad}", ["{bad}", "training state is invalid"],
+         bad=lambda d: raw(d, "ck.bin")[:MODEL_SIZE + 100]),
+    case("checkpoint-cut-inside-state-metadata", "train", "-e {bad}", ["{bad}", "training state is invalid"],
+         bad=lambda d: raw(d, "ck.bin")[:METADATA_START + 40]),
+    case("checkpoint-cut-inside-state-tensors", "train", "-e {bad}", ["{bad}", "training state is invalid"],
+         bad=lambda d: raw(d, "ck.bin")[:-100]),
+    case("header-huge-block-size", "train", "-e {bad}", ["{bad}", "truncated"], bad=model_field(2, 2**31 - 1)),
+    case("header-huge-layers", "train", "-e {bad}", ["{bad}", "truncated"], bad=model_field(4, 2**31 - 1)),
+    case("header-huge-channels", "train", "-e {bad}", ["{bad}", "truncated"], bad=model_field(6, 2**30)),
+    case("header-negative-layers", "train", "-e {bad}", ["{bad}", "n_layer must be positive"], bad=model_field(4, -2)),
+    case("header-negative-block-size", "train", "-e {bad}", ["{bad}", "block_size must be positive"], bad=model_field(2, -64)),
+    case("header-vocab-0", "train", "-e {bad}", ["{bad}", "vocab_size must be positive"], bad=model_field(3, 0)),
+    case("header-heads-0", "train", "-e {bad}", ["{bad}", "n_head must be positive"], bad=model_field(5, 0)),
+    case("header-heads-not-dividing-channels", "train", "-e {bad}", ["{bad}", "divisible"], bad=model_field(5, 3)),
+    case("header-padded-vocab-mismatch", "train", "-e {bad}", ["{bad}", "padded vocab"], bad=model_field(7, 513)),
+    case("model-wrong-magic", "train", "-e {bad}", ["{bad}", "not an llm.c model file"], bad=model_field(0, 1234)),
+    case("model-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported model file version"], bad=model_field(1, 9)),
+    case("model-bf16-version-on-fp32-data", "train", "-e {bad}", ["{bad}", "NaN or infinite"],
+         bad=model_field(1, 5)),
+    case("model-trailing-garbage", "train", "-e {bad}", ["{bad}", "training state is invalid"],
+         bad=lambda d: raw(d, "model.bin") + b"junk" * 10),
+    case("model-nan-weight", "train", "-e {bad}", ["{bad}", "NaN"],
+         bad=lambda d: with_float(raw(d, "model.bin"), int(TENSOR_ENDS[-2]), float("nan"))),
+    case("model-inf-weight", "train", "-e {bad}", ["{bad}", "infinite"],
+         bad=lambda d: with_float(raw(d, "model.bin"), 2048, float("inf"))),
+    case("model-is-a-folder", "train", "-e {folder}", ["{folder}", "folder"]),
+    case("model-missing", "train", "-e {missing}", ["{missing}", "not found"]),
+    case("model-is-a-token-file", "train", "-e {train}", ["{train}", "not an llm.c model file"]),
+    case("model-unreadable", "train", "-e {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "model.bin"),
+         locked="bad", skip=AS_ROOT),
+    # the training-state trailer
+    case("state-wrong-magic", "train", "-e {bad}", ["{bad}", "unexpected bytes after the model"], bad=state_field(0, 7)),
+    case("state-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported version"], bad=state_field(1, 2)),
+    case("state-sizes-forged", "train", "-e {bad}", ["{bad}", "header sizes"], bad=state_field(3, 2**31 - 1)),
+    case("state-of-other-weights", "train", "-e {bad}", ["{bad}", "belongs to other weights"],
+         bad=lambda d: flip(raw(d, "ck.bin"), 4000)),
+    case("state-tensor-data-corrupt", "train", "-e {bad}", ["{bad}", "checksum mismatch"],
+         bad=lambda d: flip(raw(d, "ck.bin"), len(raw(d, "ck.bin")) - 5)),
+    case("state-metadata-not-json", "train", "-e {bad}", ["{bad}", "not the expected JSON"],
+         bad=lambda d: flip(raw(d, "ck.bin"), METADATA_START)),
+    case("state-unknown-format", "train", "-e {bad}", ["{bad}", "unknown format"], bad=checkpoint_with({"format": "x"})),
+    case("state-negative-step", "train", "-e {bad}", ["{bad}", "bad step"], bad=checkpoint_with({"step": -1})),
+    case("state-lacks-data-position", "train", "-e {bad}", ["{bad}", "lacks 'data_position'"],
+         bad=checkpoint_with({"data_position": None})),
+    case("state-rng-wrong-dtype", "train", "-e {bad}", ["{bad}", "malformed torch_rng"],
+         bad=checkpoint_with({}, update={"torch_rng": np.zeros(8, np.float32)})),
+    case("state-lacks-adam-moments", "train", "-e {bad}", ["{bad}", "lacks the AdamW moments"],
+         bad=checkpoint_with({}, tensors={})),
+    # token files (-i, -j)
+    case("tokens-empty", "train", "-i {bad}", ["{bad}", "too short"], bad=lambda d: b""),
+    case("tokens-wrong-magic", "train", "-i {bad}", ["{bad}", "not an llm.c token file"], bad=token_field(0, 5)),
+    case("tokens-wrong-version", "train", "-i {bad}", ["{bad}", "unsupported token file version"], bad=token_field(1, 2)),
+    case("tokens-truncated", "train", "-i {bad}", ["{bad}", "truncated or corrupt"], bad=lambda d: raw(d, "train.bin")[:-7]),
+    case("tokens-negative-count", "train", "-i {bad}", ["{bad}", "truncated or corrupt"], bad=token_field(2, -1)),
+    case("tokens-count-0", "train", "-i {bad}", ["{bad}", "no tokens"],
+         bad=lambda d: formats.make_header(formats.TOKEN_MAGIC, formats.TOKEN_VERSION, 0)),
+    case("tokens-id-out-of-range", "train", "-i {bad}", ["{bad}", "outside the vocabulary"],
+         bad=lambda d: raw(d, "train.bin")[:-2] + (600).to_bytes(2, "little")),
+    case("tokens-fewer-than-one-batch", "train", "-i {bad}", ["{bad}", "fewer than one batch"],
+         bad=lambda d: formats.make_header(formats.TOKEN_MAGIC, formats.TOKEN_VERSION, 10) + bytes(20)),
+    case("tokens-is-a-folder", "train", "-i {folder}", ["{folder}", "folder"]),
+    case("tokens-missing", "train", "-i {missing}", ["{missing}", "not found"]),
+    case("tokens-is-a-model-file", "train", "-i {model}", ["{model}", "not an llm.c token file"]),
+    case("tokens-unreadable", "train", "-i {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "train.bin"),
+         locked="bad", skip=AS_ROOT),
+    case("val-tokens-id-out-of-range", "train", "-v 1 -j {bad}", ["{bad}", "outside the vocabulary"],
+         bad=lambda d: (600).to_bytes(2, "little").join([raw(d, "val.bin")[:1024], raw(d, "val.bin")[1026:]])),
+    # tokenizer files (read by tokenizer.read_tokenizer_file)
+    case("tokenizer-wrong-magic", "tokenizer", "{bad}", ["{bad}", "not an llm.c tokenizer file"], bad=tokenizer_bytes(magic=1)),
+    case("tokenizer-wrong-version", "tokenizer", "{bad}", ["{bad}", "unsupported tokenizer file version"],
+         bad=tokenizer_bytes(version=7)),
+    case("tokenizer-vocab-0", "tokenizer", "{bad}", ["{bad}", "bad vocab size"], bad=tokenizer_bytes(vocab=0)),
+    case("tokenizer-truncated", "tokenizer", "{bad}", ["{bad}", "truncated"], bad=tokenizer_bytes(vocab=4)),
+    case("tokenizer-zero-length-token", "tokenizer", "{bad}", ["{bad}", "bad length 0"],
+         bad=tokenizer_bytes(pieces=(b"a", b"", b"d"))),
+    case("tokenizer-trailing-bytes", "tokenizer", "{bad}", ["{bad}", "unexpected bytes"], bad=tokenizer_bytes(tail=b"xyz")),
+    case("tokenizer-empty", "tokenizer", "{bad}", ["{bad}", "too short"], bad=lambda d: b""),
+    # train flags
+    case("train-seq-len-over-block", "train", "-t 65", ["-t/--seq-len 65", "block size"]),
+    case("train-batch-0", "train", "-b 0", ["-b/--batch-size", "positive"]),
+    case("train-batch-negative", "train", "-b -3", ["-b/--batch-size", "positive"]),
+    case("train-steps-0", "train", "-n 0", ["-n/--max-steps"]),
+    case("train-steps-negative", "train", "-n -2", ["-n/--max-steps"]),
+    case("train-steps-not-a-number", "train", "-n abc", ["-n/--max-steps", "abc"]),
+    case("train-lr-0", "train", "-l 0", ["-l/--lr", "positive"]),
+    case("train-lr-negative", "train", "-l -1", ["-l/--lr", "positive"]),
+    case("train-lr-infinite", "train", "-l inf", ["-l", "inf"]),
+    case("train-beta1-above-1", "train", "--beta1 2", ["--beta1", "2"]),
+    case("train-beta2-negative", "train", "--beta2 -1", ["--beta2", "-1"]),
+    case("train-device-bogus", "train", "--device bogus", ["--device", "bogus"]),
+    case("train-device-cuda-absent", "train", "--device cuda", ["--device cuda", "CUDA"], skip=HAS_CUDA),
+    case("train-grad-accum-0", "train", "--grad-accum 0", ["--grad-accum", "positive"]),
+    case("train-checkpoint-every-negative", "train", "-k -1", ["-k/--checkpoint-every"]),
+    case("train-precision-bogus", "train", "--precision fp8", ["--precision", "fp8"]),
+    case("train-lr-decay-bogus", "train", "--lr-decay step", ["--lr-decay", "step"]),
+    case("train-unknown-flag", "train", "--bogus 1", ["--bogus"]),
+    case("train-checkpoint-is-a-folder", "train", "-c {folder}", ["-c {folder}", "folder"]),
+    case("train-checkpoint-folder-missing", "train", "-c {missing}/ck.bin", ["-c {missing}/ck.bin", "does not exist"]),
+    case("train-checkpoint-folder-is-a-file", "train", "-c {afile}/ck.bin", ["-c {afile}/ck.bin", "does not exist"]),
+    case("train-checkpoint-folder-unwritable", "train", "-c {folder}/ck.bin", ["-c {folder}/ck.bin", "not writable"],
+         locked="folder", skip=AS_ROOT),
+    case("train-checkpoint-is-the-train-tokens", "train", "-i {bad} -c {bad}", ["-c {bad}", "-i"],
+         bad=lambda d: raw(d, "train.bin")),
+    case("train-metrics-is-the-model", "train", "-e {bad} --metrics {bad}", ["--metrics {bad}", "-e"],
+         bad=lambda d: raw(d, "model.bin")),
+    case("train-world-size-without-torchrun", "train", "", ["WORLD_SIZE=2", "torchrun"], env={"WORLD_SIZE": "2"}),
+    # generate
+    case("generate-tokens-over-block", "generate", "-e {gpt2vocab} -n 1000", ["-n/--tokens", "block size"]),
+    case("generate-top-p-0", "generate", "-e {gpt2vocab} --top-p 0", ["--top-p"]),
+    case("generate-top-p-above-1", "generate", "-e {gpt2vocab} --top-p 1.5", ["--top-p", "1.5"]),
+    case("generate-temperature-negative", "generate", "-e {gpt2vocab} --temperature -1", ["--temperature"]),
+    case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
+    case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
+    case("generate-model-is-a-token-file", "generate", "-e {train}", ["{train}", "not an llm.c model file"]),
+    # create_model.py
+    case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
+    case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
+    case("create-output-folder-missing", "create", "-o {missing}/m.bin --layers 1 --channels 8 --heads 1",
+         ["{missing}/m.bin", "does not exist"]),
+    case("create-output-is-a-folder", "create", "-o {folder} --layers 1 --channels 8 --heads 1", ["{folder}"]),
+    # prepare_data.py
+    case("prepare-source-unknown-kind", "prepare", "--source {afile} --out-dir {folder}", ["--source {afile}", "unknown kind"]),
+    case("prepare-source-missing", "prepare", "--source {missing} --out-dir {folder}", ["--source {missing}", "no such file"]),
+    case("prepare-workers-0", "prepare", "--source synthetic --workers 0 --out-dir {folder}", ["--workers", "positive"]),
+    case("prepare-out-dir-is-a-file", "prepare", "--source synthetic --out-dir {afile}", ["--out-dir {afile}"]),
+]
+
+ENTRIES = {"train": cli.train_main, "generate": cli.generate_main, "create": cli.create_main,
+           "prepare": cli.prepare_main, "tokenizer": lambda argv: tokenizer.read_tokenizer_file(argv[0])}
+
+
+def test_at_least_40_cases_are_checked():
+    runnable = [c for c in CASES if not c.marks]
+    assert len(CASES) == len({c.id for c in CASES})
+    assert len(runnable) >= 40, len(runnable)
+
+
+def snapshot(folder) -> dict:
+    """Every path under `folder` with its bytes (its size where a locked file cannot be read)."""
+    def content(p):
+        if not p.is_file():
+            return None
+        return p.read_bytes() if os.access(p, os.R_OK) else p.stat().st_size
+    return {p.relative_to(folder): content(p) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
+    command, args, needles, bad, env, locked = spec
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "ck.bin").write_bytes(SENTINEL)
+    (tmp_path / "afile").write_text("a plain file")
+    (tmp_path / "folder").mkdir()
+    places = {"bad": tmp_path / "bad.bin", "ck": tmp_path / "ck.bin", "model": inputs / "model.bin",
+              "gpt2vocab": inputs / "gpt2vocab.bin", "train": inputs / "train.bin", "val": inputs / "val.bin",
+              "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile"}
+    if bad is not None:
+        places["bad"].write_bytes(bad(inputs))
+    if locked:
+        places[locked].chmod(0o500 if places[locked].is_dir() else 0)
+    argv = args.format(**places).split()
+    if command == "train":
+        argv = ["-e", str(inputs / "model.bin"), "-i", str(inputs / "train.bin"), "-j", str(inputs / "val.bin"),
+                "-c", str(places["ck"]), "-n", "1", "-b", "2", "-t", "32", "-s", "0", "-v", "0", "--device", "cpu", *argv]
+    before, inputs_before = snapshot(tmp_path), snapshot(inputs)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(ENTRIES[command], argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle.format(**places) in lines[0], lines[0]
+    assert snapshot(tmp_path) == before  # the sentinel is intact; nothing appeared or vanished
+    assert snapshot(inputs) == inputs_before
+
+
+# ----------------------------------------------------------------------------- full or read-only disks
+
+def mounted(tmp_path, *mount_args):
+    """A folder under tmp_path with something mounted on it (unmounted at exit), or skip."""
+    folder = tmp_path / "mnt"
+    folder.mkdir(exist_ok=True)
+    for args in mount_args:
+        result = subprocess.run(["mount", *args, str(folder)], capture_output=True, text=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+            pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+    return folder
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    folder = mounted(tmp_path, ["-t", "tmpfs", "-o", "size=400k", "tmpfs"])
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt" / "ck.bin").write_bytes(SENTINEL)
+    folder = mounted(tmp_path, ["--bind", str(tmp_path / "mnt")], ["-o", "remount,ro,bind"])
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def run_train(inputs, capsys, *extra) -> str:
+    """./train for one step in-process; the single stderr line of its exit-2 failure."""
+    argv = ["-e", str(inputs / "model.bin"), "-i", str(inputs / "train.bin"), "-n", "1", "-b", "2", "-t", "32",
+            "-s", "0", "-v", "0", "--device", "cpu", *map(str, extra)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(cli.train_main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_disk_full_keeps_the_previous_checkpoint(inputs, small_tmpfs, capsys):
+    """A real full disk (a 400 KiB tmpfs): the previous file at -c survives, no temp file remains."""
+    previous = raw(inputs, "model.bin")  # 176 KiB; the new checkpoint (weights + moments) needs 3x
+    (small_tmpfs / "ck.bin").write_bytes(previous)
+    line = run_train(inputs, capsys, "-c", small_tmpfs / "ck.bin", "--metrics", small_tmpfs.parent / "m.jsonl")
+    assert f"{small_tmpfs / 'ck.bin'}: write failed: No space left on device" in line
+    assert os.listdir(small_tmpfs) == ["ck.bin"] and (small_tmpfs / "ck.bin").read_bytes() == previous
+
+
+def test_enospc_on_fsync_keeps_the_previous_file(inputs, tmp_path, monkeypatch):
+    """The same without a mount: fsync reports ENOSPC (as it may, when the file system allocates late)."""
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    target = tmp_path / "model.bin"
+    target.write_bytes(SENTINEL)
+    monkeypatch.setattr(formats.os, "fsync", full_disk)
+    with pytest.raises(formats.BadInput, match="write failed: No space left on device"):
+        formats.write_model(target, SMALL, formats.read_model(inputs / "model.bin").params)
+    assert os.listdir(tmp_path) == ["model.bin"] and target.read_bytes() == SENTINEL
+
+
+def test_read_only_checkpoint_folder(inputs, read_only_folder, capsys):
+    line = run_train(inputs, capsys, "-c", read_only_folder / "ck.bin")
+    assert f"-c {read_only_folder / 'ck.bin'}" in line and "not writable" in line
+    with pytest.raises(formats.BadInput, match="not writable|Read-only file system"):
+        formats.write_model(read_only_folder / "ck.bin", SMALL, formats.read_model(inputs / "model.bin").params)
+    assert (read_only_folder / "ck.bin").read_bytes() == SENTINEL

@@ -1,0 +1,158 @@
+"""Stopping ./train with signals: SIGINT or SIGTERM finish the current step, save a checkpoint at the
+step reached and exit 0, and that checkpoint resumes; a second SIGINT exits at once with 130 and
+leaves the previous checkpoint loadable (the final save it interrupts never replaces it).
+
+Each test runs the real command in a subprocess; signals are sent only after the step lines (or,
+for the second SIGINT, the final save) have been seen, so nothing depends on timing.
+"""
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinystories import formats
+from tinystories.config import GPTConfig
+from tinystories.model import GPT
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32)
+WAIT = 180  # seconds: only a guard against a hang, never reached by a working trainer
+
+# ./train, except that once a stop signal has arrived, the final save's fsync holds for a while:
+# the second SIGINT is then sure to land in the middle of writing the checkpoint.
+HOLD_FINAL_SAVE = """
+import os, sys, time
+from tinystories import cli, train
+stopping, handle, fsync = [], train.StopSignals._handle, os.fsync
+def note_stop(self, signum, frame):
+    stopping.append(signum)
+    handle(self, signum, frame)
+def held_fsync(fd):
+    if stopping:
+        print("final save: fsync held", file=sys.stderr, flush=True)
+        time.sleep(WAIT)
+    fsync(fd)
+train.StopSignals._handle, os.fsync = note_stop, held_fsync
+cli.main(["train", *sys.argv[1:]])
+""".replace("WAIT", str(WAIT))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("signals")
+    formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, SMALL.vocab_size, 5000))
+    model = GPT(SMALL)
+    model.init_weights(5)
+    formats.write_model(d / "model.bin", SMALL, model.llmc_params())
+    return d
+
+
+def train_args(files, ck, *extra):
+    return ["-e", str(ck if ck.exists() else files / "model.bin"), "-c", str(ck), "-i", str(files / "train.bin"),
+            "-b", "2", "-t", "16", "-v", "0", "-s", "0", "--device", "cpu", *extra]
+
+
+class Training:
+    """A training subprocess whose stdout and stderr lines are collected as they arrive."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines = {"stdout": [], "stderr": []}
+        self.arrivals = queue.Queue()
+        self.readers = [threading.Thread(target=self._collect, args=(name,), daemon=True) for name in self.lines]
+        for reader in self.readers:
+            reader.start()
+
+    def _collect(self, name):
+        for line in getattr(self.proc, name):
+            self.lines[name].append(line)
+            self.arrivals.put(name)
+        self.arrivals.put(None)
+
+    def wait_for(self, stream: str, pattern: str, count: int = 1) -> None:
+        """Block until `count` lines of `stream` match `pattern` (or fail if the process ends first)."""
+        ended = 0
+        while sum(bool(re.search(pattern, line)) for line in self.lines[stream]) < count:
+            try:
+                if self.arrivals.get(timeout=WAIT) is None:
+                    ended += 1
+            except queue.Empty:
+                pytest.fail(f"no '{pattern}' within {WAIT} s")
+            assert ended < 2, f"exited ({self.proc.wait()}) before '{pattern}':\n{''.join(self.lines['stderr'])}"
+
+    def wait(self) -> int:
+        """The exit status, once the process has ended and all its output is collected."""
+        code = self.proc.wait(timeout=WAIT)
+        for reader in self.readers:
+            reader.join(timeout=WAIT)
+        return code
+
+    def text(self, stream: str) -> str:
+        return "".join(self.lines[stream])
+
+
+@pytest.fixture
+def start():
+    """start(argv) -> Training; whatever is still running at the end of the test is killed."""
+    runs = []
+
+    def start_training(argv) -> Training:
+        runs.append(Training(argv))
+        return runs[-1]
+
+    yield start_training
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def train_steps(ck) -> list[int]:
+    lines = Path(str(ck) + ".metrics.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "train_loss" in r]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_and_resumes(files, tmp_path, start, signum):
+    ck = tmp_path / "ck.bin"
+    run = start(["-m", "tinystories", "train", *train_args(files, ck, "-n", "100000")])
+    run.wait_for("stdout", r"^step +\d+/100000 \| loss", count=3)
+    run.proc.send_signal(signum)
+    assert run.wait() == 0, run.text("stderr")
+    out = run.text("stdout")
+    stopped = re.search(rf"stopped by {signum.name} at step (\d+)", out)
+    assert stopped, out
+    step = int(stopped.group(1))
+    assert step >= 3 and f"saved checkpoint {ck} at step {step}" in out
+    assert formats.read_model(ck).state.meta["step"] == step
+    assert train_steps(ck) == list(range(1, step + 1))
+    resumed = subprocess.run([sys.executable, "-m", "tinystories", "train", *train_args(files, ck, "-n", str(step + 2))],
+                             cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {step} " in resumed.stdout
+    assert formats.read_model(ck).state.meta["step"] == step + 2
+    assert train_steps(ck) == list(range(1, step + 3))
+
+
+def test_second_sigint_exits_at_once_and_keeps_the_previous_checkpoint(files, tmp_path, start):
+    ck = tmp_path / "ck.bin"
+    run = start(["-c", HOLD_FINAL_SAVE, *train_args(files, ck, "-n", "100000", "-k", "2")])
+    run.wait_for("stdout", r"^saved checkpoint .* at step 2$")
+    run.wait_for("stdout", r"^step +3/100000 \| loss")
+    run.proc.send_signal(signal.SIGINT)
+    run.wait_for("stderr", "final save: fsync held")
+    previous = ck.read_bytes()
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 130
+    assert "second interrupt: exiting now" in run.text("stderr")
+    assert ck.read_bytes() == previous  # the interrupted save never replaced it
+    saved = formats.read_model(ck)
+    assert saved.state.meta["step"] % 2 == 0 and saved.state.meta["step"] >= 2
