@@ -4,15 +4,16 @@ Both train the default model (4 layers, 4 heads, 128 channels, vocab 50257) at B
 same initialisation on the same real TinyStories tokens (../shared/data), in one process:
   baseline  GPT + plain_head_loss (full fp32 logits, F.cross_entropy) + AdamW (foreach), no autocast
   project   tinystories.train.Trainer.train_step with the default flags (whatever --help says is
-            the default: precision auto, head loss auto), data loading included
-  project+compile   the same with --compile (optional, --compile)
+            the default: precision auto, head loss auto, compile auto = on for this run of one epoch),
+            data loading included
+  project --compile off   the same without torch.compile, to show what compiling adds
 Steady state: warm-up steps are not timed. Rounds alternate between the variants so a change in
 machine load hits both. Prints tokens/s of each and the ratio.
 
 With --parity-steps N it also trains N steps of each (fp32 baseline and project default) and prints
 the final losses (mean of the last 10 steps) and their relative difference.
 
-    .venv/bin/python bench/bench_cpu_train.py [--steps 10] [--rounds 3] [--compile] [--parity-steps 200]
+    .venv/bin/python bench/bench_cpu_train.py [--steps 10] [--rounds 3] [--parity-steps 200]
 """
 import argparse
 import os
@@ -67,13 +68,13 @@ class Baseline:
 
 
 class Project:
-    def __init__(self, model_path: Path, train_path: Path, val_path: Path, compile: bool = False):
+    def __init__(self, model_path: Path, train_path: Path, val_path: Path, compile: str = "auto"):
         cfg = TrainConfig(model=str(model_path), train_tokens=str(train_path), val_tokens=str(val_path),
                           batch_size=B, seq_len=T, learning_rate=LR, val_every=0, sample_every=0,
                           compile=compile)
         self.trainer = Trainer(cfg)
         self.description = f"precision {self.trainer.precision}, head loss {self.trainer.model.head_loss.__name__}" + (
-            ", compiled" if compile else "")
+            ", compiled" if self.trainer.compiled else "")
 
     def step(self) -> float:
         return self.trainer.train_step(LR)[0].item()
@@ -95,7 +96,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time the project with --compile")
     parser.add_argument("--parity-steps", type=int, default=0, help="also compare losses after N steps")
     args = parser.parse_args()
 
@@ -107,9 +107,8 @@ def main() -> None:
     model_path = folder / "model.bin"
 
     variants = {"baseline (eager fp32)": Baseline(model_path, train_path),
+                "project --compile off": Project(model_path, train_path, val_path, compile="off"),
                 "project default": Project(model_path, train_path, val_path)}
-    if args.compile:
-        variants["project --compile"] = Project(model_path, train_path, val_path, compile=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.1f}")
     print(f"project default = {variants['project default'].description}")

@@ -8,8 +8,8 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
   eager    (a) the default model (4L/4H/128C, block 256, vocab 50257) at B=32, T=256: ms/step and
            tokens/s of training steps in steady state, data loading included, for
              - the baseline: eager fp32 (TF32 off), F.cross_entropy on the full logits, AdamW foreach;
-             - the project's trainer as it is (train.Trainer.train_step: bf16 autocast, TF32, fused
-               AdamW, its per-step .item() syncs), with the plain and the Triton head;
+             - the project's trainer as it is, eager (train.Trainer.train_step: bf16 autocast, TF32,
+               fused AdamW with the divergence guard on the device), with the plain and the Triton head;
              - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
                output-layer loss available: plain, triton_head_loss, the chunked torch fused_head_loss,
                liger-kernel's LigerFusedLinearCrossEntropyLoss, torch.compile of the plain loss;
@@ -179,7 +179,7 @@ def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
     write_model(model_path, config, new_model(config, torch.device("cpu")).llmc_params())
     cfg = TrainConfig(model=model_path, train_tokens=tokens, batch_size=batch[0], seq_len=batch[1],
                       learning_rate=LEARNING_RATE, val_every=0, sample_every=0, device=device.type,
-                      precision="auto")
+                      precision="auto", compile="off")
     trainer = Trainer(cfg)
     trainer.model.head_loss = heads[variant.head]
     return lambda: trainer.train_step(LEARNING_RATE)

@@ -1,7 +1,14 @@
 """Shared fixtures. Real TinyStories text lives outside the repo, in ../shared/data (see its README)."""
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton decides at its first import whether to compile or interpret; other packages
+    # (transformers) may import it first, so choose the CPU interpreter before any test runs.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_HEAD = "tinystories_v1_train_head.txt"

@@ -155,11 +155,12 @@ def is_utf8(data: bytes) -> bool:
         return False
 
 
-def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys):
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys, precision, dtype):
     status, out, err = run_generate_in_process(capsys, "-e", str(model_path), "-n", "30", "-s", "11",
-                                               "-p", "Once upon a time", "--top-k", "50")
+                                               "-p", "Once upon a time", "--top-k", "50", "--precision", precision)
     assert status == 0 and err == ""
-    model = GPT.from_file(read_model(model_path))
+    model = GPT.from_file(read_model(model_path)).to(dtype)
     prompt = [EOT] + tokenizer.encode("Once upon a time")
     story = generate_tokens(model, prompt, 30, torch.Generator().manual_seed(11), top_k=50)
     assert out == "Once upon a time" + tokenizer.decode(story) + "\n"

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from .config import COMPILE_AUTO_MIN_STEPS
 from .errors import BadInput
 
 HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
@@ -164,7 +165,9 @@ def train_parser() -> Parser:
       help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
       "triton = fused Triton kernel (CUDA); plain = the reference formulation; auto = triton on CUDA "
       "when installed, else chunked")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the model: it costs "
+      "a start-up of ~10-60 s and then runs steps up to 2x faster; auto = on for runs with at least "
+      f"{COMPILE_AUTO_MIN_STEPS} steps to go")
     a("--seed", type=int, default=1337, help="seed for sampling and any randomness in training")
     a("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (matrices only)")
     a("--beta1", type=float, default=0.9, help="AdamW beta1")
@@ -221,6 +224,9 @@ def generate_parser() -> Parser:
     a("--top-k", type=non_negative_int, default=0, help="sample only from the k most likely tokens (0 = off)")
     a("--top-p", type=positive_float, default=1.0, help="nucleus sampling: smallest set of tokens with this total probability (1 = off)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="weights and KV cache in bf16 "
+      "(about 2x faster per token on CPUs with native bf16) or fp32; auto = bf16 on CUDA and on CPUs "
+      "with native bf16 (AVX512-BF16 or AMX), else fp32. A seed names the same story within one precision")
     return p
 
 

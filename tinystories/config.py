@@ -35,6 +35,9 @@ class GPTConfig:
         return V * C + T * C + L * per_layer + 2 * C
 
 
+COMPILE_AUTO_MIN_STEPS = 200  # --compile auto: below this, the compile start-up costs more than it saves
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run; `tinystories.cli` fills it from the flags."""
@@ -55,7 +58,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     head_loss: str = "auto"
-    compile: bool = False
+    compile: str = "auto"  # auto | on | off
     seed: int = 1337
     weight_decay: float = 0.0
     beta1: float = 0.9

@@ -19,7 +19,7 @@ from . import tokenizer
 from .errors import BadInput
 from .formats import read_model
 from .model import GPT, KVCache
-from .train import pick_device
+from .train import pick_device, resolve_precision
 from .tokenizer import EOT
 
 
@@ -81,21 +81,22 @@ def text_pieces(token_ids: Iterable[int]) -> Iterator[str]:
     yield utf8.decode(b"", final=True)
 
 
-def load_model(path: str, device: torch.device) -> GPT:
-    """A model or checkpoint file (its training state is ignored), ready for sampling."""
+def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> GPT:
+    """A model or checkpoint file (its training state is ignored), ready for sampling in `dtype`."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: model file not found (write one with create_model.py or ./train -c; choose it with -e)")
     model_file = read_model(path)
     if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
         raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
                        f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
-    return GPT.from_file(model_file).to(device).eval()
+    return GPT.from_file(model_file).to(device=device, dtype=dtype).eval()
 
 
 def main(args) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
     device = pick_device(args.device)
-    model = load_model(args.model, device)
+    dtype = torch.bfloat16 if resolve_precision(args.precision, device) == "bf16" else torch.float32
+    model = load_model(args.model, device, dtype)
     prompt_ids = [EOT] + tokenizer.encode(args.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:

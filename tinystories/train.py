@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import GPTConfig, TrainConfig
+from .config import COMPILE_AUTO_MIN_STEPS, GPTConfig, TrainConfig
 from .data import TokenLoader
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, atomic_write, read_model, remove_stale_temp_files, write_model
@@ -412,7 +412,9 @@ class Trainer:
 
     def _wrap_model(self):
         model = self.model
-        if self.cfg.compile:
+        self.compiled = self.cfg.compile == "on" or (
+            self.cfg.compile == "auto" and self.total_steps - self.step >= COMPILE_AUTO_MIN_STEPS)
+        if self.compiled:
             model = torch.compile(model)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -432,7 +434,7 @@ class Trainer:
         print(f"model {cfg.model}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, block {c.block_size}, "
               f"{c.num_parameters(padded=False):,} parameters")
         print(f"device {self.device} x {self.dist.world} process(es), precision {self.precision}, "
-              f"head loss {self.model.head_loss.__name__}{', compiled' if cfg.compile else ''}; "
+              f"head loss {self.model.head_loss.__name__}{', compiled' if self.compiled else ''}; "
               f"batch {cfg.batch_size} x {self.seq_len} tokens x {cfg.grad_accum} accumulation = {tokens_per_step:,} tokens/step")
         print(f"train {cfg.train_tokens}: {self.train_loader.tokens.size:,} tokens "
               f"({self.train_loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
