@@ -189,3 +189,17 @@ def test_unwritable_checkpoint_folder(workdir, tmp_path):
     result = train("-e", workdir / "model.bin", "-c", blocker / "ck.bin", "-n", "1", *base_args(workdir), check=False)
     assert_one_line_error(result, "ck.bin")
     assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_compiled_run_is_deterministic_with_the_flag(workdir, tmp_path):
+    """--compile on --deterministic: two runs give the same losses bit for bit (without the flag,
+    torch.compile's CPU kernels vary in the last digits from run to run)."""
+    runs = []
+    for name in ("a", "b"):
+        metrics = tmp_path / f"{name}.jsonl"
+        train("-e", workdir / "model.bin", "-n", "6", "--compile", "on", "--deterministic", "--metrics", metrics,
+              *base_args(workdir))
+        runs.append(losses(metrics))
+    assert sorted(runs[0]) == list(range(1, 7))
+    assert runs[0] == runs[1]

@@ -331,6 +331,8 @@ class Trainer:
             for path in filter(None, (cfg.checkpoint, self._metrics_path())):
                 remove_stale_temp_files(path)
         torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = GPT.from_file(model_file).to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model.head_loss = select_head_loss(cfg.head_loss, self.device)
@@ -412,8 +414,9 @@ class Trainer:
 
     def _wrap_model(self):
         model = self.model
+        # auto looks at the whole run, not the steps left, so a resumed run computes as it began
         self.compiled = self.cfg.compile == "on" or (
-            self.cfg.compile == "auto" and self.total_steps - self.step >= COMPILE_AUTO_MIN_STEPS)
+            self.cfg.compile == "auto" and self.total_steps >= COMPILE_AUTO_MIN_STEPS)
         if self.compiled:
             model = torch.compile(model)
         if self.dist.enabled:
