@@ -1,7 +1,6 @@
 """The trainer end to end through ./train: exact resume, falling loss, checkpoints, bad input."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +202,10 @@ def test_compiled_run_is_deterministic_with_the_flag(workdir, tmp_path):
         runs.append(losses(metrics))
     assert sorted(runs[0]) == list(range(1, 7))
     assert runs[0] == runs[1]
+
+
+def test_periodic_samples_are_printed(workdir):
+    """-s N prints a decoded sample every N steps; -g caps its length in tokens."""
+    out = train("-e", workdir / "model.bin", "-n", "2", *base_args(workdir, "-s", "1", "-g", "8")).stdout
+    assert out.count("sample at step") == 2
+    assert "sample at step 1:" in out and "sample at step 2:" in out

@@ -22,7 +22,6 @@ import time
 import uuid
 from dataclasses import asdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -31,8 +30,6 @@ from .data import TokenLoader
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, atomic_write, read_model, remove_stale_temp_files, write_model
 from .model import GPT
-
-EOT = 50256
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -494,7 +491,7 @@ class Trainer:
 
     def sample(self) -> str:
         from .generate import generate_tokens
-        from .tokenizer import decode
+        from .tokenizer import EOT, decode
 
         generator = torch.Generator().manual_seed(self.cfg.seed + self.step)
         self.model.eval()
