@@ -29,3 +29,17 @@ def head_stories(shared_data) -> list[str]:
     stories = [s for s in text.split("<|endoftext|>") if s.strip()]
     assert len(stories) == 2316
     return stories
+
+
+def write_tiny_run(folder: Path, config, n_tokens: int, seed: int) -> Path:
+    """A random-token train.bin and a freshly initialised model.bin of `config` in folder."""
+    import numpy as np
+
+    from tinystories import formats
+    from tinystories.model import GPT
+
+    formats.write_tokens(folder / "train.bin", np.random.default_rng(0).integers(0, config.vocab_size, n_tokens))
+    model = GPT(config)
+    model.init_weights(seed)
+    formats.write_model(folder / "model.bin", config, model.llmc_params())
+    return folder

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import write_tiny_run
 import torch
 
 from tinystories import cli, formats
@@ -23,12 +24,7 @@ SMALL = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("divergence")
-    formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, SMALL.vocab_size, 3000))
-    model = GPT(SMALL)
-    model.init_weights(3)
-    formats.write_model(d / "model.bin", SMALL, model.llmc_params())
-    return d
+    return write_tiny_run(tmp_path_factory.mktemp("divergence"), SMALL, n_tokens=3000, seed=3)
 
 
 def config(files, checkpoint, **overrides) -> TrainConfig:

@@ -14,12 +14,11 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import write_tiny_run
 
 from tinystories import formats
 from tinystories.config import GPTConfig
-from tinystories.model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32)
@@ -46,12 +45,7 @@ cli.main(["train", *sys.argv[1:]])
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("signals")
-    formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, SMALL.vocab_size, 5000))
-    model = GPT(SMALL)
-    model.init_weights(5)
-    formats.write_model(d / "model.bin", SMALL, model.llmc_params())
-    return d
+    return write_tiny_run(tmp_path_factory.mktemp("signals"), SMALL, n_tokens=5000, seed=5)
 
 
 def train_args(files, ck, *extra):
