@@ -18,6 +18,9 @@ so both gradients are computed while each chunk of logits is at hand, and the ba
 scales them by grad_output / N. Under torch.no_grad() (or when neither h nor W requires grad)
 only the loss is computed.
 
+The chunk loop and the autograd wrapper (`chunked_head_loss`) are shared with the Triton version
+(triton_ce.py), which only replaces the per-chunk softmax / cross-entropy (`TorchChunkLoss` here).
+
 Memory: one (R, V) logits buffer in the compute dtype (plus an fp32 one under bf16), allocated once
 per call and reused by every chunk, grad_h (N, C) and an fp32 grad_W (V, C); the plain formulation
 allocates fp32 (N, V) logits and their gradient afresh on every step. On CPU the reuse matters:
@@ -36,72 +39,103 @@ def fused_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Mean cross-entropy of the logits h @ weight.T against targets, as plain_head_loss computes it.
     h: (N, C), weight: (V, C), targets: (N,) int64 in [0, V). Returns an fp32 scalar."""
-    dtype = _compute_dtype(h)
+    return chunked_head_loss(h, weight, targets, chunk_size, TorchChunkLoss)
+
+
+class TorchChunkLoss:
+    """The softmax cross-entropy of one chunk of logits, in plain PyTorch, with its buffers.
+
+    `logits(n)` is where the chunk's (n, V) logits are written; calling it then returns the chunk's
+    summed loss and its number of targets, and with_grad overwrites the logits with their gradient
+    softmax - onehot (in the compute dtype)."""
+
+    def __init__(self, rows: int, V: int, dtype: torch.dtype, device):
+        self.buffer = torch.empty(rows, V, dtype=dtype, device=device)  # reused by every chunk
+        # fp32 log-probabilities: the logits buffer itself in fp32 (overwritten in place), else their own
+        self.logprobs = self.buffer if dtype == torch.float32 else torch.empty(rows, V, dtype=torch.float32,
+                                                                               device=device)
+
+    def logits(self, n: int) -> torch.Tensor:
+        return self.buffer[:n]  # (n, V)
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, with_grad: bool):
+        n = logits.size(0)
+        logprobs = torch.log_softmax(logits, dim=1, dtype=torch.float32, out=self.logprobs[:n])  # (n, V)
+        picked = (torch.arange(n, device=logits.device), targets)  # each row's target entry
+        loss_sum = -logprobs[picked].sum()
+        if with_grad:
+            torch.exp(logprobs, out=logits)  # softmax, rounded to the compute dtype
+            logits[picked] -= 1.0  # softmax - onehot
+        return loss_sum, n
+
+
+def compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the matmuls: autocast's when it is on (as F.linear would use), else the inputs'."""
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.get_autocast_dtype(h.device.type)
+    return torch.promote_types(h.dtype, weight.dtype)
+
+
+def chunked_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int,
+                      chunk_loss) -> torch.Tensor:
+    """Mean cross-entropy of h @ weight.T against targets, chunk_rows rows at a time, with the per-chunk
+    softmax / cross-entropy done by `chunk_loss` (TorchChunkLoss or triton_ce.TritonChunkLoss).
+    Differentiable in h and weight; under no_grad only the loss is computed."""
+    dtype = compute_dtype(h, weight)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _FusedHeadLoss.apply(h, weight, targets, chunk_size, dtype)
+        return _ChunkedHeadLoss.apply(h, weight, targets, chunk_rows, chunk_loss, dtype)
     with torch.autocast(h.device.type, enabled=False):
-        loss_sum, _, _ = _chunked_loss_and_grads(h.to(dtype), weight.to(dtype), targets, chunk_size,
-                                                 want_grad_h=False, want_grad_w=False)
-    return loss_sum / h.size(0)
+        loss_sum, count, _, _ = chunked_loss_and_grads(h.to(dtype), weight.to(dtype), targets, chunk_rows,
+                                                       chunk_loss, with_grads=False)
+    return loss_sum / count
 
 
-def _compute_dtype(h: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: autocast's lower precision where autocast is on for h's device, else h's."""
-    device = h.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-
-
-class _FusedHeadLoss(torch.autograd.Function):
+class _ChunkedHeadLoss(torch.autograd.Function):
     """Forward computes the loss and its gradients; backward scales the gradients by grad_output."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk_size, dtype):
-        want_grad_h, want_grad_w = ctx.needs_input_grad[:2]
+    def forward(ctx, h, weight, targets, chunk_rows, chunk_loss, dtype):
         with torch.autocast(h.device.type, enabled=False):  # the dtypes are chosen explicitly here
-            loss_sum, grad_h, grad_w = _chunked_loss_and_grads(
-                h.to(dtype), weight.to(dtype), targets, chunk_size, want_grad_h, want_grad_w)
-        ctx.n_rows = h.size(0)
-        ctx.save_for_backward(grad_h.to(h.dtype) if want_grad_h else None,
-                              grad_w.to(weight.dtype) if want_grad_w else None)
-        return loss_sum / ctx.n_rows
+            loss_sum, count, grad_h, grad_w = chunked_loss_and_grads(
+                h.to(dtype), weight.to(dtype), targets, chunk_rows, chunk_loss, with_grads=True)
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.input_dtypes = h.dtype, weight.dtype
+        return loss_sum / count
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors  # gradients of the summed loss: (N, C), (V, C)
-        scale = grad_loss / ctx.n_rows
-        return (None if grad_h is None else grad_h * scale,
-                None if grad_w is None else grad_w * scale, None, None, None)
+        grad_h, grad_w, count = ctx.saved_tensors  # gradients of the summed loss: (N, C), (V, C)
+        scale = grad_loss / count  # d mean / d sum, times the incoming gradient
+        h_dtype, w_dtype = ctx.input_dtypes
+        want_h, want_w = ctx.needs_input_grad[:2]
+        return (grad_h.to(h_dtype) * scale if want_h else None,
+                (grad_w * scale).to(w_dtype) if want_w else None, None, None, None, None)
 
 
-def _chunked_loss_and_grads(h, weight, targets, chunk_size, want_grad_h, want_grad_w):
-    """The summed loss (fp32 scalar) and its gradients grad_h (N, C) in h's dtype and grad_w (V, C)
-    in fp32, None where not wanted. h: (N, C) and weight: (V, C) in the compute dtype."""
+def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with_grads: bool):
+    """The summed loss (fp32 scalar), the number of counted targets, and with_grads the gradients of
+    the summed loss: grad_h (N, C) in h's dtype and grad_w (V, C) in fp32 (else None, None).
+    h: (N, C) and weight: (V, C) in the compute dtype; targets: (N,) int64."""
     (N, C), V = h.shape, weight.size(0)
-    R = max(1, min(chunk_size, N))
-    logits = torch.empty(R, V, dtype=h.dtype, device=h.device)  # reused by every chunk
-    # fp32 logprobs/probs: the logits buffer itself in fp32 (overwritten in place), else its own buffer
-    probs = logits if h.dtype == torch.float32 else torch.empty(R, V, dtype=torch.float32, device=h.device)
-    grad_h = torch.empty_like(h) if want_grad_h else None
-    grad_w = torch.zeros(V, C, dtype=torch.float32, device=h.device) if want_grad_w else None
+    R = max(1, min(chunk_rows, N))
+    ce = chunk_loss(R, V, h.dtype, h.device)
+    grad_h = torch.empty_like(h) if with_grads else None
+    grad_w = torch.zeros(V, C, dtype=torch.float32, device=h.device) if with_grads else None
     # a lower-precision chunk's grad_w is rounded once into this buffer, then summed in fp32
-    grad_w_chunk = torch.empty_like(weight) if want_grad_w and h.dtype != torch.float32 else None
+    grad_w_chunk = torch.empty_like(weight) if with_grads and h.dtype != torch.float32 else None
     loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+    count = torch.zeros((), dtype=torch.int64, device=h.device)
     for start in range(0, N, R):
         rows = slice(start, min(start + R, N))
-        n = rows.stop - start
         chunk_h = h[rows]  # (n, C)
-        chunk_logits = torch.mm(chunk_h, weight.T, out=logits[:n])  # (n, V)
-        chunk_probs = torch.log_softmax(chunk_logits, dim=1, dtype=torch.float32, out=probs[:n])
-        picked = (torch.arange(n, device=h.device), targets[rows])  # each row's target entry
-        loss_sum -= chunk_probs[picked].sum()
-        if not (want_grad_h or want_grad_w):
-            continue
-        dlogits = torch.exp(chunk_probs, out=chunk_logits)  # softmax (n, V), rounded to the compute dtype
-        dlogits[picked] -= 1.0  # softmax - onehot
-        if want_grad_h:
-            torch.mm(dlogits, weight, out=grad_h[rows])
-        if grad_w_chunk is not None:
-            grad_w += torch.mm(dlogits.T, chunk_h, out=grad_w_chunk)  # (V, C)
-        elif want_grad_w:
-            grad_w.addmm_(dlogits.T, chunk_h)  # (V, C) += (V, n) @ (n, C)
-    return loss_sum, grad_h, grad_w
+        logits = torch.mm(chunk_h, weight.T, out=ce.logits(rows.stop - start))  # (n, V)
+        chunk_sum, chunk_count = ce(logits, targets[rows], with_grads)  # logits now hold dlogits
+        loss_sum += chunk_sum
+        count += chunk_count
+        if with_grads:
+            torch.mm(logits, weight, out=grad_h[rows])  # (n, C)
+            if grad_w_chunk is None:
+                grad_w.addmm_(logits.T, chunk_h)  # (V, C) += (V, n) @ (n, C)
+            else:
+                grad_w += torch.mm(logits.T, chunk_h, out=grad_w_chunk)  # (V, C)
+    return loss_sum, count, grad_h, grad_w

@@ -12,7 +12,9 @@ The rows are processed in chunks of R. For each chunk, in the forward pass:
     grad_W      += dlogits.T @ h[rows]   (V, C)  cuBLAS, summed over chunks in fp32
 
 so the forward pass computes both gradients while each logits chunk is at hand, and the backward
-pass only scales them by grad_output / (number of counted targets). Extra memory: one (R, V) chunk
+pass only scales them by grad_output / (number of counted targets). The chunk loop, the buffers of
+the gradients and the autograd wrapper are fused_ce.chunked_head_loss's, shared with the PyTorch
+version; this module supplies the per-chunk cross-entropy (`TritonChunkLoss`). Extra memory: one (R, V) chunk
 in the compute dtype (rows padded to a multiple of 64 columns, see `padded_logits`), grad_h (N, C) and an fp32 grad_W (V, C), where the plain formulation keeps
 fp32 (N, V) logits and their gradient (1.6 GB each at N = 8192). The three matmuls stay in cuBLAS;
 only the memory-bound softmax / cross-entropy / gradient part is a Triton kernel, and it reads and
@@ -28,6 +30,8 @@ set before triton is first imported), which is how the tests check it without a 
 import torch
 import triton
 import triton.language as tl
+
+from .fused_ce import chunked_head_loss
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: such targets add nothing to the loss or its count
 CHUNK_ELEMENTS = 1 << 26  # logits per chunk: 64 Mi values, 128 MiB in bf16 (R = 1335 rows at V = 50257)
@@ -102,74 +106,32 @@ def cross_entropy_rows_(logits: torch.Tensor, V: int, targets: torch.Tensor, los
                           num_warps=8)
 
 
-def compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype of the matmuls: autocast's when it is on (as F.linear would use), else the inputs'."""
-    if torch.is_autocast_enabled(h.device.type):
-        return torch.get_autocast_dtype(h.device.type)
-    return torch.promote_types(h.dtype, weight.dtype)
+class TritonChunkLoss:
+    """The softmax cross-entropy of one chunk of logits by the Triton kernel, for
+    fused_ce.chunked_head_loss: the same contract as fused_ce.TorchChunkLoss, on a padded buffer."""
 
+    def __init__(self, rows: int, V: int, dtype: torch.dtype, device):
+        self.V = V
+        self.buffer = padded_logits(rows, V, dtype, device)  # (R, padded_V), reused by every chunk
+        self.losses = torch.empty(rows, dtype=torch.float32, device=device)  # (R,)
 
-def default_chunk_rows(V: int) -> int:
-    return max(1, CHUNK_ELEMENTS // V)
+    def logits(self, n: int) -> torch.Tensor:
+        return self.buffer[:n, : self.V]  # (n, V), a strided view
 
-
-def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                   chunk_rows: int, with_grads: bool):
-    """Summed loss (fp32 scalar), number of counted targets (int64 scalar), and with_grads: the
-    gradients of the SUMMED loss, grad_h (N, C) in `dtype` and grad_W (V, C) in fp32 (else None, None).
-    h: (N, C), weight: (V, C), targets: (N,) int64. No host-device synchronisation."""
-    N, V = h.size(0), weight.size(0)
-    h_c, w_c = h.to(dtype), weight.to(dtype)  # (N, C), (V, C)
-    targets = targets.contiguous()
-    losses = torch.empty(N, device=h.device, dtype=torch.float32)  # (N,)
-    buffer = padded_logits(min(chunk_rows, N), V, dtype, h.device)  # (R, padded_V), reused by every chunk
-    grad_h = torch.empty_like(h_c) if with_grads else None  # (N, C)
-    grad_w = torch.zeros(V, w_c.size(1), device=h.device, dtype=torch.float32) if with_grads else None  # (V, C)
-    for start in range(0, N, chunk_rows):
-        rows = slice(start, min(start + chunk_rows, N))
-        padded = buffer[: rows.stop - start]  # (r, padded_V)
-        logits = padded[:, :V]  # (r, V), a strided view
-        torch.mm(h_c[rows], w_c.t(), out=logits)
-        cross_entropy_rows_(padded, V, targets[rows], losses[rows], with_grads)
-        if with_grads:  # logits now holds dlogits (r, V)
-            torch.mm(logits, w_c, out=grad_h[rows])  # (r, C)
-            if dtype == torch.float32:
-                grad_w.addmm_(logits.t(), h_c[rows])  # (V, C)
-            else:
-                grad_w += torch.mm(logits.t(), h_c[rows]).float()  # (V, C), rounded once per chunk
-    counted = (targets != IGNORE_INDEX).sum()
-    return losses.sum(), counted, grad_h, grad_w
-
-
-class _TritonHeadLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, targets, dtype, chunk_rows):
-        with torch.autocast(h.device.type, enabled=False):  # dtypes are chosen explicitly
-            total, counted, grad_h, grad_w = loss_and_grads(h, weight, targets, dtype, chunk_rows, True)
-        ctx.save_for_backward(grad_h, grad_w, counted)
-        ctx.input_dtypes = h.dtype, weight.dtype
-        return total / counted
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_h, grad_w, counted = ctx.saved_tensors
-        scale = grad_output / counted  # d mean / d sum, times the incoming gradient
-        h_dtype, w_dtype = ctx.input_dtypes
-        return grad_h.to(h_dtype) * scale, (grad_w * scale).to(w_dtype), None, None, None
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, with_grad: bool):
+        n = logits.size(0)
+        targets = targets.contiguous()
+        cross_entropy_rows_(self.buffer[:n], self.V, targets, self.losses[:n], with_grad)
+        return self.losses[:n].sum(), (targets != IGNORE_INDEX).sum()
 
 
 def triton_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                      chunk_rows: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of h @ weight.T against targets, like plain_head_loss, in chunks of
     chunk_rows rows (default: CHUNK_ELEMENTS logits per chunk). h: (N, C), weight: (V, C),
-    targets: (N,) int64. Returns an fp32 scalar; differentiable in h and weight."""
+    targets: (N,) int64 (-100 = ignored). Returns an fp32 scalar; differentiable in h and weight."""
     if h.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"triton_head_loss needs CUDA tensors, got {h.device.type} ones "
                          f"(use plain_head_loss, or TRITON_INTERPRET=1 before triton is imported)")
-    dtype = compute_dtype(h, weight)
-    chunk_rows = chunk_rows or default_chunk_rows(weight.size(0))
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _TritonHeadLoss.apply(h, weight, targets, dtype, chunk_rows)
-    with torch.autocast(h.device.type, enabled=False):
-        total, counted, _, _ = loss_and_grads(h, weight, targets, dtype, chunk_rows, False)
-    return total / counted
+    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.size(0))
+    return chunked_head_loss(h, weight, targets, chunk_rows, TritonChunkLoss)
