@@ -72,7 +72,7 @@ def atomic_write(path):
     except OSError as e:
         raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -103,7 +103,8 @@ def remove_stale_temp_files(path) -> None:
                     os.unlink(os.path.join(folder, entry))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (os.umask can only read it by setting it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -127,7 +128,8 @@ def _file_size(path) -> int:
     return os.path.getsize(path)
 
 
-def _read_header(path, what: str) -> np.ndarray:
+def read_header(path, what: str) -> np.ndarray:
+    """The 256 int32 header of an existing, readable file of at least 1024 bytes, or BadInput."""
     size = _file_size(path)
     if size < HEADER_BYTES:
         raise BadInput(f"{path}: too short for a {what} ({size} bytes, the header alone is {HEADER_BYTES})")
@@ -182,7 +184,7 @@ def write_tokens(path, tokens) -> None:
 def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
     """Memory-map an llm.c token file as a read-only uint16 array, after validating magic, version,
     size, and (when vocab_size is given) that every id is below vocab_size."""
-    header = _read_header(path, "token file")
+    header = read_header(path, "token file")
     if header[0] != TOKEN_MAGIC:
         raise BadInput(f"{path}: not an llm.c token file (magic {header[0]}, expected {TOKEN_MAGIC})")
     if header[1] != TOKEN_VERSION:
@@ -291,7 +293,7 @@ def read_model_config(header: np.ndarray, path) -> tuple[GPTConfig, int]:
 
 def read_model(path) -> ModelFile:
     """Read and validate a model file or checkpoint (fp32 or llm.c bf16)."""
-    header = _read_header(path, "model file")
+    header = read_header(path, "model file")
     config, width = read_model_config(header, path)
     model_size = HEADER_BYTES + width * config.num_parameters()
     size = os.path.getsize(path)

@@ -49,7 +49,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import BadInput
-from .formats import _umask, atomic_write, model_tensor_shapes, read_model, write_model
+from .formats import atomic_write, current_umask, model_tensor_shapes, read_model, write_model
 from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -189,7 +189,7 @@ def export(model_path, folder, force: bool = False) -> list[str]:
     except OSError as e:
         raise BadInput(f"{folder}: cannot create a folder in {parent}: {e.strerror}") from None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; give it a normal folder's mode
         for name, data in files.items():
             with atomic_write(os.path.join(tmp, name)) as f:
                 f.write(data)

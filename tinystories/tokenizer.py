@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from .errors import BadInput
-from .formats import HEADER_BYTES, atomic_write, make_header, _read_header
+from .formats import HEADER_BYTES, atomic_write, make_header, read_header
 
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -77,7 +77,7 @@ def write_tokenizer_file(path) -> None:
 
 def read_tokenizer_file(path) -> list[bytes]:
     """Read and validate an llm.c tokenizer file: the bytes of each token id."""
-    header = _read_header(path, "tokenizer file")
+    header = read_header(path, "tokenizer file")
     if header[0] != TOKENIZER_MAGIC:
         raise BadInput(f"{path}: not an llm.c tokenizer file (magic {header[0]}, expected {TOKENIZER_MAGIC})")
     if header[1] not in (1, TOKENIZER_VERSION):
