@@ -151,7 +151,7 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                       eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
     else:
-        optimizer = make_optimizer(model, cfg, device)
+        optimizer = make_optimizer(model, cfg)
     forward = model if variant.compile_mode is None else torch.compile(model, mode=variant.compile_mode)
     loader = TokenLoader(tokens, *batch, vocab_size=config.vocab_size)
     graphs = variant.compile_mode in ("reduce-overhead", "max-autotune")
