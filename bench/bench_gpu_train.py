@@ -1,6 +1,6 @@
 """Training speed on one GPU: plain PyTorch against the project's fast path, in one run.
 
-    python bench/bench_gpu_train.py [--tokens FILE] [--budget-s 540] [--parts eager,parity,gpt2,compile]
+    python bench/bench_gpu_train.py [--tokens FILE] [--budget-s 540] [--parts eager,compile,gpt2,parity]
     python bench/bench_gpu_train.py --smoke        # tiny models (vocab 1000) on the CPU, random tokens,
                                                    # Triton kernels in its interpreter: checks the code runs
 
@@ -9,16 +9,19 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
            tokens/s of training steps in steady state, data loading included, for
              - the baseline: eager fp32 (TF32 off), F.cross_entropy on the full logits, AdamW foreach;
              - the project's trainer as it is, eager (train.Trainer.train_step: bf16 autocast, TF32,
-               fused AdamW with the divergence guard on the device), with the plain and the Triton head;
+               fused AdamW with the divergence guard on the device), with the plain and the Triton head,
+               and with the Triton head and the whole step as one CUDA graph (also at larger B);
              - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
-               output-layer loss available: plain, triton_head_loss, the chunked torch fused_head_loss,
-               liger-kernel's LigerFusedLinearCrossEntropyLoss, torch.compile of the plain loss;
-  parity   (c) 300 steps from the same init and data, baseline vs the fast path (bf16 + Triton head):
-           final losses (mean of the last 10 steps) and their relative difference (target: < 2%);
+               output-layer loss available: plain, triton_head_loss (default chunks, 256 and 4096 rows),
+               the chunked torch fused_head_loss, liger-kernel's LigerFusedLinearCrossEntropyLoss;
+  compile  (a) torch.compile: the trainer as ./train runs by default on CUDA (compiled model, Triton head,
+           CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
+           fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the plain loss
+           compiled, mode="max-autotune";
   gpt2     (b) GPT-2 124M (12L/12H/768C, block 1024) at B=16, T=1024: tokens/s and MFU against the bf16
            peak measured in this run (an 8192^3 bf16 matmul on random data), eager and compiled;
-  compile  (a) torch.compile of the whole model: default mode with the plain head and with the fastest
-           fused head, then mode="reduce-overhead" (CUDA graphs) and mode="max-autotune".
+  parity   (c) 300 steps from the same init and data, baseline vs the fast path (bf16 + Triton head):
+           final losses (mean of the last 10 steps) and their relative difference (target: < 2%).
 
 Model FLOPs per token = 6 * N + 12 * L * T * C (forward and backward), N = the parameters without the
 position embedding (the tied wte counted once, as the output layer); the attention term counts the full
@@ -31,6 +34,7 @@ Output: a table on stdout; bench_gpu_train.json and bench_gpu_train.md in --out 
 after every row so a run cut short keeps what it measured.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -51,7 +55,7 @@ from tinystories.formats import atomic_write, write_model, write_tokens  # noqa:
 from tinystories.model import GPT, plain_head_loss  # noqa: E402
 from tinystories.train import Trainer, autocast, make_optimizer  # noqa: E402
 
-PARTS = ("eager", "parity", "gpt2", "compile")
+PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)
 
 
@@ -67,10 +71,12 @@ class Sizes:
     big_steps: int
     parity_steps: int
     peak_n: int  # side of the square bf16 matmul that measures the peak
+    large_batches: tuple[int, ...] = ()  # B of the extra rows of the graphed trainer, small model
 
 
 FULL = Sizes("cuda", GPTConfig(), (32, 256), GPTConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768),
-             (16, 1024), warmup=10, steps=50, big_steps=20, parity_steps=300, peak_n=8192)
+             (16, 1024), warmup=10, steps=50, big_steps=20, parity_steps=300, peak_n=8192,
+             large_batches=(128, 512))
 SMOKE = Sizes("cpu", GPTConfig(block_size=32, vocab_size=1000, n_layer=2, n_head=2, n_embd=32), (4, 32),
               GPTConfig(block_size=64, vocab_size=1000, n_layer=2, n_head=2, n_embd=64), (2, 64),
               warmup=1, steps=2, big_steps=1, parity_steps=4, peak_n=256)
@@ -81,13 +87,15 @@ class Variant:
     """One way to train. precision: 'fp32' (TF32 off) or 'bf16' (autocast, TF32 on); head: a key of
     head_losses(); optimizer: 'foreach' (plain AdamW) or 'project' (train.make_optimizer: fused on
     CUDA); step: 'minimal' (our loop below) or 'trainer' (train.Trainer.train_step); compile_mode:
-    None for eager, else torch.compile's mode; cost_s: rough seconds it needs, for the time budget."""
+    None for eager, else torch.compile's mode (for 'trainer': any mode means --compile on);
+    cuda_graphs: the trainer's --cuda-graphs on; cost_s: rough seconds it needs, for the time budget."""
     name: str
     precision: str
     head: str
     optimizer: str = "project"
     step: str = "minimal"
     compile_mode: str | None = None
+    cuda_graphs: bool = False  # step 'trainer' only: the Trainer's whole-step CUDA graph
     cost_s: float = 15.0
 
 
@@ -103,6 +111,8 @@ def head_losses() -> dict:
     try:
         from tinystories.kernels.triton_ce import triton_head_loss
         heads["triton"] = triton_head_loss
+        for rows in (256, 4096):  # chunks of 25 MiB (L2-resident on an H100) and 400 MiB of bf16 logits
+            heads[f"triton {rows} rows"] = functools.partial(triton_head_loss, chunk_rows=rows)
     except ImportError as e:
         heads["triton"] = f"unavailable: {e}"
     try:
@@ -179,7 +189,8 @@ def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
     write_model(model_path, config, new_model(config, torch.device("cpu")).llmc_params())
     cfg = TrainConfig(model=model_path, train_tokens=tokens, batch_size=batch[0], seq_len=batch[1],
                       learning_rate=LEARNING_RATE, val_every=0, sample_every=0, device=device.type,
-                      precision="auto", compile="off")
+                      precision="auto", compile="on" if variant.compile_mode else "off",
+                      cuda_graphs="on" if variant.cuda_graphs else "off")
     trainer = Trainer(cfg)
     trainer.model.head_loss = heads[variant.head]
     return lambda: trainer.train_step(LEARNING_RATE)
@@ -188,7 +199,7 @@ def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
 def make_step(variant, config, heads, tokens, batch, device, folder):
     if isinstance(heads.get(variant.head), str):
         raise Unavailable(heads[variant.head])
-    if variant.compile_mode in ("reduce-overhead", "max-autotune") and device.type != "cuda":
+    if (variant.cuda_graphs or variant.compile_mode in ("reduce-overhead", "max-autotune")) and device.type != "cuda":
         raise Unavailable("CUDA graphs need CUDA")
     set_tf32(variant.precision == "bf16")  # the fast path's setting; the fp32 baseline keeps full fp32
     if variant.compile_mode is not None:
@@ -282,9 +293,9 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def measure(self, part: str, variant: Variant, config: GPTConfig, batch: tuple[int, int], steps: int,
-                flops_per_token: float | None = None) -> float | None:
+                flops_per_token: float | None = None, label: str = "") -> float | None:
         """Time one variant and record its row; returns ms/step, or None when it did not run."""
-        row = {"part": part, "name": variant.name}
+        row = {"part": part, "name": variant.name + (f", {label}" if label else "")}
         if variant.cost_s > self.left_s():
             self.results.add({**row, "note": f"skipped: needs ~{variant.cost_s:.0f} s, {self.left_s():.0f} s left"})
             return None
@@ -304,7 +315,7 @@ class Bench:
             return None
         tokens_per_s = batch[0] * batch[1] / (ms / 1000)
         row.update(ms_per_step=round(ms, 3), tokens_per_s=round(tokens_per_s), warmup_s=round(warmup_s, 1))
-        if part == "a" and self.baseline_ms:
+        if part == "a" and self.baseline_ms and not label:
             row["vs_baseline"] = round(self.baseline_ms / ms, 3)
         if flops_per_token and self.peak_flops:
             row["mfu"] = round(flops_per_token * tokens_per_s / self.peak_flops, 4)
@@ -325,10 +336,13 @@ class Bench:
                      s.small, s.small_batch, s.steps)
         self.measure("a", Variant("trainer + triton head", "bf16", "triton", step="trainer"),
                      s.small, s.small_batch, s.steps)
+        graphed = Variant("trainer + triton head + CUDA graph", "bf16", "triton", step="trainer", cuda_graphs=True)
+        self.measure("a", graphed, s.small, s.small_batch, s.steps)
+        for batch in s.large_batches:
+            self.measure("a", graphed, s.small, (batch, s.small_batch[1]), s.steps, label=f"B={batch}")
         timings = {}
-        for head in ("plain", *FUSED_HEADS, "compiled plain"):
-            cost = 60.0 if head == "compiled plain" else 15.0
-            timings[head] = self.measure("a", Variant(f"bf16 + {head} head", "bf16", head, cost_s=cost),
+        for head in ("plain", *FUSED_HEADS, *(h for h in self.heads if h.startswith("triton "))):
+            timings[head] = self.measure("a", Variant(f"bf16 + {head} head", "bf16", head),
                                          s.small, s.small_batch, s.steps)
         return timings
 
@@ -372,10 +386,13 @@ class Bench:
     # (a), compiled
     def compiled(self, best_head: str) -> None:
         s = self.sizes
-        for variant in (Variant("compile + plain head", "bf16", "plain", compile_mode="default", cost_s=90),
-                        Variant(f"compile + {best_head} head", "bf16", best_head, compile_mode="default", cost_s=90),
+        for variant in (Variant("trainer + compile + triton head + CUDA graph (./train's default)", "bf16",
+                                "triton", step="trainer", compile_mode="default", cuda_graphs=True, cost_s=60),
+                        Variant(f"compile + {best_head} head", "bf16", best_head, compile_mode="default", cost_s=60),
                         Variant(f"compile reduce-overhead + {best_head} head", "bf16", best_head,
-                                compile_mode="reduce-overhead", cost_s=100),
+                                compile_mode="reduce-overhead", cost_s=70),
+                        Variant("compile + plain head", "bf16", "plain", compile_mode="default", cost_s=60),
+                        Variant("bf16 + compiled plain head", "bf16", "compiled plain", cost_s=60),
                         Variant(f"compile max-autotune + {best_head} head", "bf16", best_head,
                                 compile_mode="max-autotune", cost_s=240)):
             self.measure("a", variant, s.small, s.small_batch, s.steps)
@@ -447,12 +464,12 @@ def main(argv=None) -> None:
         try:
             timings = bench.eager() if "eager" in args.parts else {}
             best = bench.fastest_fused_head(timings) if timings else "triton"
-            if "parity" in args.parts:
-                bench.parity()
-            if "gpt2" in args.parts:
-                bench.gpt2(best)
             if "compile" in args.parts:
                 bench.compiled(best)
+            if "gpt2" in args.parts:
+                bench.gpt2(best)
+            if "parity" in args.parts:
+                bench.parity()
         finally:
             print_table(bench.results)
 

@@ -221,6 +221,7 @@ CASES = [
     case("train-beta2-negative", "train", "--beta2 -1", ["--beta2", "-1"]),
     case("train-device-bogus", "train", "--device bogus", ["--device", "bogus"]),
     case("train-device-cuda-absent", "train", "--device cuda", ["--device cuda", "CUDA"], skip=HAS_CUDA),
+    case("train-cuda-graphs-on-cpu", "train", "--cuda-graphs on", ["--cuda-graphs on", "CUDA"]),
     case("train-grad-accum-0", "train", "--grad-accum 0", ["--grad-accum", "positive"]),
     case("train-checkpoint-every-negative", "train", "-k -1", ["-k/--checkpoint-every"]),
     case("train-precision-bogus", "train", "--precision fp8", ["--precision", "fp8"]),

@@ -168,6 +168,9 @@ def train_parser() -> Parser:
     a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the model: it costs "
       "a start-up of ~10-60 s and then runs steps up to 2x faster; auto = on for runs of at least "
       f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run)")
+    a("--cuda-graphs", default="auto", choices=["auto", "on", "off"], help="replay each training step as one "
+      "CUDA graph (forward, backward, clip, AdamW): removes the per-kernel launch cost that bounds small "
+      "models on a GPU; auto = on for a single CUDA process")
     a("--deterministic", action="store_true", help="use only deterministic kernels, so a compiled run "
       "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic otherwise, "
       "eager runs always are (costs ~25%% of the compiled speed on CPU)")
@@ -196,7 +199,7 @@ def train_config_from_args(args):
         train_tokens=args.train_tokens, val_tokens=args.val_tokens, max_steps=args.max_steps,
         batch_size=args.batch_size, seq_len=args.seq_len, learning_rate=args.lr, val_every=args.val_every,
         sample_every=args.sample_every, sample_length=args.sample_length, val_batches=args.val_batches,
-        device=args.device, precision=args.precision, head_loss=args.head_loss, compile=args.compile,
+        device=args.device, precision=args.precision, head_loss=args.head_loss, compile=args.compile, cuda_graphs=args.cuda_graphs,
         deterministic=args.deterministic, seed=args.seed,
         weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         warmup_steps=args.warmup, lr_decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio,

@@ -59,6 +59,7 @@ class TrainConfig:
     precision: str = "auto"
     head_loss: str = "auto"
     compile: str = "auto"  # auto | on | off
+    cuda_graphs: str = "auto"  # auto | on | off
     deterministic: bool = False
     seed: int = 1337
     weight_decay: float = 0.0

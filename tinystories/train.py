@@ -29,6 +29,7 @@ from .config import COMPILE_AUTO_MIN_STEPS, GPTConfig, TrainConfig
 from .data import TokenLoader
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, atomic_write, read_model, remove_stale_temp_files, write_model
+from .cuda_graph import CUDAGraphStep
 from .model import GPT
 
 
@@ -146,19 +147,33 @@ def select_head_loss(flag: str, device: torch.device):
 
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # no cast cache: a CUDA graph cannot record it, and each weight is cast once per step anyway
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only (GPT-2 practice). Fused (one kernel
-    per update, on CPU and CUDA), which also lets train_step skip a bad update on the device."""
+    per update, on CPU and CUDA), which also lets train_step skip a bad update on the device.
+    capturable (CUDA): the step count and the learning rate live on the device, so a CUDA graph
+    can record the update; set the rate with set_learning_rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+    lr = torch.tensor(cfg.learning_rate, device=params[0].device) if capturable else cfg.learning_rate
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True,
+                             capturable=capturable)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate: in place where it is a device tensor (capturable), so no step waits."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -333,7 +348,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.optimizer = make_optimizer(self.model, cfg)
+        self.use_cuda_graphs = self._use_cuda_graphs()
+        self.optimizer = make_optimizer(self.model, cfg, capturable=self.use_cuda_graphs)
         local_batch = cfg.batch_size // self.dist.world
         self.train_loader = TokenLoader(cfg.train_tokens, local_batch, self.seq_len, self.dist.rank,
                                         self.dist.world, self.config.vocab_size)
@@ -349,6 +365,7 @@ class Trainer:
         self.bad_in_a_row = torch.zeros((), dtype=torch.long, device=self.device)
         self.total_steps = self._total_steps()
         self.forward_model = self._wrap_model()
+        self.graph_step = CUDAGraphStep(self._device_step) if self.use_cuda_graphs else None
         self.metrics = MetricsLog(self._metrics_path() if self.dist.master else None,
                                   self.step if resumed else None)
         self._announce(resumed)
@@ -401,6 +418,15 @@ class Trainer:
             print(f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the checkpoint's; resuming at its data position "
                   f"anyway (losses will not match an uninterrupted run)", file=sys.stderr)
 
+    def _use_cuda_graphs(self) -> bool:
+        """--cuda-graphs: auto = on for one CUDA process (graphs and DDP's collectives are not combined here)."""
+        flag, cuda = self.cfg.cuda_graphs, self.device.type == "cuda"
+        if flag == "on" and not cuda:
+            raise BadInput(f"--cuda-graphs on needs a CUDA device, this run uses {self.device}")
+        if flag == "on" and self.dist.enabled:
+            raise BadInput("--cuda-graphs on is not supported under torchrun with several processes (use auto or off)")
+        return flag == "on" or (flag == "auto" and cuda and not self.dist.enabled)
+
     def _total_steps(self) -> int:
         if self.cfg.max_steps > 0:
             return self.cfg.max_steps
@@ -431,7 +457,8 @@ class Trainer:
         print(f"model {cfg.model}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, block {c.block_size}, "
               f"{c.num_parameters(padded=False):,} parameters")
         print(f"device {self.device} x {self.dist.world} process(es), precision {self.precision}, "
-              f"head loss {self.model.head_loss.__name__}{', compiled' if self.compiled else ''}; "
+              f"head loss {self.model.head_loss.__name__}{', compiled' if self.compiled else ''}"
+              f"{', CUDA graph' if self.use_cuda_graphs else ''}; "
               f"batch {cfg.batch_size} x {self.seq_len} tokens x {cfg.grad_accum} accumulation = {tokens_per_step:,} tokens/step")
         print(f"train {cfg.train_tokens}: {self.train_loader.tokens.size:,} tokens "
               f"({self.train_loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
@@ -450,13 +477,28 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches. Returns (mean loss, grad norm) as device
         tensors, without waiting for the device. When either is non-finite, fused AdamW skips the
         update on the device (its found_inf input), so a bad step never reaches the weights."""
+        set_learning_rate(self.optimizer, lr)
+        batches = [self._batch(self.train_loader) for _ in range(self.cfg.grad_accum)]
+        if self.graph_step is None:
+            return self._device_step(batches)
+        try:
+            return self.graph_step(batches)
+        except Exception as e:  # a capture failure: run eagerly from here on, unless graphs were asked for
+            if self.cfg.cuda_graphs == "on":
+                raise BadInput(f"--cuda-graphs on: capturing the training step failed: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+            print(f"note: CUDA graph capture failed ({type(e).__name__}); continuing without graphs", file=sys.stderr)
+            self.graph_step = None
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._device_step(batches)
+
+    def _device_step(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device work of a step on its micro-batches [(x, y) (B, T)]: forward, backward, clip,
+        AdamW, guard. Waits for nothing and keeps its state in place, so a CUDA graph can record it."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
-            x, y = self._batch(self.train_loader)
-            sync = micro == cfg.grad_accum - 1
+        for micro, (x, y) in enumerate(batches):
+            sync = micro == len(batches) - 1
             with (contextlib.nullcontext() if sync or not self.dist.enabled else self.forward_model.no_sync()):
                 with autocast(self.device, self.precision):
                     loss = self.forward_model(x, y) / cfg.grad_accum
@@ -469,7 +511,7 @@ class Trainer:
         self.optimizer.found_inf = (~finite).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.bad_in_a_row = torch.where(finite, 0, self.bad_in_a_row + 1)
+        self.bad_in_a_row.copy_(torch.where(finite, 0, self.bad_in_a_row + 1))
         self.skipped_steps += (~finite).long()
         return total, norm
 
@@ -566,7 +608,7 @@ class Trainer:
     def _report_step(self, loss, norm, dt, tokens_per_step, elapsed) -> None:
         if not self.dist.master:
             return
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])
         finite = math.isfinite(loss) and math.isfinite(norm)
         note = "" if finite else "  (non-finite: update skipped)"
         print(f"step {self.step:5d}/{self.total_steps} | loss {loss:.6f} | norm {norm:.4f} | lr {lr:.2e} | "

@@ -121,8 +121,8 @@ def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with
     ce = chunk_loss(R, V, h.dtype, h.device)
     grad_h = torch.empty_like(h) if with_grads else None
     grad_w = torch.zeros(V, C, dtype=torch.float32, device=h.device) if with_grads else None
-    # a lower-precision chunk's grad_w is rounded once into this buffer, then summed in fp32
-    grad_w_chunk = torch.empty_like(weight) if with_grads and h.dtype != torch.float32 else None
+    # a lower-precision chunk's grad_w is rounded once into this buffer, then summed in fp32 (CPU)
+    grad_w_chunk = torch.empty_like(weight) if with_grads and h.dtype != torch.float32 and not h.is_cuda else None
     loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
     count = torch.zeros((), dtype=torch.int64, device=h.device)
     for start in range(0, N, R):
@@ -134,8 +134,10 @@ def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with
         count += chunk_count
         if with_grads:
             torch.mm(logits, weight, out=grad_h[rows])  # (n, C)
-            if grad_w_chunk is None:
+            if logits.dtype == torch.float32:
                 grad_w.addmm_(logits.T, chunk_h)  # (V, C) += (V, n) @ (n, C)
+            elif grad_w_chunk is None:  # CUDA: cuBLAS adds the bf16 product to fp32 grad_w directly
+                torch.addmm(grad_w, logits.T, chunk_h, out_dtype=torch.float32, out=grad_w)
             else:
                 grad_w += torch.mm(logits.T, chunk_h, out=grad_w_chunk)  # (V, C)
     return loss_sum, count, grad_h, grad_w
