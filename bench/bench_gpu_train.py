@@ -10,9 +10,10 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
              - the baseline: eager fp32 (TF32 off), F.cross_entropy on the full logits, AdamW foreach;
              - the project's trainer as it is, eager (train.Trainer.train_step: bf16 autocast, TF32,
                fused AdamW with the divergence guard on the device), with the plain and the Triton head,
-               and with the Triton head and the whole step as one CUDA graph (also at larger B);
+               and with the Triton head and the whole step as one CUDA graph (also with other chunk
+               sizes of the Triton head, and at larger B);
              - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
-               output-layer loss available: plain, triton_head_loss (default chunks, 256 and 4096 rows),
+               output-layer loss available: plain, triton_head_loss (default chunks, 256, 512, 4096 rows),
                the chunked torch fused_head_loss, liger-kernel's LigerFusedLinearCrossEntropyLoss;
   compile  (a) torch.compile: the trainer as ./train runs by default on CUDA (compiled model, Triton head,
            CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
@@ -111,7 +112,7 @@ def head_losses() -> dict:
     try:
         from tinystories.kernels.triton_ce import triton_head_loss
         heads["triton"] = triton_head_loss
-        for rows in (256, 4096):  # chunks of 25 MiB (L2-resident on an H100) and 400 MiB of bf16 logits
+        for rows in (256, 512, 4096):  # chunks of 26, 52 and 412 MB of bf16 logits (an H100's L2: 50 MB)
             heads[f"triton {rows} rows"] = functools.partial(triton_head_loss, chunk_rows=rows)
     except ImportError as e:
         heads["triton"] = f"unavailable: {e}"
@@ -338,6 +339,9 @@ class Bench:
                      s.small, s.small_batch, s.steps)
         graphed = Variant("trainer + triton head + CUDA graph", "bf16", "triton", step="trainer", cuda_graphs=True)
         self.measure("a", graphed, s.small, s.small_batch, s.steps)
+        for head in (h for h in self.heads if h.startswith("triton ")):
+            self.measure("a", Variant(f"trainer + {head} head + CUDA graph", "bf16", head, step="trainer",
+                                      cuda_graphs=True), s.small, s.small_batch, s.steps)
         for batch in s.large_batches:
             self.measure("a", graphed, s.small, (batch, s.small_batch[1]), s.steps, label=f"B={batch}")
         timings = {}
@@ -380,7 +384,7 @@ class Bench:
         for variant in (Variant("GPT-2 124M: bf16 + plain head", "bf16", "plain", cost_s=30),
                         Variant(f"GPT-2 124M: bf16 + {best_head} head", "bf16", best_head, cost_s=30),
                         Variant(f"GPT-2 124M: compile + {best_head} head", "bf16", best_head,
-                                compile_mode="default", cost_s=150)):
+                                compile_mode="default", cost_s=60)):
             self.measure("b", variant, c, s.big_batch, s.big_steps, flops)
 
     # (a), compiled

@@ -3,22 +3,25 @@ logits = h @ W.T against targets, without ever holding all (N, V) logits in memo
 
 Shapes: N rows (B * T tokens), C channels, V vocabulary (50257), R rows per chunk.
 
-The rows are processed in chunks of R. For each chunk, in the forward pass:
+The vocabulary is first padded with zero rows of W to padded_V, a multiple of 64 (50257 -> 50304):
+with an odd V every matmul below has an odd dimension, and cuBLAS then falls back to kernels that
+load one element at a time (about 3x slower on an H100: BENCHMARKS.md). The rows are processed in
+chunks of R. For each chunk, in the forward pass:
 
-    logits  = h[rows] @ W.T              (R, V)  cuBLAS, in the compute dtype (bf16 under autocast)
-    ce_rows kernel, one program per row  (Triton): loss[row] = logsumexp(logits) - logits[target],
-            and, in place, logits <- dlogits = softmax(logits) - onehot(target)
+    logits  = h[rows] @ W.T              (R, padded_V)  cuBLAS, in the compute dtype (bf16 under autocast)
+    ce_rows kernel, one program per row  (Triton): loss[row] = logsumexp(logits[:V]) - logits[target],
+            and, in place, logits <- dlogits = softmax(logits[:V]) - onehot(target), 0 in the padding
     grad_h[rows] = dlogits @ W           (R, C)  cuBLAS
-    grad_W      += dlogits.T @ h[rows]   (V, C)  cuBLAS, summed over chunks in fp32
+    grad_W      += dlogits.T @ h[rows]   (padded_V, C)  cuBLAS, summed over chunks in fp32
 
 so the forward pass computes both gradients while each logits chunk is at hand, and the backward
 pass only scales them by grad_output / (number of counted targets). The chunk loop, the buffers of
 the gradients and the autograd wrapper are fused_ce.chunked_head_loss's, shared with the PyTorch
-version; this module supplies the per-chunk cross-entropy (`TritonChunkLoss`). Extra memory: one (R, V) chunk
-in the compute dtype (rows padded to a multiple of 64 columns, see `padded_logits`), grad_h (N, C) and an fp32 grad_W (V, C), where the plain formulation keeps
-fp32 (N, V) logits and their gradient (1.6 GB each at N = 8192). The three matmuls stay in cuBLAS;
-only the memory-bound softmax / cross-entropy / gradient part is a Triton kernel, and it reads and
-writes each chunk in place.
+version; this module supplies the per-chunk cross-entropy (`TritonChunkLoss`). Extra memory: one
+(R, padded_V) chunk in the compute dtype, the padded W, grad_h (N, C) and an fp32 grad_W
+(padded_V, C), where the plain formulation keeps fp32 (N, V) logits and their gradient (1.6 GB each
+at N = 8192). The three matmuls stay in cuBLAS; only the memory-bound softmax / cross-entropy /
+gradient part is a Triton kernel, and it reads and writes each chunk in place.
 
 Numerics match `tinystories.model.plain_head_loss` under the same precision: the logits are rounded
 to the compute dtype (as F.linear does under autocast), then the softmax and loss are done in fp32.
@@ -27,7 +30,10 @@ Targets equal to -100 are skipped, as in F.cross_entropy; other targets must lie
 The kernel runs on CUDA tensors, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1
 set before triton is first imported), which is how the tests check it without a GPU.
 """
+import functools
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -36,18 +42,19 @@ from .fused_ce import chunked_head_loss
 IGNORE_INDEX = -100  # F.cross_entropy's default: such targets add nothing to the loss or its count
 CHUNK_ELEMENTS = 1 << 26  # logits per chunk: 64 Mi values, 128 MiB in bf16 (R = 1335 rows at V = 50257)
 BLOCK_V = 4096  # vocabulary tile one program reads at a time
-PAD_COLUMNS = 64  # logits rows are padded to a multiple of this many columns
+PAD_ROWS = 64  # W is padded with zero rows to a multiple of this, so every matmul dimension is aligned
 
 
 @triton.jit
 def _ce_rows_kernel(logits_ptr, padded_V, targets_ptr, losses_ptr, V, ignore_index,
                     BLOCK_V: tl.constexpr, WRITE_GRAD: tl.constexpr):
-    """One program per row of a padded logits chunk (R, padded_V), any float dtype; columns V.. of
-    every row hold -inf (see `padded_logits`).
+    """One program per row of a logits chunk (R, padded_V), any float dtype; columns V.. are padding
+    and take no part in the softmax. Loads are bounded by padded_V, a multiple of 64, which lets
+    Triton use 16-byte vector loads (a bound of V = 50257 would force 2-byte ones).
 
-    Writes losses[row] (fp32) = logsumexp(row) - row[target], 0 for an ignored target. With
-    WRITE_GRAD, overwrites the row with d loss[row] / d row = softmax(row) - onehot(target)
-    (all zeros for an ignored target) in the chunk's dtype, leaving the padding at -inf.
+    Writes losses[row] (fp32) = logsumexp(row[:V]) - row[target], 0 for an ignored target. With
+    WRITE_GRAD, overwrites the row with d loss[row] / d row = softmax(row[:V]) - onehot(target)
+    (all zeros for an ignored target, and in the padding) in the chunk's dtype.
     """
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * padded_V
@@ -60,7 +67,8 @@ def _ce_rows_kernel(logits_ptr, padded_V, targets_ptr, losses_ptr, V, ignore_ind
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.full((), 0.0, tl.float32)
     for start in range(0, padded_V, BLOCK_V):
-        x = tl.load(row_ptr + start + cols, mask=start + cols < padded_V, other=float("-inf")).to(tl.float32)
+        x = tl.load(row_ptr + start + cols, mask=start + cols < padded_V).to(tl.float32)
+        x = tl.where(start + cols < V, x, float("-inf"))
         m_new = tl.maximum(m, tl.max(x, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
@@ -72,10 +80,10 @@ def _ce_rows_kernel(logits_ptr, padded_V, targets_ptr, losses_ptr, V, ignore_ind
     if WRITE_GRAD:
         for start in range(0, padded_V, BLOCK_V):
             in_row = start + cols < padded_V
-            x = tl.load(row_ptr + start + cols, mask=in_row, other=float("-inf")).to(tl.float32)
-            grad = tl.exp(x - lse) - tl.where(start + cols == target, 1.0, 0.0)
+            x = tl.load(row_ptr + start + cols, mask=in_row).to(tl.float32)
+            x = tl.where(start + cols < V, x, float("-inf"))
+            grad = tl.exp(x - lse) - tl.where(start + cols == target, 1.0, 0.0)  # exp(-inf) = 0 in the padding
             grad = tl.where(counted, grad, 0.0)
-            grad = tl.where(start + cols < V, grad, float("-inf"))  # keep the padding
             tl.store(row_ptr + start + cols, grad.to(logits_ptr.dtype.element_ty), mask=in_row)
 
 
@@ -84,23 +92,12 @@ def _ce_rows_kernel(logits_ptr, padded_V, targets_ptr, losses_ptr, V, ignore_ind
 INTERPRETED = not isinstance(_ce_rows_kernel, triton.runtime.JITFunction)
 
 
-def padded_logits(rows: int, V: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """A (rows, padded_V) buffer, padded_V = V rounded up to PAD_COLUMNS, with -inf everywhere.
-
-    Matmuls write only columns :V, so the padding stays -inf and adds exp(-inf) = 0 to every row's
-    softmax. It gives each row an aligned start and the kernel a load bound divisible by 16, which
-    lets Triton use 16-byte vector loads (an odd V = 50257 forces 2-byte ones), and gives cuBLAS an
-    aligned leading dimension."""
-    padded_V = triton.cdiv(V, PAD_COLUMNS) * PAD_COLUMNS
-    return torch.full((rows, padded_V), float("-inf"), device=device, dtype=dtype)
-
-
 def cross_entropy_rows_(logits: torch.Tensor, V: int, targets: torch.Tensor, losses: torch.Tensor,
                         write_grad: bool) -> None:
-    """Per-row losses of logits (R, padded_V) into losses (R,) fp32; with write_grad, columns :V of
-    logits become dlogits. logits: rows of a `padded_logits` buffer; targets: (R,) int64."""
+    """Per-row losses of logits (R, padded_V) over their first V columns into losses (R,) fp32; with
+    write_grad, logits become dlogits. targets: (R,) int64."""
     R, padded_V = logits.shape
-    assert logits.stride() == (padded_V, 1) and targets.is_contiguous() and losses.is_contiguous()
+    assert logits.is_contiguous() and targets.is_contiguous() and losses.is_contiguous()
     _ce_rows_kernel[(R,)](logits, padded_V, targets, losses, V, IGNORE_INDEX,
                           BLOCK_V=min(BLOCK_V, triton.next_power_of_2(padded_V)), WRITE_GRAD=write_grad,
                           num_warps=8)
@@ -108,20 +105,21 @@ def cross_entropy_rows_(logits: torch.Tensor, V: int, targets: torch.Tensor, los
 
 class TritonChunkLoss:
     """The softmax cross-entropy of one chunk of logits by the Triton kernel, for
-    fused_ce.chunked_head_loss: the same contract as fused_ce.TorchChunkLoss, on a padded buffer."""
+    fused_ce.chunked_head_loss: the same contract as fused_ce.TorchChunkLoss, over logits whose
+    columns from `vocab_size` on are padding (zero rows of the padded W)."""
 
-    def __init__(self, rows: int, V: int, dtype: torch.dtype, device):
-        self.V = V
-        self.buffer = padded_logits(rows, V, dtype, device)  # (R, padded_V), reused by every chunk
+    def __init__(self, rows: int, padded_V: int, dtype: torch.dtype, device, vocab_size: int):
+        self.V = vocab_size
+        self.buffer = torch.empty(rows, padded_V, dtype=dtype, device=device)  # (R, padded_V), reused by every chunk
         self.losses = torch.empty(rows, dtype=torch.float32, device=device)  # (R,)
 
     def logits(self, n: int) -> torch.Tensor:
-        return self.buffer[:n, : self.V]  # (n, V), a strided view
+        return self.buffer[:n]  # (n, padded_V)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, with_grad: bool):
         n = logits.size(0)
         targets = targets.contiguous()
-        cross_entropy_rows_(self.buffer[:n], self.V, targets, self.losses[:n], with_grad)
+        cross_entropy_rows_(logits, self.V, targets, self.losses[:n], with_grad)
         return self.losses[:n].sum(), (targets != IGNORE_INDEX).sum()
 
 
@@ -133,5 +131,7 @@ def triton_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     if h.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"triton_head_loss needs CUDA tensors, got {h.device.type} ones "
                          f"(use plain_head_loss, or TRITON_INTERPRET=1 before triton is imported)")
-    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.size(0))
-    return chunked_head_loss(h, weight, targets, chunk_rows, TritonChunkLoss)
+    V = weight.size(0)
+    padded = F.pad(weight, (0, 0, 0, triton.cdiv(V, PAD_ROWS) * PAD_ROWS - V))  # (padded_V, C), zero rows
+    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // padded.size(0))
+    return chunked_head_loss(h, padded, targets, chunk_rows, functools.partial(TritonChunkLoss, vocab_size=V))
