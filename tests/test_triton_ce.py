@@ -59,7 +59,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("N, C, V, chunk_rows", [
     (37, 32, 1000, 16),  # ragged last chunk; padded_V 1024, one vocabulary tile
     (37, 32, 5000, 10),  # four chunks reusing one buffer; two tiles, the second past padded_V (5056)
-    (37, 32, 1000, None),  # default chunking: one chunk
+    (37, 32, 1000, triton_ce.CHUNK_ROWS),  # default chunking: one chunk
 ])
 def test_fp32_matches_plain(device, N, C, V, chunk_rows):
     h, weight, targets = make_inputs(N, C, V, device)
@@ -127,7 +127,7 @@ def test_gpt_with_fused_head_has_the_plain_gradients(device):
 
 @pytest.mark.gpu
 def test_real_size_bf16_on_cuda():
-    """The default model's head at B=32, T=256 (N = 8192, several chunks of 1335 rows) under autocast."""
+    """The default model's head at B=32, T=256 (N = 8192, two chunks of 4096 rows) under autocast."""
     if not torch.cuda.is_available() or triton_ce.INTERPRETED:
         pytest.skip("needs CUDA and the compiled kernel")
     h, weight, targets = make_inputs(8192, 128, 50257, torch.device("cuda"), seed=5)

@@ -40,7 +40,8 @@ import triton.language as tl
 from .fused_ce import chunked_head_loss
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: such targets add nothing to the loss or its count
-CHUNK_ELEMENTS = 1 << 26  # logits per chunk: 64 Mi values, 128 MiB in bf16 (R = 1335 rows at V = 50257)
+CHUNK_ROWS = 4096  # rows per chunk: 412 MB of bf16 logits at V = 50257; the fastest of 256, 512, 1335
+                  # and 4096 in a CUDA-graphed step at B=32, T=256 on an H100 (BENCHMARKS.md)
 BLOCK_V = 4096  # vocabulary tile one program reads at a time
 PAD_ROWS = 64  # W is padded with zero rows to a multiple of this, so every matmul dimension is aligned
 
@@ -123,15 +124,15 @@ class TritonChunkLoss:
         return self.losses[:n].sum(), (targets != IGNORE_INDEX).sum()
 
 
+@torch.compiler.disable  # its kernels are fused already; and dynamo cannot trace the fp32-output addmm (torch 2.11)
 def triton_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                     chunk_rows: int | None = None) -> torch.Tensor:
+                     chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """Mean cross-entropy of h @ weight.T against targets, like plain_head_loss, in chunks of
-    chunk_rows rows (default: CHUNK_ELEMENTS logits per chunk). h: (N, C), weight: (V, C),
-    targets: (N,) int64 (-100 = ignored). Returns an fp32 scalar; differentiable in h and weight."""
+    chunk_rows rows. h: (N, C), weight: (V, C), targets: (N,) int64 (-100 = ignored). Returns an
+    fp32 scalar; differentiable in h and weight."""
     if h.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"triton_head_loss needs CUDA tensors, got {h.device.type} ones "
                          f"(use plain_head_loss, or TRITON_INTERPRET=1 before triton is imported)")
     V = weight.size(0)
     padded = F.pad(weight, (0, 0, 0, triton.cdiv(V, PAD_ROWS) * PAD_ROWS - V))  # (padded_V, C), zero rows
-    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // padded.size(0))
     return chunked_head_loss(h, padded, targets, chunk_rows, functools.partial(TritonChunkLoss, vocab_size=V))
