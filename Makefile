@@ -1,10 +1,12 @@
-# make setup   create .venv and install the project (TORCH=torch==X.Y.Z pins a torch build)
+# make setup   create .venv and install the project (TORCH=torch==X.Y.Z pins a torch build); runs
+#              again only when pyproject.toml changes (rm .venv/.installed to force it)
 # make demo    end to end: data (Hugging Face, else DATA=path, else synthetic), model, short training, a story
 # make train   the original's quick start: 10k steps of the default model at B=32, T=256
 # make test    the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
 TORCH ?= torch
 DATA ?=
 TOKENS := data/tinystories/TinyStories_train.bin
@@ -14,24 +16,27 @@ TOKENS := data/tinystories/TinyStories_train.bin
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(PY)
+$(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(INSTALLED)
 
 data: $(TOKENS)
 
-$(TOKENS):
+$(TOKENS): | $(INSTALLED)
 	$(PY) prepare_data.py $(if $(DATA),--source $(DATA),--fallback-synthetic)
 
-model.bin:
+model.bin: | $(INSTALLED)
 	$(PY) create_model.py
 
-demo: setup data model.bin
+demo: $(INSTALLED) data model.bin
 	./train -e model.bin -c demo_checkpoint.bin -n 200 -b 8 -t 256 -l 1e-3 -v 100 -s 0
 	./generate -e demo_checkpoint.bin -n 200 -s 42
 
-train: setup data model.bin
+train: $(INSTALLED) data model.bin
 	./train -e model.bin -c checkpoint.bin -n 10000 -b 32 -t 256 -l 1e-3 -v 500 -s 500
 
 test:

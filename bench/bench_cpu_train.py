@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tinystories import formats, tokenizer  # noqa: E402
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.data import TokenLoader  # noqa: E402
+from tinystories.loader import TokenLoader  # noqa: E402
 from tinystories.model import GPT  # noqa: E402
 from tinystories.train import Trainer  # noqa: E402
 

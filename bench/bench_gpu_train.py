@@ -51,10 +51,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.data import TokenLoader  # noqa: E402
+from tinystories.loader import TokenLoader  # noqa: E402
 from tinystories.formats import atomic_write, write_model, write_tokens  # noqa: E402
 from tinystories.model import GPT, plain_head_loss  # noqa: E402
-from tinystories.train import Trainer, autocast, make_optimizer  # noqa: E402
+from tinystories.device import autocast  # noqa: E402
+from tinystories.optim import make_optimizer  # noqa: E402
+from tinystories.train import Trainer  # noqa: E402
 
 PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tinystories import data, synthetic
+from tinystories import data, sources, synthetic
 from tinystories.cli import prepare_parser
 from tinystories.formats import read_tokens
 from tinystories.tokenizer import EOT, gpt2_encoding
@@ -115,7 +115,7 @@ def test_archive_shards_in_name_order(tmp_path, three_shards):
 
 
 def test_text_file_holds_out_every_50th_story(tmp_path, head_stories, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_STORIES", 30)
+    monkeypatch.setattr(sources, "CHUNK_STORIES", 30)
     stories = head_stories[:230]
     out = run_prepare(tmp_path / "out", "--source", str(write_text(tmp_path / "s.txt", stories)))
     val = [s for i, s in enumerate(stories) if i % 50 == 0]
@@ -125,7 +125,7 @@ def test_text_file_holds_out_every_50th_story(tmp_path, head_stories, monkeypatc
 
 
 def test_parquet_file_and_huggingface_folder(tmp_path, head_stories, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_STORIES", 25)
+    monkeypatch.setattr(sources, "CHUNK_STORIES", 25)
     stories = head_stories[:120]
     out = run_prepare(tmp_path / "one", "--source", str(write_parquet(tmp_path / "s.parquet", stories, "story")))
     assert split_tokens(out, "val") == reference_tokens(chunks(stories[::50], 25))
@@ -143,7 +143,7 @@ def test_parquet_file_and_huggingface_folder(tmp_path, head_stories, monkeypatch
 
 
 def test_separate_val_source(tmp_path, head_stories, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_STORIES", 50)
+    monkeypatch.setattr(sources, "CHUNK_STORIES", 50)
     train, val = head_stories[:80], head_stories[80:100]
     out = run_prepare(tmp_path / "out", "--source", str(write_text(tmp_path / "train.txt", train)),
                       "--val-source", str(write_parquet(tmp_path / "val.parquet", val)))
@@ -152,7 +152,7 @@ def test_separate_val_source(tmp_path, head_stories, monkeypatch):
 
 
 def test_two_runs_are_byte_identical_whatever_the_workers(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_STORIES", 700)
+    monkeypatch.setattr(sources, "CHUNK_STORIES", 700)
     flags = ["--source", "synthetic", "--synthetic-stories", "3000", "--seed", "7"]
     one = output_bytes(run_prepare(tmp_path / "one", *flags, workers=1))
     two = output_bytes(run_prepare(tmp_path / "two", *flags, workers=2))
@@ -265,10 +265,10 @@ def test_bad_input_is_one_line_and_leaves_old_outputs(tmp_path, head_stories, ki
 def test_text_file_parsing(tmp_path):
     path = tmp_path / "s.txt"
     path.write_text("Story one.\n<|endoftext|>\nStory two\nline 2\n<|endoftext|>\n\n<|endoftext|>\nNo separator")
-    assert list(data.text_stories(path)) == ["Story one.\n", "Story two\nline 2\n", "No separator"]
+    assert list(sources.text_stories(path)) == ["Story one.\n", "Story two\nline 2\n", "No separator"]
     path.write_bytes(b"caf\xe9\n<|endoftext|>\n")
     with pytest.raises(data.BadInput, match="s.txt: not UTF-8"):
-        list(data.text_stories(path))
+        list(sources.text_stories(path))
 
 
 def test_failed_run_creates_no_output_folder(tmp_path):

@@ -195,7 +195,7 @@ def test_changed_global_batch_resumes_at_the_same_token_offset(fresh, resumed):
 def test_more_ranks_than_gpus_is_one_line(monkeypatch):
     """torchrun --nproc_per_node 2 on a 1-GPU machine: rank 1 would ask for cuda:1."""
     from tinystories.errors import BadInput
-    from tinystories.train import pick_device
+    from tinystories.device import pick_device
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tinystories.data import TokenLoader
+from tinystories.loader import TokenLoader
 from tinystories.errors import BadInput
 from tinystories.formats import HEADER_BYTES, TokenFileWriter, read_tokens, write_tokens
 

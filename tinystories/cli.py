@@ -10,10 +10,8 @@ import argparse
 import os
 import sys
 
-from .config import COMPILE_AUTO_MIN_STEPS
+from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL
 from .errors import BadInput
-
-HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
 
 
 class Parser(argparse.ArgumentParser):

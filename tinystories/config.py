@@ -1,4 +1,5 @@
-"""Configuration dataclasses: the model's shape (GPTConfig) and a training run's settings (TrainConfig)."""
+"""Configuration: the model's shape (GPTConfig), a training run's settings (TrainConfig), and the
+defaults several modules share."""
 from dataclasses import dataclass
 
 
@@ -34,6 +35,10 @@ class GPTConfig:
         per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C
         return V * C + T * C + L * per_layer + 2 * C
 
+
+# --source hf: the TinyStories archive on the Hugging Face Hub, and its published size
+HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
+HF_ARCHIVE_SIZE = 1_608_001_638
 
 COMPILE_AUTO_MIN_STEPS = 200  # --compile auto: below this, the compile start-up costs more than it saves
 

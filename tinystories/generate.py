@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from . import tokenizer
+from .device import pick_device, resolve_precision
 from .errors import BadInput
 from .formats import read_model
 from .model import GPT, KVCache
-from .train import pick_device, resolve_precision
 from .tokenizer import EOT
 
 

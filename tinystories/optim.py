@@ -1,0 +1,50 @@
+"""The optimizer and the learning-rate schedule of a training run.
+
+AdamW (fused: one kernel per update, on CPU and CUDA) with weight decay on matrices and embeddings
+only, as GPT-2 did; the LR warms up linearly, then stays constant or decays (cosine or linear) to
+min_lr_ratio x the peak at the last step.
+"""
+import math
+
+import torch
+
+from .config import TrainConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (GPT-2 practice). Fused (one kernel
+    per update, on CPU and CUDA), which also lets train_step skip a bad update on the device.
+    capturable (CUDA): the step count and the learning rate live on the device, so a CUDA graph
+    can record the update; set the rate with set_learning_rate."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    lr = torch.tensor(cfg.learning_rate, device=params[0].device) if capturable else cfg.learning_rate
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True,
+                             capturable=capturable)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate: in place where it is a device tensor (capturable), so no step waits."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """LR for 0-based `step`: linear warmup, then constant or decay to min_lr_ratio * lr at the end."""
+    peak = cfg.learning_rate
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "none":
+        return peak
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, progress)
+    floor = peak * cfg.min_lr_ratio
+    if cfg.lr_decay == "cosine":
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak - (peak - floor) * progress  # linear
