@@ -9,6 +9,7 @@ import torch
 
 from tinystories import cli, tokenizer
 from tinystories.config import GPTConfig
+from tinystories.device import CPU_BF16_ENV
 from tinystories.formats import read_model, write_model
 from tinystories.generate import generate_tokens, sample_next, text_pieces
 from tinystories.model import GPT
@@ -155,11 +156,16 @@ def is_utf8(data: bytes) -> bool:
         return False
 
 
-@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys, precision, dtype):
+@pytest.mark.parametrize("precision, dtype, native_bf16", [("fp32", torch.float32, "0"), ("bf16", torch.bfloat16, "1"),
+                                                       ("bf16", torch.bfloat16, "0")])
+def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys, monkeypatch, precision, dtype, native_bf16):
+    """The story is the same whatever the CPU; bf16 on a CPU without native bf16 adds a note."""
+    monkeypatch.setenv(CPU_BF16_ENV, native_bf16)  # the CPU kind under test, not this machine's
     status, out, err = run_generate_in_process(capsys, "-e", str(model_path), "-n", "30", "-s", "11",
                                                "-p", "Once upon a time", "--top-k", "50", "--precision", precision)
-    assert status == 0 and err == ""
+    emulated = precision == "bf16" and native_bf16 == "0"
+    assert status == 0
+    assert err == ("note: this CPU has no native bf16; --precision bf16 will be emulated and slow\n" if emulated else "")
     model = GPT.from_file(read_model(model_path)).to(dtype)
     prompt = [EOT] + tokenizer.encode("Once upon a time")
     story = generate_tokens(model, prompt, 30, torch.Generator().manual_seed(11), top_k=50)

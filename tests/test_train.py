@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tinystories import formats, tokenizer
+from tinystories.device import compile_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -191,6 +193,8 @@ def test_unwritable_checkpoint_folder(workdir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(compile_problem(torch.device("cpu")) is not None, reason="torch.compile cannot work here "
+                    "(no C++ compiler); test_hardware checks that such a machine runs eagerly")
 def test_compiled_run_is_deterministic_with_the_flag(workdir, tmp_path):
     """--compile on --deterministic: two runs give the same losses bit for bit (without the flag,
     torch.compile's CPU kernels vary in the last digits from run to run)."""

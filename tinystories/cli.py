@@ -155,9 +155,10 @@ def train_parser() -> Parser:
     a("-s", "--sample-every", type=non_negative_int, default=20, help="print a generated sample every N steps (0 = never)")
     a("-g", "--sample-length", type=positive_int, default=64, help="tokens per sample")
     a("--val-batches", type=positive_int, default=20, help="batches averaged for the val loss")
-    a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    a("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-      help="auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32; "
+    a("--device", default="auto", help="auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+      help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
+      "or AMX), fp16 autocast with loss scaling on CUDA 7.x (V100, T4), else fp32 (MPS included); "
       "master weights and optimizer state are always fp32")
     a("--head-loss", default="auto", choices=["auto", "chunked", "triton", "plain"],
       help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
@@ -165,7 +166,8 @@ def train_parser() -> Parser:
       "when installed, else chunked")
     a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the model: it costs "
       "a start-up of ~10-60 s and then runs steps up to 2x faster; auto = on for runs of at least "
-      f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run)")
+      f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run) on CPU and CUDA, eager where "
+      "compiling cannot work (no C++ compiler, no triton) or fails at the first step")
     a("--cuda-graphs", default="auto", choices=["auto", "on", "off"], help="replay each training step as one "
       "CUDA graph (forward, backward, clip, AdamW): removes the per-kernel launch cost that bounds small "
       "models on a GPU; auto = on for a single CUDA process")
@@ -228,10 +230,11 @@ def generate_parser() -> Parser:
     a("--temperature", type=non_negative_float, default=1.0, help="softmax temperature (0 = greedy)")
     a("--top-k", type=non_negative_int, default=0, help="sample only from the k most likely tokens (0 = off)")
     a("--top-p", type=positive_float, default=1.0, help="nucleus sampling: smallest set of tokens with this total probability (1 = off)")
-    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="weights and KV cache in bf16 "
-      "(about 2x faster per token on CPUs with native bf16) or fp32; auto = bf16 on CUDA and on CPUs "
-      "with native bf16 (AVX512-BF16 or AMX), else fp32. A seed names the same story within one precision")
+    a("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights and KV cache in bf16 "
+      "(about 2x faster per token on CPUs with native bf16), fp16 (CUDA) or fp32; auto = bf16 on CUDA 8.0+ "
+      "and on CPUs with native bf16 (AVX512-BF16 or AMX), fp16 on CUDA 7.x, else fp32. A seed names the "
+      "same story within one precision")
     return p
 
 

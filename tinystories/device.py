@@ -2,9 +2,22 @@
 precision, torch.compile, and the output layer + loss implementation. Used by train and generate.
 
 Every choice here comes from a flag (--device, --precision, --compile, --head-loss) whose `auto`
-value picks the fast option the machine supports, and always has a plain PyTorch fallback.
+value picks the fast option the machine supports, and always has a plain PyTorch fallback:
+
+    device     CUDA, else Apple's MPS (one process), else the CPU
+    precision  bf16 autocast on CUDA compute capability 8.0+ (Ampere and newer) and on CPUs with
+               native bf16; fp16 autocast with loss scaling on 7.x (V100, T4: fp16 tensor cores, no
+               bf16 ones); fp32 elsewhere, MPS included
+    compile    runs of COMPILE_AUTO_MIN_STEPS steps or more, on CPU (needs a working C++ compiler)
+               and CUDA (needs triton and compute capability 7.0+); never by default on MPS
+    head loss  the Triton kernel on CUDA 8.0+ when triton imports, else the chunked PyTorch version
+
+The hardware is asked through functions the tests replace (torch.cuda.get_device_capability,
+torch.backends.mps.is_available, cpu_has_native_bf16, compile_problem); TINYSTORIES_CPU_BF16=0 or 1
+overrides the CPU's bf16 detection, so the suite runs as either kind of CPU on any machine.
 """
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -62,12 +75,15 @@ class Distributed:
 
 
 def pick_device(flag: str, local_rank: int | None = None) -> torch.device:
+    """The device for --device. auto: CUDA when present, else MPS for a single process, else the CPU.
+    local_rank is set under torchrun (several processes; MPS takes one only)."""
     if flag == "auto":
-        flag = "cuda" if torch.cuda.is_available() else "cpu"
+        mps = torch.backends.mps.is_available() and local_rank is None
+        flag = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     try:
         device = torch.device(flag)
     except RuntimeError:
-        raise BadInput(f"--device: unknown device '{flag}' (use auto, cpu, cuda or cuda:N)") from None
+        raise BadInput(f"--device: unknown device '{flag}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise BadInput(f"--device {flag}: CUDA is not available on this machine")
@@ -77,13 +93,27 @@ def pick_device(flag: str, local_rank: int | None = None) -> torch.device:
         if device.index is not None and device.index >= count:
             raise BadInput(f"--device {flag}: no CUDA device {device.index}, this machine has {count} "
                            f"(under torchrun, start at most {count} processes per node)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BadInput(f"--device {flag}: MPS (the GPU of Apple Silicon Macs) is not available on this machine")
+        if local_rank is not None:
+            raise BadInput(f"--device {flag}: MPS runs one process; start without torchrun")
     elif device.type != "cpu":
-        raise BadInput(f"--device: unsupported device '{flag}' (use auto, cpu, cuda or cuda:N)")
+        raise BadInput(f"--device: unsupported device '{flag}' (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 
+CPU_BF16_ENV = "TINYSTORIES_CPU_BF16"  # 0 or 1: act as a CPU without / with native bf16
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), or as TINYSTORIES_CPU_BF16
+    (0 or 1) says when it is set."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise BadInput(f"{CPU_BF16_ENV}={forced!r}: must be 0 or 1 (or unset to detect the CPU)")
+        return forced == "1"
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -92,15 +122,30 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The GPU's compute capability, e.g. (8, 0) for an A100, (7, 5) for a T4."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def capability_text(device: torch.device) -> str:
+    return "%d.%d" % cuda_capability(device)
+
+
 def resolve_precision(flag: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' (autocast). auto: bf16 on CUDA with bf16 support and on CPUs with native bf16
-    instructions, fp32 elsewhere."""
+    """'fp32', 'bf16' or 'fp16' (autocast; fp16 with loss scaling). auto: bf16 on CUDA 8.0+ and on CPUs
+    with native bf16, fp16 on CUDA 7.x, fp32 elsewhere (older GPUs, other CPUs, MPS)."""
     if flag == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+            capability = cuda_capability(device)
+            return "bf16" if capability >= (8, 0) else "fp16" if capability >= (7, 0) else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if flag == "fp16" and device.type != "cuda":
+        raise BadInput(f"--precision fp16 needs a CUDA device, this run uses {device} (use auto, fp32 or bf16)")
     if flag == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         print("note: this CPU has no native bf16; --precision bf16 will be emulated and slow", file=sys.stderr)
+    if flag == "bf16" and device.type == "cuda" and cuda_capability(device) < (8, 0):
+        print(f"note: this GPU (compute capability {capability_text(device)}) has no bf16 "
+              f"tensor cores; --precision bf16 will be slow (auto picks fp16 here)", file=sys.stderr)
     return flag
 
 
@@ -111,40 +156,80 @@ def allow_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
+    if precision in AUTOCAST_DTYPES:
         # no cast cache: a CUDA graph cannot record it, and each weight is cast once per step anyway
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision], cache_enabled=False)
     return contextlib.nullcontext()
 
 
-def use_compile(flag: str, total_steps: int) -> bool:
-    """--compile: on, off, or auto = on for runs of COMPILE_AUTO_MIN_STEPS steps or more. auto looks
-    at the whole run, not the steps left, so a resumed run computes as it began."""
-    return flag == "on" or (flag == "auto" and total_steps >= COMPILE_AUTO_MIN_STEPS)
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile (inductor) cannot work on `device` here, or None when it should: on the CPU
+    it needs a C++ compiler (found as inductor finds it: $CXX, else g++, or clang++ on macOS), on
+    CUDA the triton package and compute capability 7.0+."""
+    if device.type == "cpu":
+        from torch._inductor import config, cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception:  # inductor's InvalidCxxCompiler, or a compiler that fails to start
+            cxx = config.cpp.cxx
+            tried = ", ".join([cxx] if isinstance(cxx, str) else [c for c in cxx if c])
+            return f"no working C++ compiler found (tried {tried}; set CXX to one)"
+    elif device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed"
+        if cuda_capability(device) < (7, 0):
+            return f"triton needs compute capability 7.0 or newer, this GPU has {capability_text(device)}"
+    return None
 
 
-def use_cuda_graphs(flag: str, device: torch.device, distributed: bool) -> bool:
-    """--cuda-graphs: auto = on for a single CUDA process (graphs are not combined with DDP here)."""
+def use_compile(flag: str, total_steps: int, device: torch.device) -> bool:
+    """--compile: on, off, or auto = on for runs of COMPILE_AUTO_MIN_STEPS steps or more on CPU and
+    CUDA. auto looks at the whole run, not the steps left, so a resumed run computes as it began.
+    Where compile cannot work here, auto prints a note and runs eagerly; on is refused."""
+    wanted = flag == "on" or (flag == "auto" and total_steps >= COMPILE_AUTO_MIN_STEPS and device.type != "mps")
+    problem = compile_problem(device) if wanted else None
+    if problem and flag == "on":
+        raise BadInput(f"--compile on: torch.compile cannot work here: {problem} (use --compile off or auto)")
+    if problem:
+        print(f"note: --compile auto: {problem}; running eagerly", file=sys.stderr)
+    return wanted and problem is None
+
+
+def use_cuda_graphs(flag: str, device: torch.device, distributed: bool, precision: str) -> bool:
+    """--cuda-graphs: auto = on for a single CUDA process (graphs are not combined with DDP, nor with
+    fp16's loss scaler, whose scale changes from step to step in Python-side bookkeeping)."""
     if flag == "on" and device.type != "cuda":
         raise BadInput(f"--cuda-graphs on needs a CUDA device, this run uses {device}")
     if flag == "on" and distributed:
         raise BadInput("--cuda-graphs on is not supported under torchrun with several processes (use auto or off)")
-    return flag == "on" or (flag == "auto" and device.type == "cuda" and not distributed)
+    if flag == "on" and precision == "fp16":
+        raise BadInput("--cuda-graphs on is not supported with fp16 precision (use auto, or --precision bf16/fp32)")
+    return flag == "on" or (flag == "auto" and device.type == "cuda" and not distributed and precision != "fp16")
 
 
-def select_head_loss(flag: str, device: torch.device):
-    """The output layer + loss implementation for --head-loss. auto: the Triton kernel on CUDA when
-    triton imports, else the chunked PyTorch version; plain: the reference formulation."""
+def select_head_loss(flag: str, device: torch.device, precision: str = "fp32"):
+    """The output layer + loss implementation for --head-loss. auto: the Triton kernel on CUDA with
+    compute capability 8.0+ when triton imports, else the chunked PyTorch version (Triton 3 lists 8.0+
+    as supported; on 7.x it compiles, bf16 excepted, so --head-loss triton is allowed there but never
+    chosen by auto: it has not been run on such a GPU). plain: the reference formulation."""
     from .kernels.fused_ce import fused_head_loss
     from .model import plain_head_loss
 
     if flag == "plain":
         return plain_head_loss
-    if flag == "chunked" or (flag == "auto" and device.type != "cuda"):
+    if flag == "chunked" or (flag == "auto" and (device.type != "cuda" or cuda_capability(device) < (8, 0))):
         return fused_head_loss
     if device.type != "cuda":
         raise BadInput("--head-loss triton needs a CUDA device (use auto, chunked or plain)")
+    needed = (8, 0) if precision == "bf16" else (7, 0)
+    if cuda_capability(device) < needed:
+        raise BadInput(f"--head-loss triton{' with bf16' if precision == 'bf16' else ''} needs compute capability "
+                       f"{needed[0]}.{needed[1]} or newer, this GPU has {capability_text(device)} (use auto, chunked or plain)")
     try:
         from .kernels.triton_ce import triton_head_loss
     except ImportError:

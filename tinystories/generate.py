@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from . import tokenizer
-from .device import pick_device, resolve_precision
+from .device import AUTOCAST_DTYPES, pick_device, resolve_precision
 from .errors import BadInput
 from .formats import read_model
 from .model import GPT, KVCache
@@ -95,7 +95,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
 def main(args) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
     device = pick_device(args.device)
-    dtype = torch.bfloat16 if resolve_precision(args.precision, device) == "bf16" else torch.float32
+    dtype = AUTOCAST_DTYPES.get(resolve_precision(args.precision, device), torch.float32)
     model = load_model(args.model, device, dtype)
     prompt_ids = [EOT] + tokenizer.encode(args.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position

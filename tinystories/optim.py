@@ -1,7 +1,7 @@
 """The optimizer and the learning-rate schedule of a training run.
 
-AdamW (fused: one kernel per update, on CPU and CUDA) with weight decay on matrices and embeddings
-only, as GPT-2 did; the LR warms up linearly, then stays constant or decays (cosine or linear) to
+AdamW (fused: one kernel per update, on CPU and CUDA; foreach on MPS) with weight decay on
+matrices and embeddings only, as GPT-2 did; the LR warms up linearly, then stays constant or decays (cosine or linear) to
 min_lr_ratio x the peak at the last step.
 """
 import math
@@ -13,17 +13,26 @@ from .config import TrainConfig
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only (GPT-2 practice). Fused (one kernel
-    per update, on CPU and CUDA), which also lets train_step skip a bad update on the device.
-    capturable (CUDA): the step count and the learning rate live on the device, so a CUDA graph
-    can record the update; set the rate with set_learning_rate."""
+    per update) where its found_inf input works, which lets train_step skip a bad update on the
+    device; foreach elsewhere (see fused_skips_bad_steps). capturable (CUDA): the step count and the
+    learning rate live on the device, so a CUDA graph can record the update; set the rate with
+    set_learning_rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     lr = torch.tensor(cfg.learning_rate, device=params[0].device) if capturable else cfg.learning_rate
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True,
-                             capturable=capturable)
+    fused = fused_skips_bad_steps(params[0].device)
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused,
+                             foreach=not fused, capturable=capturable)
+
+
+def fused_skips_bad_steps(device: torch.device) -> bool:
+    """Whether fused AdamW on `device` honours found_inf (skips the update when it is 1): yes on CPU
+    and CUDA. torch 2.13's MPS kernel accepts found_inf and ignores it, so MPS takes the foreach
+    version (the long-standing one there) and the trainer skips bad steps on the host."""
+    return device.type != "mps"
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

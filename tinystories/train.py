@@ -5,7 +5,8 @@
 A step takes `grad_accum` micro-batches; the global batch of a step is -b sequences of -t tokens
 (times grad_accum), split evenly over the ranks when run under torchrun, so the same flags give the
 same losses on 1 or N processes. Speed switches (bf16 autocast, the fused output-layer loss,
-torch.compile; chosen in device.py) live inside this loop, each with the plain PyTorch path as fallback.
+torch.compile, fp16 loss scaling; chosen in device.py) live inside this loop, each with the plain
+PyTorch path as fallback; a model that fails to compile at the first step runs eagerly instead.
 
 Checkpoints (-c, see checkpoint.py) are written atomically by rank 0. Starting from a checkpoint
 resumes exactly; -n always counts steps from the start of the run, so the same command resumes
@@ -79,10 +80,13 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = GPT.from_file(model_file).to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.model.head_loss = select_head_loss(cfg.head_loss, self.device)
+        self.model.head_loss = select_head_loss(cfg.head_loss, self.device, self.precision)
         allow_tf32(self.device)
-        self.use_cuda_graphs = use_cuda_graphs(cfg.cuda_graphs, self.device, self.dist.enabled)
+        self.use_cuda_graphs = use_cuda_graphs(cfg.cuda_graphs, self.device, self.dist.enabled, self.precision)
         self.optimizer = make_optimizer(self.model, cfg, capturable=self.use_cuda_graphs)
+        # fp16: dynamic loss scaling; a step whose scaled gradients overflow is skipped like any non-finite
+        # step (a no-op for other precisions)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_loader = self._loader(cfg.train_tokens)
         self.val_loader = self._loader(cfg.val_tokens) if cfg.val_every else None
         self.step, self.run_id = 0, uuid.uuid4().hex
@@ -94,8 +98,10 @@ class Trainer:
         self.skipped_steps = torch.tensor(self.counters["skipped_steps"], device=self.device)
         self.bad_in_a_row = torch.zeros((), dtype=torch.long, device=self.device)
         self.total_steps = self._total_steps()
+        self.compiled = use_compile(cfg.compile, self.total_steps, self.device)
         self.forward_model = self._wrap_model()
-        self.graph_step = CUDAGraphStep(self._device_step) if self.use_cuda_graphs else None
+        self.compile_pending = self.compiled  # until the first step has compiled, or fallen back
+        self.graph_step = CUDAGraphStep(self._step_with_fallback) if self.use_cuda_graphs else None
         self.metrics = MetricsLog(self.metrics_path if self.dist.master else None, self.step if resumed else None)
         self._announce(resumed)
 
@@ -125,6 +131,8 @@ class Trainer:
         meta = checkpoint.restore(model_file, self.cfg.model, self.model, self.optimizer)
         self.step, self.run_id = meta["step"], meta["run_id"]
         self.counters.update(meta.get("counters", {}))
+        if self.counters.get("grad_scaler"):
+            self.scaler.load_state_dict(self.counters["grad_scaler"])
         self.train_loader.position = meta["data_position"]
         changed = [k for k, now in (("batch_size", self.cfg.batch_size), ("seq_len", self.seq_len),
                                     ("grad_accum", self.cfg.grad_accum)) if meta.get(k) != now]
@@ -138,8 +146,8 @@ class Trainer:
         return max(1, self.train_loader.batches_per_epoch() // self.cfg.grad_accum)
 
     def _wrap_model(self):
+        """The model the step calls: compiled (self.compiled) and under DDP as the run needs."""
         model = self.model
-        self.compiled = use_compile(self.cfg.compile, self.total_steps)
         if self.compiled:
             model = torch.compile(model)
         if self.dist.enabled:
@@ -169,18 +177,21 @@ class Trainer:
         x, y = loader.next_batch()
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over grad_accum micro-batches. Returns (mean loss, grad norm) as device
         tensors, without waiting for the device. When either is non-finite, fused AdamW skips the
-        update on the device (its found_inf input), so a bad step never reaches the weights."""
+        update on the device (its found_inf input), so a bad step never reaches the weights (on MPS,
+        with foreach AdamW, the step waits for the device to decide)."""
         set_learning_rate(self.optimizer, lr)
         batches = [self._batch(self.train_loader) for _ in range(self.cfg.grad_accum)]
         if self.graph_step is None:
-            return self._device_step(batches)
+            return self._step_with_fallback(batches)
         try:
             return self.graph_step(batches)
+        except BadInput:
+            raise
         except Exception as e:  # a capture failure: run eagerly from here on, unless graphs were asked for
             if self.cfg.cuda_graphs == "on":
                 raise BadInput(f"--cuda-graphs on: capturing the training step failed: {type(e).__name__}: "
@@ -189,6 +200,32 @@ class Trainer:
             self.graph_step = None
             self.optimizer.zero_grad(set_to_none=True)
             return self._device_step(batches)
+
+    def _step_with_fallback(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """_device_step; at the first step of a compiled model, where torch.compile compiles, a failure
+        falls back to the eager model (under --compile on: BadInput). The failed attempt changed no
+        weights: compiling comes before the update, and its partial gradients are dropped."""
+        if not self.compile_pending:
+            return self._device_step(batches)
+        try:
+            result = self._device_step(batches)
+        except Exception as e:  # anything dynamo, inductor, a C++ compiler or triton may raise
+            self._stop_compiling(e)
+            result = self._device_step(batches)
+        self.compile_pending = False
+        return result
+
+    def _stop_compiling(self, error: Exception) -> None:
+        while error.__cause__ is not None:  # the root cause, not dynamo's wrapper
+            error = error.__cause__
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}{': ' + lines[0] if lines else ''}"
+        if self.cfg.compile == "on":
+            raise BadInput(f"--compile on: torch.compile failed at the first step ({reason}); use --compile off") from None
+        print(f"note: torch.compile failed at the first step ({reason}); running eagerly", file=sys.stderr)
+        self.compiled = False
+        self.forward_model = self._wrap_model()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _device_step(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """The device work of a step on its micro-batches [(x, y) (B, T)]: forward, backward, clip,
@@ -200,14 +237,19 @@ class Trainer:
             with (contextlib.nullcontext() if sync or not self.dist.enabled else self.forward_model.no_sync()):
                 with autocast(self.device, self.precision):
                     loss = self.forward_model(x, y) / cfg.grad_accum
-                loss.backward()
+                self.scaler.scale(loss).backward()
             total += loss.detach()
+        self.scaler.unscale_(self.optimizer)  # fp16: back to true gradients (an overflow stays inf)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         total = self.dist.mean(total)
         finite = torch.isfinite(total) & torch.isfinite(norm)
-        self.optimizer.found_inf = (~finite).float()
-        self.optimizer.step()
+        if self.optimizer.defaults["fused"]:
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+        elif bool(finite):  # foreach AdamW (MPS) has no found_inf: decide on the host, waiting for the step
+            self.optimizer.step()
+        self.scaler.update()  # fp16: halve the scale after an overflow, grow it after 2000 clean steps
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_a_row.copy_(torch.where(finite, 0, self.bad_in_a_row + 1))
         self.skipped_steps += (~finite).long()
@@ -239,6 +281,8 @@ class Trainer:
     def save(self) -> None:
         if self.cfg.checkpoint and self.dist.master:
             self.counters["skipped_steps"] = int(self.skipped_steps)
+            if self.scaler.is_enabled():  # fp16's loss scale and its growth count
+                self.counters["grad_scaler"] = self.scaler.state_dict()
             meta = checkpoint.state_meta(self.cfg, self.config, self.run_id, self.step, self.train_loader.position,
                                          self.counters, self.dist.world, self.seq_len)
             checkpoint.save(self.cfg.checkpoint, self.model, self.optimizer, meta)
@@ -295,6 +339,8 @@ class Trainer:
         """Seconds per step over the steps since window_start, once the device has finished them."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
         return (time.perf_counter() - window_start) / window_steps
 
     def _check_divergence(self) -> None:
