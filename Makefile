@@ -3,6 +3,8 @@
 # make demo    end to end: data (Hugging Face, else DATA=path, else synthetic), model, short training, a story
 # make train   the original's quick start: 10k steps of the default model at B=32, T=256
 # make test    the test suite
+# make test-other-cpu   the tests that train or generate, on this CPU acting as the other kind
+#              (TINYSTORIES_CPU_BF16: 1 where it has no native bf16, 0 where it has)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,7 @@ TORCH ?= torch
 DATA ?=
 TOKENS := data/tinystories/TinyStories_train.bin
 
-.PHONY: setup demo train data test test-gpu clean
+.PHONY: setup demo train data test test-other-cpu test-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,12 @@ train: $(INSTALLED) data model.bin
 
 test:
 	$(PY) -m pytest -q
+
+OTHER_CPU_BF16 = $(shell $(PY) -c "from tinystories.device import cpu_has_native_bf16 as n; print(int(not n()))")
+OTHER_CPU_TESTS = tests/test_train.py tests/test_generate.py tests/test_divergence.py tests/test_hardware.py
+
+test-other-cpu:
+	TINYSTORIES_CPU_BF16=$(OTHER_CPU_BF16) $(PY) -m pytest -q $(OTHER_CPU_TESTS)
 
 test-gpu:
 	$(PY) -m pytest -q -m gpu
