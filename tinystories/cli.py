@@ -115,6 +115,7 @@ def create_parser() -> Parser:
 
 
 def create_main(argv=None) -> None:
+    from . import llmc
     from .config import GPTConfig
     from .formats import write_model
     from .model import GPT
@@ -128,7 +129,7 @@ def create_main(argv=None) -> None:
         raise BadInput(str(e)) from None
     model = GPT(config)
     model.init_weights(args.seed)
-    write_model(args.output, config, model.llmc_params())
+    write_model(args.output, config, llmc.model_params(model))
     print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
           f"block {config.block_size}, vocab {config.vocab_size}; "
           f"{config.num_parameters(padded=False):,} parameters ({config.num_parameters():,} stored with vocab padding)")

@@ -1,6 +1,9 @@
 """Configuration: the model's shape (GPTConfig), a training run's settings (TrainConfig), and the
 defaults several modules share."""
+import math
 from dataclasses import dataclass
+
+from . import llmc
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -30,10 +33,8 @@ class GPTConfig:
 
     def num_parameters(self, padded: bool = True) -> int:
         """Values stored in an llm.c model file (padded=True) or used by the model (padded=False)."""
-        L, C, T = self.n_layer, self.n_embd, self.block_size
-        V = self.padded_vocab_size if padded else self.vocab_size
-        per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C
-        return V * C + T * C + L * per_layer + 2 * C
+        stored = sum(math.prod(shape) for _, shape, _ in llmc.tensors(self))
+        return stored if padded else stored - (self.padded_vocab_size - self.vocab_size) * self.n_embd
 
 
 # --source hf: the TinyStories archive on the Hugging Face Hub, and its published size

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import tokenizer
+from . import llmc, tokenizer
 from .device import pick_device, resolve_precision
 from .errors import BadInput
 from .formats import read_model
@@ -89,7 +89,8 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
         raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
                        f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
-    return GPT.from_file(model_file).to(device=device, dtype=dtype).eval()
+    model = llmc.load_params(GPT(model_file.config), model_file.params)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def main(args) -> None:

@@ -22,7 +22,7 @@ import uuid
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, llmc
 from .config import TrainConfig
 from .cuda_graph import CUDAGraphStep
 from .device import (Distributed, allow_tf32, autocast, resolve_precision, select_head_loss, use_compile,
@@ -77,7 +77,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.model = GPT.from_file(model_file).to(self.device)
+        self.model = llmc.load_params(GPT(self.config), model_file.params).to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model.head_loss = select_head_loss(cfg.head_loss, self.device)
         allow_tf32(self.device)
