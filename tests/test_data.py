@@ -15,6 +15,7 @@ from conftest import assert_one_line_error
 
 from tinystories import data, sources, synthetic
 from tinystories.cli import prepare_parser
+from tinystories.config import PrepareConfig
 from tinystories.formats import read_tokens
 from tinystories.tokenizer import EOT, gpt2_encoding
 
@@ -43,7 +44,7 @@ def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
     """data.prepare in this process; returns the output folder."""
     args = prepare_parser().parse_args([*flags, "--out-dir", str(out), "--tokenizer-file",
                                         str(out / "gpt2_tokenizer.bin"), "--workers", str(workers)])
-    data.prepare(args)
+    data.prepare(PrepareConfig(**vars(args)))
     return out
 
 

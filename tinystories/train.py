@@ -63,6 +63,7 @@ class Trainer:
     """One training run: everything is set up from a TrainConfig in __init__; run() is the loop."""
 
     def __init__(self, cfg: TrainConfig):
+        cfg.validate()
         self.cfg = cfg
         self.dist = Distributed(cfg.device)
         self.device = self.dist.device
@@ -107,13 +108,6 @@ class Trainer:
             raise BadInput(f"-t/--seq-len {T} exceeds the model's block size {block} ({cfg.model})")
         if cfg.batch_size % self.dist.world:
             raise BadInput(f"-b/--batch-size {cfg.batch_size} is not divisible by the world size {self.dist.world}")
-        rules = {"-l/--lr": (cfg.learning_rate, 0 < cfg.learning_rate < math.inf, "positive and finite"),
-                 "--eps": (cfg.eps, 0 < cfg.eps < math.inf, "positive and finite"),
-                 "--beta1": (cfg.beta1, 0 <= cfg.beta1 < 1, "in [0, 1)"),
-                 "--beta2": (cfg.beta2, 0 <= cfg.beta2 < 1, "in [0, 1)")}
-        for flag, (value, ok, rule) in rules.items():
-            if not ok:
-                raise BadInput(f"{flag} {value}: must be {rule}")
         checkpoint.check_output_paths(cfg, self.metrics_path)
 
     def _loader(self, path: str) -> TokenLoader:
