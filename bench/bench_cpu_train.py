@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinystories import formats, tokenizer  # noqa: E402
+from tinystories import formats, llmc, tokenizer  # noqa: E402
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
 from tinystories.loader import TokenLoader  # noqa: E402
 from tinystories.model import GPT  # noqa: E402
@@ -53,7 +53,8 @@ class Baseline:
     """The plain eager fp32 step: what a first PyTorch port of the C trainer does."""
 
     def __init__(self, model_path: Path, train_path: Path):
-        self.model = GPT.from_file(formats.read_model(model_path))
+        model_file = formats.read_model(model_path)
+        self.model = llmc.load_params(GPT(model_file.config), model_file.params)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
         self.loader = TokenLoader(train_path, B, T)
 
@@ -103,7 +104,7 @@ def main() -> None:
     train_path, val_path = real_tokens(folder)
     model = GPT(GPTConfig())
     model.init_weights(1337)
-    formats.write_model(folder / "model.bin", model.config, model.llmc_params())
+    formats.write_model(folder / "model.bin", model.config, llmc.model_params(model))
     model_path = folder / "model.bin"
 
     variants = {"baseline (eager fp32)": Baseline(model_path, train_path),

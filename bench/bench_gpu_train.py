@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tinystories import llmc  # noqa: E402
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
 from tinystories.loader import TokenLoader  # noqa: E402
 from tinystories.formats import atomic_write, write_model, write_tokens  # noqa: E402
@@ -189,7 +190,7 @@ def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
                  device: torch.device, folder: str):
     """The project's own train.Trainer.train_step, on a model file written from the same init."""
     model_path = os.path.join(folder, f"model_{config.n_layer}L{config.n_embd}C.bin")
-    write_model(model_path, config, new_model(config, torch.device("cpu")).llmc_params())
+    write_model(model_path, config, llmc.model_params(new_model(config, torch.device("cpu"))))
     cfg = TrainConfig(model=model_path, train_tokens=tokens, batch_size=batch[0], seq_len=batch[1],
                       learning_rate=LEARNING_RATE, val_every=0, sample_every=0, device=device.type,
                       precision="auto", compile="on" if variant.compile_mode else "off",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinystories import cli, formats, tokenizer
+from tinystories import cli, formats, llmc, tokenizer
 from tinystories.config import GPTConfig, TrainConfig
 from tinystories.model import GPT
 from tinystories.train import Trainer
@@ -32,7 +32,7 @@ ROOT_SKIP = "runs as root: permission bits do not stop root"
 def model_params(config: GPTConfig) -> dict:
     model = GPT(config)
     model.init_weights(1)
-    return model.llmc_params()
+    return llmc.model_params(model)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import assert_one_line_error
 
 from tinystories import data, sources, synthetic
 from tinystories.cli import prepare_parser
+from tinystories.config import PrepareConfig
 from tinystories.formats import read_tokens
 from tinystories.tokenizer import EOT, gpt2_encoding
 
@@ -42,7 +44,7 @@ def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
     """data.prepare in this process; returns the output folder."""
     args = prepare_parser().parse_args([*flags, "--out-dir", str(out), "--tokenizer-file",
                                         str(out / "gpt2_tokenizer.bin"), "--workers", str(workers)])
-    data.prepare(args)
+    data.prepare(PrepareConfig(**vars(args)))
     return out
 
 
@@ -174,19 +176,10 @@ def test_synthetic_source_is_labelled_and_seeded(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input, via the CLI
 
-def run_cli(*flags: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *flags], cwd=cwd,
+def run_prepare_data(*flags: str) -> subprocess.CompletedProcess:
+    """The original's command, python prepare_data.py FLAGS."""
+    return subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("prepare_data.py: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str], list[str]]:
@@ -257,8 +250,9 @@ def test_bad_input_is_one_line_and_leaves_old_outputs(tmp_path, head_stories, ki
     flags, fragments = make_bad_input(kind, tmp_path, head_stories)
     if "--out-dir" not in flags:
         flags += ["--out-dir", str(out)]
-    result = run_cli(*flags, "--tokenizer-file", str(out / "gpt2_tokenizer.bin"), "--workers", "2")
+    result = run_prepare_data(*flags, "--tokenizer-file", str(out / "gpt2_tokenizer.bin"), "--workers", "2")
     assert_one_line_error(result, *fragments)
+    assert result.stderr.startswith("prepare_data.py: error: ")
     assert output_bytes(out) == old  # untouched, and no temp files left beside them
 
 

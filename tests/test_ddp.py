@@ -204,7 +204,7 @@ def test_more_ranks_than_gpus_is_one_line(monkeypatch):
         pick_device("auto", 1)
 
 
-def assert_one_line_error(stderr: str, needle: str) -> None:
+def assert_error_line_on_each_rank(stderr: str, needle: str) -> None:
     """Our error line from each rank that got to print it, and no traceback from our code."""
     errors = [line for line in stderr.splitlines() if line.startswith("train: error:")]
     assert errors and all(needle in line for line in errors), stderr
@@ -217,7 +217,7 @@ def test_batch_not_divisible_by_world_size(workdir):
     [result] = run_together(command(2, *flags(workdir, "-e", workdir / "model.bin", "-b", "3", "-n", "2")),
                             check=False)
     assert result.returncode == 1  # torchrun's own status for a failed worker
-    assert_one_line_error(result.stderr, "-b/--batch-size 3 is not divisible by the world size 2")
+    assert_error_line_on_each_rank(result.stderr, "-b/--batch-size 3 is not divisible by the world size 2")
     assert re.search(r"exitcode\s*:\s*2\b", result.stderr)  # torchrun's summary names our exit status
     assert result.stdout == ""
 

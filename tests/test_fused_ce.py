@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from conftest import rel_err
 
 from tinystories.config import GPTConfig
 from tinystories.kernels.fused_ce import fused_head_loss
@@ -30,10 +31,6 @@ def loss_and_grads(head_loss, h, weight, targets, autocast=False):
         loss = head_loss(h, weight, targets)
     loss.backward()
     return loss.detach(), h.grad, weight.grad
-
-
-def rel_err(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 @pytest.mark.parametrize("V, chunk_size", [(GPT2_VOCAB, 128), (1000, 128), (1000, 1), (1000, 4096)])

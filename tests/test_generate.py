@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories import cli, tokenizer
+from tinystories import cli, llmc, tokenizer
 from tinystories.config import GPTConfig
 from tinystories.device import CPU_BF16_ENV
 from tinystories.formats import read_model, write_model
@@ -166,7 +166,8 @@ def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys, monkey
     emulated = precision == "bf16" and native_bf16 == "0"
     assert status == 0
     assert err == ("note: this CPU has no native bf16; --precision bf16 will be emulated and slow\n" if emulated else "")
-    model = GPT.from_file(read_model(model_path)).to(dtype)
+    model_file = read_model(model_path)
+    model = llmc.load_params(GPT(model_file.config), model_file.params).to(dtype)
     prompt = [EOT] + tokenizer.encode("Once upon a time")
     story = generate_tokens(model, prompt, 30, torch.Generator().manual_seed(11), top_k=50)
     assert out == "Once upon a time" + tokenizer.decode(story) + "\n"
@@ -207,7 +208,7 @@ def test_bad_input_is_one_line_and_exit_2(problem, model_path, tmp_path, capsys)
     truncated.write_bytes(model_path.read_bytes()[:5000])
     bad_magic.write_bytes(b"\0" * 4 + model_path.read_bytes()[4:])
     other_vocab_config = GPTConfig(block_size=8, vocab_size=1000, n_layer=1, n_head=1, n_embd=8)
-    write_model(tmp_path / "vocab1000.bin", other_vocab_config, GPT(other_vocab_config).llmc_params())
+    write_model(tmp_path / "vocab1000.bin", other_vocab_config, llmc.model_params(GPT(other_vocab_config)))
     flags, named = {
         "missing": (["-e", str(tmp_path / "nope.bin")], "nope.bin"),
         "truncated": (["-e", str(truncated)], "truncated"),

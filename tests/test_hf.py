@@ -3,8 +3,6 @@ through transformers-made folders, llm.c bf16 files in, and our model files chec
 C reader checks them. Everything offline (HF_HUB_OFFLINE=1)."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub read it
@@ -14,23 +12,18 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from conftest import assert_one_line_error, rel_err, run_cli  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from tinystories import hf  # noqa: E402
+from tinystories import hf, llmc  # noqa: E402
 from tinystories.config import GPTConfig  # noqa: E402
 from tinystories.errors import BadInput  # noqa: E402
 from tinystories.formats import read_model, write_model  # noqa: E402
 from tinystories.model import GPT  # noqa: E402
 from tinystories.tokenizer import decode, encode  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=16)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
 def random_model(config: GPTConfig, seed: int) -> GPT:
@@ -60,7 +53,7 @@ def exported(tmp_path_factory):
     """(our model, the model file, the exported folder) for the tiny config."""
     root = tmp_path_factory.mktemp("export")
     model = random_model(TINY, seed=7)
-    write_model(root / "model.bin", TINY, model.llmc_params())
+    write_model(root / "model.bin", TINY, llmc.model_params(model))
     hf.export(root / "model.bin", root / "hf")
     return model, root / "model.bin", root / "hf"
 
@@ -133,7 +126,7 @@ def test_export_folder_contents(exported):
     assert config["tie_word_embeddings"] is True and config["activation_function"] == "gelu_new"
     tensors = load_file(folder / "model.safetensors")
     assert "lm_head.weight" not in tensors and len(tensors) == 4 + 12 * TINY.n_layer
-    params = model.llmc_params()
+    params = llmc.model_params(model)
     assert np.array_equal(tensors["transformer.wte.weight"], params["wte"][: TINY.vocab_size])
     assert np.array_equal(tensors["transformer.h.1.attn.c_attn.weight"], params["qkvw"][1].T)  # (C, 3C)
     assert np.array_equal(tensors["transformer.h.0.mlp.c_proj.weight"], params["fcprojw"][0].T)  # (4C, C)
@@ -171,7 +164,7 @@ def test_export_reads_checkpoint_with_training_state(tmp_path, exported):
 
     model, _, folder = exported
     state = TrainingState({"step": 3}, {"m": np.ones(2, np.float32)})
-    write_model(tmp_path / "ckpt.bin", TINY, model.llmc_params(), state)
+    write_model(tmp_path / "ckpt.bin", TINY, llmc.model_params(model), state)
     hf.export(tmp_path / "ckpt.bin", tmp_path / "out")
     with safe_open(tmp_path / "out" / "model.safetensors", framework="np") as f:
         assert f.metadata()["source"] == "ckpt.bin"
@@ -197,7 +190,7 @@ def test_export_replaces_only_previous_exports(tmp_path, exported):
 def test_small_vocab_exports_without_tokenizer(tmp_path):
     config = GPTConfig(block_size=16, vocab_size=1000, n_layer=1, n_head=2, n_embd=8)
     model = random_model(config, seed=3)
-    write_model(tmp_path / "m.bin", config, model.llmc_params())
+    write_model(tmp_path / "m.bin", config, llmc.model_params(model))
     hf.export(tmp_path / "m.bin", tmp_path / "hf")
     assert set(os.listdir(tmp_path / "hf")) == {"config.json", "generation_config.json", "model.safetensors"}
     idx = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(1))
@@ -237,7 +230,8 @@ def test_import_then_export_round_trips_tensors(tmp_path, transformers_folder):
 
 def test_imported_model_matches_transformers_logits(tmp_path, transformers_folder):
     hf.import_folder(transformers_folder, tmp_path / "model.bin")
-    ours = GPT.from_file(read_model(tmp_path / "model.bin"))
+    loaded = read_model(tmp_path / "model.bin")
+    ours = llmc.load_params(GPT(loaded.config), loaded.params)
     idx = tokens(2, 32, seed=5)
     with torch.no_grad():
         assert rel_err(ours(idx), hf_model(transformers_folder)(idx).logits) <= 1e-5
@@ -271,11 +265,11 @@ def test_import_half_precision_and_unprefixed_names(tmp_path, transformers_folde
 
 def test_llmc_bf16_file_exports_and_imports(tmp_path):
     model = random_model(TINY, seed=5)
-    exact = bf16_llmc_file(tmp_path / "bf16.bin", TINY, model.llmc_params())
+    exact = bf16_llmc_file(tmp_path / "bf16.bin", TINY, llmc.model_params(model))
     loaded = read_model(tmp_path / "bf16.bin")
     assert all(np.array_equal(loaded.params[k], exact[k]) for k in exact)
     hf.export(tmp_path / "bf16.bin", tmp_path / "hf")
-    ours = GPT.from_file(loaded)
+    ours = llmc.load_params(GPT(loaded.config), loaded.params)
     idx = tokens(1, 32, seed=2)
     with torch.no_grad():
         assert rel_err(hf_model(tmp_path / "hf")(idx).logits, ours(idx)) <= 1e-5
@@ -288,7 +282,7 @@ def test_llmc_bf16_file_exports_and_imports(tmp_path):
 
 def test_written_model_files_pass_llmc_checks(tmp_path):
     config = GPTConfig(block_size=24, vocab_size=50257, n_layer=3, n_head=3, n_embd=24)
-    write_model(tmp_path / "m.bin", config, random_model(config, seed=1).llmc_params())
+    write_model(tmp_path / "m.bin", config, llmc.model_params(random_model(config, seed=1)))
     assert_passes_llmc_reader(tmp_path / "m.bin")
 
 
@@ -347,11 +341,6 @@ def test_import_refuses_untied_head_and_nan(tmp_path, transformers_folder):
         hf.import_folder(nan, tmp_path / "out.bin")
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tinystories", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
 @pytest.mark.parametrize("command", [
     ["export", "-e", "missing.bin", "-o", "hf"],
     ["export", "-e", "model.bin", "-o", "busy"],
@@ -368,10 +357,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, transformers_folder, exporte
     (tmp_path / "pickled" / "config.json").write_bytes((transformers_folder / "config.json").read_bytes())
     (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"PK\x03\x04")
     before = sorted(os.listdir(tmp_path))
-    result = run_cli(*command, cwd=tmp_path)
-    assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1 and "error:" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(run_cli(*command, cwd=tmp_path))
     assert sorted(os.listdir(tmp_path)) == before, "nothing written or left behind"
     assert os.listdir(tmp_path / "busy") == ["keep.txt"]
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
 
+from tinystories import llmc
 from tinystories.config import GPTConfig
 from tinystories.formats import HEADER_BYTES, make_header, read_model, write_model
 from tinystories.model import GPT, KVCache
@@ -17,11 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT = GPTConfig()  # 4 layers, 4 heads, 128 channels, block 256, vocab 50257
 SMALL = GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=64)
 SMALL_VOCAB = GPTConfig(block_size=32, vocab_size=1000, n_layer=3, n_head=3, n_embd=48)  # Vp = 1024
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
 def random_model(config: GPTConfig, seed: int) -> GPT:
@@ -87,14 +84,14 @@ def gradients_as_llmc(model: GPT) -> dict[str, np.ndarray]:
     with torch.no_grad():
         for p_twin, p in zip(twin.parameters(), model.parameters()):
             p_twin.copy_(p.grad)
-    return twin.llmc_params()
+    return llmc.model_params(twin)
 
 
 @pytest.mark.parametrize("config, seed", [(DEFAULT, 0), (SMALL, 1), (SMALL_VOCAB, 2)],
                          ids=["default-4L4H128C", "2L2H64C-block64", "3L3H48C-vocab1000"])
 def test_matches_huggingface_gpt2_logits_loss_and_gradients(config, seed):
     ours = random_model(config, seed)
-    params = ours.llmc_params()
+    params = llmc.model_params(ours)
     theirs = hf_model(config, params)
     tokens = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(seed))
 
@@ -180,13 +177,54 @@ def test_create_model_seed_decides_the_bytes(tmp_path):
 
 def test_llmc_file_round_trip_is_exact(tmp_path):
     model = random_model(SMALL_VOCAB, seed=3)
-    write_model(tmp_path / "m.bin", SMALL_VOCAB, model.llmc_params())
+    write_model(tmp_path / "m.bin", SMALL_VOCAB, llmc.model_params(model))
     model_file = read_model(tmp_path / "m.bin")
     assert model_file.config == SMALL_VOCAB and model_file.state is None
-    loaded = GPT.from_file(model_file)
+    loaded = llmc.load_params(GPT(model_file.config), model_file.params)
     original = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, original[name]), name
+
+
+# llm.c's order of the 16 tensors (train_gpt2.c; DESIGN.md), written out apart from llmc.py's table
+LLMC_ORDER = ["wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+              "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"]
+
+
+def assert_tensors_in_llmc_order(path, model: GPT) -> None:
+    """Each stretch of the fp32 model file at `path`, in llm.c's order, holds the tensor of that name."""
+    data = np.fromfile(path, dtype="<f4", offset=HEADER_BYTES)
+    params, offset = llmc.model_params(model), 0
+    for name in LLMC_ORDER:
+        size = params[name].size
+        assert np.array_equal(data[offset : offset + size], params[name].ravel()), f"{name} is not where llm.c has it"
+        offset += size
+    assert offset == data.size
+
+
+def test_model_file_holds_the_tensors_in_llmc_order(tmp_path):
+    model = random_model(SMALL_VOCAB, seed=6)
+    write_model(tmp_path / "m.bin", SMALL_VOCAB, llmc.model_params(model))
+    assert_tensors_in_llmc_order(tmp_path / "m.bin", model)
+
+
+def test_a_reordered_layout_table_is_caught(tmp_path, monkeypatch):
+    """Two same-shaped rows of llmc.py's table swapped (ln1w, ln1b): our files still read back what
+    they hold, since reader and writer share the table, but they no longer match llm.c's order."""
+    table = llmc.tensors
+
+    def swapped(config):
+        rows = table(config)
+        rows[2], rows[3] = rows[3], rows[2]
+        return rows
+
+    monkeypatch.setattr(llmc, "tensors", swapped)
+    model = random_model(SMALL_VOCAB, seed=6)
+    write_model(tmp_path / "m.bin", SMALL_VOCAB, llmc.model_params(model))
+    loaded = llmc.load_params(GPT(SMALL_VOCAB), read_model(tmp_path / "m.bin").params)
+    assert all(torch.equal(p, q) for p, q in zip(loaded.parameters(), model.parameters()))
+    with pytest.raises(AssertionError, match="ln1w is not where llm.c has it"):
+        assert_tensors_in_llmc_order(tmp_path / "m.bin", model)
 
 
 def test_reads_llmc_bf16_files(tmp_path):
@@ -196,7 +234,7 @@ def test_reads_llmc_bf16_files(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.bfloat16().float())  # values bf16 holds exactly
-    params = model.llmc_params()
+    params = llmc.model_params(model)
     header = make_header(20240326, 5, config.block_size, config.vocab_size, config.n_layer, config.n_head,
                          config.n_embd, config.padded_vocab_size)
     halves = b"".join((params[name].astype("<f4").view("<u4") >> 16).astype("<u2").tobytes() for name in params)
@@ -204,7 +242,7 @@ def test_reads_llmc_bf16_files(tmp_path):
     path.write_bytes(header + halves)
     assert path.stat().st_size == HEADER_BYTES + 2 * config.num_parameters()
 
-    loaded = GPT.from_file(read_model(path))
+    loaded = llmc.load_params(GPT(config), read_model(path).params)
     original = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, original[name]), name

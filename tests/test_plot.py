@@ -3,17 +3,15 @@ metrics files, tokens are placed right, and bad metrics files are one-line error
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from tinystories import plot
 from tinystories.errors import BadInput
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 8 * 256
 
@@ -114,15 +112,10 @@ def test_tokens_axis_needs_tokens(tmp_path):
         plot.plot([path], tmp_path / "loss.png", x="tokens")
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tinystories", "plot", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
 def test_cli_plot(tmp_path):
     write_metrics(tmp_path / "a.jsonl", steps=30)
     write_metrics(tmp_path / "b.jsonl", steps=30, seed=3)
-    result = run_cli("a.jsonl", "b.jsonl", "-o", "loss.png", "--x", "tokens", "--log", cwd=tmp_path)
+    result = run_cli("plot", "a.jsonl", "b.jsonl", "-o", "loss.png", "--x", "tokens", "--log", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "loss.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "a: last train loss" in result.stdout and "b: last train loss" in result.stdout
@@ -132,7 +125,5 @@ def test_cli_plot(tmp_path):
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args):
     write_metrics(tmp_path / "a.jsonl", steps=3)
     (tmp_path / "bad.jsonl").write_text('{"step": 1, "train_loss": 3.0}\nnot json\n{"step": 2}\n')
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert_one_line_error(run_cli("plot", *args, cwd=tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "bad.jsonl"]

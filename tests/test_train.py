@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 import torch
 
 from tinystories import formats, tokenizer
@@ -143,15 +144,6 @@ def test_bad_model_file(workdir, tmp_path, case):
     result = train("-e", bad, "-c", ck, "-n", "1", *base_args(workdir), check=False)
     assert_one_line_error(result, str(bad))
     assert ck.read_bytes() == b"previous checkpoint"
-
-
-def assert_one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_bad_inputs(workdir, tmp_path):

@@ -5,6 +5,7 @@ Modules, in the order data flows through them:
   sources     where stories come from (archive, JSON, .txt, parquet, synthetic); download: the Hub
   data        stories -> token files (prepare_data.py)
   formats     llm.c model / token files and our training state (read, validate, write atomically)
+  llmc        the llm.c weight layout: the model file's 16 tensors and the GPT parameters they hold
   model       the GPT module
   loader      batches from a token file
   device      ranks, device, precision, compile and head-loss choice

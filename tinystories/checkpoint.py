@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import torch
 
+from . import llmc
 from .config import GPTConfig, TrainConfig
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, write_model
@@ -52,7 +53,7 @@ def save(path: str, model, optimizer: torch.optim.AdamW, meta: dict) -> None:
             tensors[f"adam_m.{name}"] = moments["exp_avg"].detach().float().cpu().numpy()
             tensors[f"adam_v.{name}"] = moments["exp_avg_sq"].detach().float().cpu().numpy()
     tensors["torch_rng"] = torch.get_rng_state().numpy()
-    write_model(path, model.config, model.llmc_params(), TrainingState(meta, tensors))
+    write_model(path, model.config, llmc.model_params(model), TrainingState(meta, tensors))
 
 
 def restore(model_file: ModelFile, path: str, model, optimizer: torch.optim.AdamW) -> dict:

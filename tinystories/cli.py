@@ -7,10 +7,11 @@ Bad input of any kind ends with one line on stderr, `<command>: error: <what and
 exit status 2; no traceback.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
-from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL
+from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL, GenerateConfig, PrepareConfig, TrainConfig
 from .errors import BadInput
 
 
@@ -97,7 +98,7 @@ def prepare_parser() -> Parser:
 
 def prepare_main(argv=None) -> None:
     from . import data
-    data.prepare(prepare_parser().parse_args(argv))
+    data.prepare(PrepareConfig(**vars(prepare_parser().parse_args(argv))))
 
 
 # ----------------------------------------------------------------------------- create
@@ -115,6 +116,7 @@ def create_parser() -> Parser:
 
 
 def create_main(argv=None) -> None:
+    from . import llmc
     from .config import GPTConfig
     from .formats import write_model
     from .model import GPT
@@ -128,7 +130,7 @@ def create_main(argv=None) -> None:
         raise BadInput(str(e)) from None
     model = GPT(config)
     model.init_weights(args.seed)
-    write_model(args.output, config, model.llmc_params())
+    write_model(args.output, config, llmc.model_params(model))
     print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
           f"block {config.block_size}, vocab {config.vocab_size}; "
           f"{config.num_parameters(padded=False):,} parameters ({config.num_parameters():,} stored with vocab padding)")
@@ -137,84 +139,72 @@ def create_main(argv=None) -> None:
 # ----------------------------------------------------------------------------- train
 
 def train_parser() -> Parser:
+    """./train's flags, one per TrainConfig field: its spelling, default and choices come from the
+    dataclass, its type and help text from here."""
     p = Parser(prog="train", description="Train a GPT-2 style model on llm.c token files (CPU or CUDA).",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    a("-e", "--model", default="model.bin", help="model to start from: a model.bin starts a fresh run, "
+    settings = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+    def a(name: str, **kwargs):
+        setting = settings[name]
+        if setting.metadata["choices"]:
+            kwargs["choices"] = setting.metadata["choices"]
+        p.add_argument(*setting.metadata["flag"].split("/"), dest=name, default=setting.default, **kwargs)
+
+    a("model", help="model to start from: a model.bin starts a fresh run, "
       "a checkpoint written by -c resumes it exactly")
-    a("-c", "--checkpoint", default=None, help="checkpoint to write (weights in llm.c format + training state); none if unset")
-    a("-k", "--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0 = only at the end)")
-    a("-i", "--train-tokens", default="data/tinystories/TinyStories_train.bin", help="train token file")
-    a("-j", "--val-tokens", default="data/tinystories/TinyStories_val.bin", help="val token file")
-    a("-n", "--max-steps", type=int, default=-1, help="steps to train (-1 = one epoch of the train file)")
-    a("-b", "--batch-size", type=positive_int, default=4, help="sequences per step, over all processes: under torchrun each of N ranks takes -b/N (N must divide -b)")
-    a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per sequence; 0 = the model's block size "
+    a("checkpoint", help="checkpoint to write (weights in llm.c format + training state); none if unset")
+    a("checkpoint_every", type=int, help="save every N steps (0 = only at the end)")
+    a("train_tokens", help="train token file")
+    a("val_tokens", help="val token file")
+    a("max_steps", type=int, help="steps to train (-1 = one epoch of the train file)")
+    a("batch_size", type=int, help="sequences per step, over all processes: under torchrun each of N ranks takes -b/N (N must divide -b)")
+    a("seq_len", type=int, help="tokens per sequence; 0 = the model's block size "
       "(the original's 1024 exceeds the default model's block of 256); more than the block size is an error")
-    a("-l", "--lr", type=positive_float, default=3e-4, help="peak learning rate")
-    a("-v", "--val-every", type=non_negative_int, default=20, help="val loss every N steps (0 = never)")
-    a("-s", "--sample-every", type=non_negative_int, default=20, help="print a generated sample every N steps (0 = never)")
-    a("-g", "--sample-length", type=positive_int, default=64, help="tokens per sample")
-    a("--val-batches", type=positive_int, default=20, help="batches averaged for the val loss")
-    a("--device", default="auto", help="auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
-    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-      help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
+    a("learning_rate", type=float, metavar="LR", help="peak learning rate")
+    a("val_every", type=int, help="val loss every N steps (0 = never)")
+    a("sample_every", type=int, help="print a generated sample every N steps (0 = never)")
+    a("sample_length", type=int, help="tokens per sample")
+    a("val_batches", type=int, help="batches averaged for the val loss")
+    a("device", help="auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
+    a("precision", help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
       "or AMX), fp16 autocast with loss scaling on CUDA 7.x (V100, T4), else fp32 (MPS included); "
       "master weights and optimizer state are always fp32")
-    a("--head-loss", default="auto", choices=["auto", "chunked", "triton", "plain"],
-      help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
+    a("head_loss", help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
       "triton = fused Triton kernel (CUDA); plain = the reference formulation; auto = triton on CUDA "
       "when installed, else chunked")
-    a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the model: it costs "
+    a("compile", help="torch.compile the model: it costs "
       "a start-up of ~10-60 s and then runs steps up to 2x faster; auto = on for runs of at least "
       f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run) on CPU and CUDA, eager where "
       "compiling cannot work (no C++ compiler, no triton) or fails at the first step")
-    a("--cuda-graphs", default="auto", choices=["auto", "on", "off"], help="replay each training step as one "
+    a("cuda_graphs", help="replay each training step as one "
       "CUDA graph (forward, backward, clip, AdamW): removes the per-kernel launch cost that bounds small "
       "models on a GPU; auto = on for a single CUDA process")
-    a("--deterministic", action="store_true", help="use only deterministic kernels, so a compiled run "
+    a("deterministic", action="store_true", help="use only deterministic kernels, so a compiled run "
       "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic otherwise, "
       "eager runs always are (costs ~25%% of the compiled speed on CPU)")
-    a("--seed", type=int, default=1337, help="seed for sampling and any randomness in training")
-    a("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (matrices only)")
-    a("--beta1", type=float, default=0.9, help="AdamW beta1")
-    a("--beta2", type=float, default=0.95, help="AdamW beta2")
-    a("--eps", type=positive_float, default=1e-8, help="AdamW epsilon")
-    a("--warmup", type=non_negative_int, default=0, help="linear LR warmup steps")
-    a("--lr-decay", default="none", choices=["none", "cosine", "linear"], help="LR decay after warmup, to --min-lr-ratio x lr at the last step")
-    a("--min-lr-ratio", type=non_negative_float, default=0.1, help="final LR as a fraction of -l when decaying")
-    a("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
-    a("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
-    a("--max-bad-steps", type=positive_int, default=10, help="stop after this many consecutive steps with a non-finite loss or gradient")
-    a("--log-every", type=positive_int, default=1, help="print and log every N steps; between them the "
+    a("seed", type=int, help="seed for sampling and any randomness in training")
+    a("weight_decay", type=float, help="AdamW weight decay (matrices only)")
+    a("beta1", type=float, help="AdamW beta1")
+    a("beta2", type=float, help="AdamW beta2")
+    a("eps", type=float, help="AdamW epsilon")
+    a("warmup_steps", type=int, metavar="WARMUP", help="linear LR warmup steps")
+    a("lr_decay", help="LR decay after warmup, to --min-lr-ratio x lr at the last step")
+    a("min_lr_ratio", type=float, help="final LR as a fraction of -l when decaying")
+    a("grad_clip", type=float, help="clip the global gradient norm (0 = off)")
+    a("grad_accum", type=int, help="micro-batches accumulated per step")
+    a("max_bad_steps", type=int, help="stop after this many consecutive steps with a non-finite loss or gradient")
+    a("log_every", type=int, help="print and log every N steps; between them the "
       "device runs ahead without waiting for the loss (use 10-100 on a GPU for full speed)")
-    a("--metrics", default=None, help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
+    a("metrics", help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
     return p
 
 
-def train_config_from_args(args):
-    from .config import TrainConfig
-
-    return TrainConfig(
-        model=args.model, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        train_tokens=args.train_tokens, val_tokens=args.val_tokens, max_steps=args.max_steps,
-        batch_size=args.batch_size, seq_len=args.seq_len, learning_rate=args.lr, val_every=args.val_every,
-        sample_every=args.sample_every, sample_length=args.sample_length, val_batches=args.val_batches,
-        device=args.device, precision=args.precision, head_loss=args.head_loss, compile=args.compile, cuda_graphs=args.cuda_graphs,
-        deterministic=args.deterministic, seed=args.seed,
-        weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        warmup_steps=args.warmup, lr_decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio,
-        grad_clip=args.grad_clip, grad_accum=args.grad_accum, max_bad_steps=args.max_bad_steps,
-        log_every=args.log_every,
-        metrics=args.metrics)
-
-
 def train_main(argv=None) -> None:
-    args = train_parser().parse_args(argv)
+    cfg = TrainConfig(**vars(train_parser().parse_args(argv)))
     from . import train
 
-    if args.max_steps == 0 or args.max_steps < -1:
-        raise BadInput(f"-n/--max-steps must be positive or -1 (one epoch), got {args.max_steps}")
-    train.train(train_config_from_args(args))
+    train.train(cfg)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -239,12 +229,12 @@ def generate_parser() -> Parser:
 
 
 def generate_main(argv=None) -> None:
-    args = generate_parser().parse_args(argv)
+    cfg = GenerateConfig(**vars(generate_parser().parse_args(argv)))
     from . import generate
 
-    if args.top_p > 1:
-        raise BadInput(f"--top-p must be in (0, 1], got {args.top_p}")
-    generate.main(args)
+    if cfg.top_p > 1:
+        raise BadInput(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    generate.main(cfg)
 
 
 # ----------------------------------------------------------------------------- export

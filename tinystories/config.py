@@ -1,6 +1,10 @@
-"""Configuration: the model's shape (GPTConfig), a training run's settings (TrainConfig), and the
-defaults several modules share."""
-from dataclasses import dataclass
+"""Configuration: the model's shape (GPTConfig), a training run's settings (TrainConfig), the
+settings of prepare_data.py and ./generate, and the defaults several modules share."""
+import math
+from dataclasses import dataclass, field, fields
+
+from . import llmc
+from .errors import BadInput
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -30,10 +34,8 @@ class GPTConfig:
 
     def num_parameters(self, padded: bool = True) -> int:
         """Values stored in an llm.c model file (padded=True) or used by the model (padded=False)."""
-        L, C, T = self.n_layer, self.n_embd, self.block_size
-        V = self.padded_vocab_size if padded else self.vocab_size
-        per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C
-        return V * C + T * C + L * per_layer + 2 * C
+        stored = sum(math.prod(shape) for _, shape, _ in llmc.tensors(self))
+        return stored if padded else stored - (self.padded_vocab_size - self.vocab_size) * self.n_embd
 
 
 # --source hf: the TinyStories archive on the Hugging Face Hub, and its published size
@@ -43,39 +45,112 @@ HF_ARCHIVE_SIZE = 1_608_001_638
 COMPILE_AUTO_MIN_STEPS = 200  # --compile auto: below this, the compile start-up costs more than it saves
 
 
+def flag(spelling: str, default, choices: tuple[str, ...] | None = None):
+    """A TrainConfig field that ./train sets with the flag `spelling` ("-l/--lr": its short and long
+    forms, as messages name it); `choices`, when given, are its only values."""
+    return field(default=default, metadata={"flag": spelling, "choices": choices})
+
+
+ON_OFF = ("auto", "on", "off")
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; `tinystories.cli` fills it from the flags."""
+    """Every setting of a training run, each one a ./train flag: cli.py builds the parser from these
+    fields (their flags, defaults and choices) and adds the help texts. validate() checks the values."""
 
-    model: str = "model.bin"  # -e: model or checkpoint to start from
-    checkpoint: str | None = None  # -c: checkpoint output
-    checkpoint_every: int = 0  # -k: 0 = only at the end
-    train_tokens: str = "data/tinystories/TinyStories_train.bin"  # -i
-    val_tokens: str = "data/tinystories/TinyStories_val.bin"  # -j
-    max_steps: int = -1  # -n: -1 = one epoch
-    batch_size: int = 4  # -b
-    seq_len: int = 0  # -t: 0 = the model's block size
-    learning_rate: float = 3e-4  # -l
-    val_every: int = 20  # -v
-    sample_every: int = 20  # -s
-    sample_length: int = 64  # -g
-    val_batches: int = 20
-    device: str = "auto"
-    precision: str = "auto"
-    head_loss: str = "auto"
-    compile: str = "auto"  # auto | on | off
-    cuda_graphs: str = "auto"  # auto | on | off
-    deterministic: bool = False
-    seed: int = 1337
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    lr_decay: str = "none"  # none | cosine | linear
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    max_bad_steps: int = 10
-    log_every: int = 1
-    metrics: str | None = None
+    model: str = flag("-e/--model", "model.bin")  # model or checkpoint to start from
+    checkpoint: str | None = flag("-c/--checkpoint", None)  # checkpoint output
+    checkpoint_every: int = flag("-k/--checkpoint-every", 0)  # 0 = only at the end
+    train_tokens: str = flag("-i/--train-tokens", "data/tinystories/TinyStories_train.bin")
+    val_tokens: str = flag("-j/--val-tokens", "data/tinystories/TinyStories_val.bin")
+    max_steps: int = flag("-n/--max-steps", -1)  # -1 = one epoch
+    batch_size: int = flag("-b/--batch-size", 4)
+    seq_len: int = flag("-t/--seq-len", 0)  # 0 = the model's block size
+    learning_rate: float = flag("-l/--lr", 3e-4)
+    val_every: int = flag("-v/--val-every", 20)
+    sample_every: int = flag("-s/--sample-every", 20)
+    sample_length: int = flag("-g/--sample-length", 64)
+    val_batches: int = flag("--val-batches", 20)
+    device: str = flag("--device", "auto")
+    precision: str = flag("--precision", "auto", ("auto", "fp32", "bf16", "fp16"))
+    head_loss: str = flag("--head-loss", "auto", ("auto", "chunked", "triton", "plain"))
+    compile: str = flag("--compile", "auto", ON_OFF)
+    cuda_graphs: str = flag("--cuda-graphs", "auto", ON_OFF)
+    deterministic: bool = flag("--deterministic", False)
+    seed: int = flag("--seed", 1337)
+    weight_decay: float = flag("--weight-decay", 0.0)
+    beta1: float = flag("--beta1", 0.9)
+    beta2: float = flag("--beta2", 0.95)
+    eps: float = flag("--eps", 1e-8)
+    warmup_steps: int = flag("--warmup", 0)
+    lr_decay: str = flag("--lr-decay", "none", ("none", "cosine", "linear"))
+    min_lr_ratio: float = flag("--min-lr-ratio", 0.1)
+    grad_clip: float = flag("--grad-clip", 1.0)
+    grad_accum: int = flag("--grad-accum", 1)
+    max_bad_steps: int = flag("--max-bad-steps", 10)
+    log_every: int = flag("--log-every", 1)
+    metrics: str | None = flag("--metrics", None)  # default: <checkpoint>.metrics.jsonl
+
+    def validate(self) -> None:
+        """Raise BadInput naming the flag of the first value out of its range."""
+        rules = [  # (field, whether its value is fine, what it must be)
+            ("checkpoint_every", self.checkpoint_every >= 0, "0 or more"),
+            ("max_steps", self.max_steps > 0 or self.max_steps == -1, "positive or -1 (one epoch)"),
+            ("batch_size", self.batch_size > 0, "positive"),
+            ("seq_len", self.seq_len >= 0, "0 or more"),
+            ("learning_rate", 0 < self.learning_rate < math.inf, "positive and finite"),
+            ("val_every", self.val_every >= 0, "0 or more"),
+            ("sample_every", self.sample_every >= 0, "0 or more"),
+            ("sample_length", self.sample_length > 0, "positive"),
+            ("val_batches", self.val_batches > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("eps", 0 < self.eps < math.inf, "positive and finite"),
+            ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+            ("min_lr_ratio", self.min_lr_ratio >= 0, "0 or more"),
+            ("grad_clip", self.grad_clip >= 0, "0 or more"),
+            ("grad_accum", self.grad_accum > 0, "positive"),
+            ("max_bad_steps", self.max_bad_steps > 0, "positive"),
+            ("log_every", self.log_every > 0, "positive"),
+        ]
+        settings = {f.name: f.metadata for f in fields(self)}
+        rules += [(name, getattr(self, name) in meta["choices"], "one of " + ", ".join(meta["choices"]))
+                  for name, meta in settings.items() if meta["choices"]]
+        for name, ok, rule in rules:
+            if not ok:
+                raise BadInput(f"{settings[name]['flag']} {getattr(self, name)}: must be {rule}")
+
+
+@dataclass
+class PrepareConfig:
+    """The settings of prepare_data.py; its flags, defaults and help are in cli.py."""
+
+    source: str  # hf, synthetic or a local path
+    val_source: str | None
+    out_dir: str
+    tokenizer_file: str
+    cache_dir: str
+    url: str
+    sha256: str | None
+    size: int | None
+    workers: int
+    synthetic_stories: int
+    seed: int
+    fallback_synthetic: bool
+
+
+@dataclass
+class GenerateConfig:
+    """The settings of ./generate; its flags, defaults and help are in cli.py."""
+
+    model: str
+    tokens: int
+    seed: int | None  # None: a fresh one, printed
+    prompt: str
+    temperature: float
+    top_k: int
+    top_p: float
+    device: str
+    precision: str

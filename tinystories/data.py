@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL
+from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write
@@ -157,29 +157,29 @@ def check_output_file(file: str, flag: str) -> Path:
     return path
 
 
-def open_source(args) -> Source:
+def open_source(cfg: PrepareConfig) -> Source:
     """--source as a Source; 'hf' without network is one line naming the alternatives (or, with
     --fallback-synthetic, a warning and the synthetic source)."""
-    if args.source == "synthetic":
-        return synthetic_source(args.seed, args.synthetic_stories)
-    if args.source != "hf":
-        return local_source(args.source, "--source")
+    if cfg.source == "synthetic":
+        return synthetic_source(cfg.seed, cfg.synthetic_stories)
+    if cfg.source != "hf":
+        return local_source(cfg.source, "--source")
     try:
-        return hf_source(args)
+        return hf_source(cfg)
     except Unreachable as e:
         message = f"--source hf: {e}; {LOCAL_ALTERNATIVES}"
-        if not args.fallback_synthetic:
+        if not cfg.fallback_synthetic:
             raise BadInput(message) from None
         print(f"warning: {message}. --fallback-synthetic: using SYNTHETIC stories instead", file=sys.stderr)
-        return synthetic_source(args.seed, args.synthetic_stories)
+        return synthetic_source(cfg.seed, cfg.synthetic_stories)
 
 
-def hf_source(args) -> Source:
+def hf_source(cfg: PrepareConfig) -> Source:
     """The archive from --url, cached in --cache-dir and checked before use (see download.py)."""
-    cache = make_folder(args.cache_dir, "--cache-dir")
-    expected_size = args.size or (HF_ARCHIVE_SIZE if args.url == HF_ARCHIVE_URL else None)
-    digest, source = fetch_archive(args.url, cache, expected_size, args.sha256)
-    source.label = f"{source.label} (from {args.url}, sha256 {digest})"
+    cache = make_folder(cfg.cache_dir, "--cache-dir")
+    expected_size = cfg.size or (HF_ARCHIVE_SIZE if cfg.url == HF_ARCHIVE_URL else None)
+    digest, source = fetch_archive(cfg.url, cache, expected_size, cfg.sha256)
+    source.label = f"{source.label} (from {cfg.url}, sha256 {digest})"
     return source
 
 
@@ -207,19 +207,19 @@ def source_note(label: str, rule: str, val: SplitStats, train: SplitStats) -> st
             f"random.Random({SHUFFLE_SEED} + shard index within its split)\n")
 
 
-def prepare(args) -> None:
+def prepare(cfg: PrepareConfig) -> None:
     """python prepare_data.py: see the module docstring."""
-    out_dir = check_folder(args.out_dir, "--out-dir")  # before a download, so a bad one fails fast
-    tokenizer_file = check_output_file(args.tokenizer_file, "--tokenizer-file")
-    source = open_source(args)
-    val_source = local_source(args.val_source, "--val-source") if args.val_source else None
+    out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
+    tokenizer_file = check_output_file(cfg.tokenizer_file, "--tokenizer-file")
+    source = open_source(cfg)
+    val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     print(f"source: {source.label}\nsplit: {rule}")
     val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
     note_file = out_dir / "SOURCE.txt"
-    with story_encoder(args.workers) as encode, staged([val_file, train_file, tokenizer_file, note_file]) as temps:
+    with story_encoder(cfg.workers) as encode, staged([val_file, train_file, tokenizer_file, note_file]) as temps:
         val = write_split(val_shards, temps[0], encode, "val", source.label)
         train = write_split(train_shards, temps[1], encode, "train", source.label)
         write_tokenizer_file(temps[2])

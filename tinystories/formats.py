@@ -14,7 +14,7 @@ Token file (llm.c `dev/data/*.bin`)
 Model file (llm.c `gpt2_124M.bin` style)
     header[0] = 20240326 (magic), [1] = 3 (fp32) or 5 (bf16, read only),
     [2] block size, [3] vocab size, [4] layers, [5] heads, [6] channels, [7] padded vocab size
-    then the 16 tensors of `model_tensor_shapes`, each holding all layers, linear weights as
+    then the 16 tensors of llmc.py's table, each holding all layers, linear weights as
     (out, in), in fp32 (4 bytes) or bf16 (2 bytes).
     size == 1024 + bytes_per_value * config.num_parameters()
 
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import llmc
 from .config import GPTConfig
 from .errors import BadInput
 
@@ -177,6 +178,7 @@ class TokenFileWriter:
 
 
 def write_tokens(path, tokens) -> None:
+    """A whole token array at once, for the tests and benchmarks (prepare_data.py streams with TokenFileWriter)."""
     with TokenFileWriter(path) as w:
         w.write(tokens)
 
@@ -215,18 +217,8 @@ def _check_token_range(path, tokens: np.ndarray, vocab_size: int, chunk: int = 1
 # ----------------------------------------------------------------------------- model files
 
 def model_tensor_shapes(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """The 16 tensors of an llm.c model file, in file order, with their shapes."""
-    V, T, L, C = config.padded_vocab_size, config.block_size, config.n_layer, config.n_embd
-    return [
-        ("wte", (V, C)), ("wpe", (T, C)),
-        ("ln1w", (L, C)), ("ln1b", (L, C)),
-        ("qkvw", (L, 3 * C, C)), ("qkvb", (L, 3 * C)),
-        ("attprojw", (L, C, C)), ("attprojb", (L, C)),
-        ("ln2w", (L, C)), ("ln2b", (L, C)),
-        ("fcw", (L, 4 * C, C)), ("fcb", (L, 4 * C)),
-        ("fcprojw", (L, C, 4 * C)), ("fcprojb", (L, C)),
-        ("lnfw", (C,)), ("lnfb", (C,)),
-    ]
+    """The 16 tensors of an llm.c model file, in file order, with their shapes (llmc.py's table)."""
+    return [(name, shape) for name, shape, _ in llmc.tensors(config)]
 
 
 @dataclass

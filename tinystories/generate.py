@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import tokenizer
+from . import llmc, tokenizer
+from .config import GenerateConfig
 from .device import AUTOCAST_DTYPES, pick_device, resolve_precision
 from .errors import BadInput
 from .formats import read_model
@@ -89,29 +90,30 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
         raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
                        f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
-    return GPT.from_file(model_file).to(device=device, dtype=dtype).eval()
+    model = llmc.load_params(GPT(model_file.config), model_file.params)
+    return model.to(device=device, dtype=dtype).eval()
 
 
-def main(args) -> None:
+def main(cfg: GenerateConfig) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
-    device = pick_device(args.device)
-    dtype = AUTOCAST_DTYPES.get(resolve_precision(args.precision, device), torch.float32)
-    model = load_model(args.model, device, dtype)
-    prompt_ids = [EOT] + tokenizer.encode(args.prompt)
+    device = pick_device(cfg.device)
+    dtype = AUTOCAST_DTYPES.get(resolve_precision(cfg.precision, device), torch.float32)
+    model = load_model(cfg.model, device, dtype)
+    prompt_ids = [EOT] + tokenizer.encode(cfg.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:
         raise BadInput(f"-p/--prompt: {len(prompt_ids) - 1} tokens leave no room in the model's block size "
                        f"of {model.config.block_size}")
-    if args.tokens > room:
-        raise BadInput(f"-n/--tokens: {args.tokens} tokens after a {len(prompt_ids) - 1}-token prompt exceed "
+    if cfg.tokens > room:
+        raise BadInput(f"-n/--tokens: {cfg.tokens} tokens after a {len(prompt_ids) - 1}-token prompt exceed "
                        f"the model's block size of {model.config.block_size}; use -n {room} or less")
-    seed = args.seed
+    seed = cfg.seed
     if seed is None:
         seed = secrets.randbelow(2**31)
         print(f"seed: {seed}", file=sys.stderr)
     generator = torch.Generator().manual_seed(seed)
-    sys.stdout.write(args.prompt)
-    new_ids = stream_tokens(model, prompt_ids, args.tokens, generator, args.temperature, args.top_k, args.top_p)
+    sys.stdout.write(cfg.prompt)
+    new_ids = stream_tokens(model, prompt_ids, cfg.tokens, generator, cfg.temperature, cfg.top_k, cfg.top_p)
     for piece in text_pieces(new_ids):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -47,9 +47,10 @@ import tempfile
 
 import numpy as np
 
+from . import llmc
 from .config import GPTConfig
 from .errors import BadInput
-from .formats import atomic_write, current_umask, model_tensor_shapes, read_model, write_model
+from .formats import atomic_write, current_umask, read_model, write_model
 from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -57,17 +58,6 @@ SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.j
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS) + TOKENIZER_FILES)
 
-# llm.c tensor name -> name inside transformer.h.{i}, and whether it is a linear weight, which
-# transformers' Conv1D stores as (in, out) where llm.c stores (out, in)
-LAYER_TENSORS = {
-    "ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
-    "qkvw": ("attn.c_attn.weight", True), "qkvb": ("attn.c_attn.bias", False),
-    "attprojw": ("attn.c_proj.weight", True), "attprojb": ("attn.c_proj.bias", False),
-    "ln2w": ("ln_2.weight", False), "ln2b": ("ln_2.bias", False),
-    "fcw": ("mlp.c_fc.weight", True), "fcb": ("mlp.c_fc.bias", False),
-    "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False),
-}
-GLOBAL_TENSORS = {"wte": "wte.weight", "wpe": "wpe.weight", "lnfw": "ln_f.weight", "lnfb": "ln_f.bias"}
 # what GPT2Config assumes for a field that config.json leaves out
 GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
                  "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
@@ -78,40 +68,45 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh appr
 
 # ----------------------------------------------------------------------------- tensor layout
 
+def conv1d(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether a GPT-2 tensor is a linear weight of a block, which transformers' Conv1D stores as
+    (in, out) where llm.c and nn.Linear store (out, in)."""
+    return name.startswith("h.") and len(shape) == 2
+
+
 def hf_state_dict(config: GPTConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Our 16 llm.c tensors -> GPT-2 state dict (names without the `transformer.` prefix)."""
-    out = {GLOBAL_TENSORS[name]: np.ascontiguousarray(params[name], dtype=np.float32)
-           for name in GLOBAL_TENSORS}
+    out = {}
+    for name, _, parameter in llmc.tensors(config):
+        for hf_name, value in llmc.split(parameter, params[name], config.n_layer).items():
+            out[hf_name] = np.ascontiguousarray(value.T if conv1d(hf_name, value.shape) else value, dtype=np.float32)
     out["wte.weight"] = out["wte.weight"][: config.vocab_size]  # drop the padding rows
-    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
-        for i, value in enumerate(params[name]):
-            out[f"h.{i}.{hf_name}"] = np.ascontiguousarray(value.T if is_linear else value, dtype=np.float32)
     return out
 
 
 def hf_tensor_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """Shape of each GPT-2 state dict tensor (without the prefix) for a config."""
-    ours = dict(model_tensor_shapes(config))
-    shapes = {GLOBAL_TENSORS[name]: ours[name] for name in GLOBAL_TENSORS}
+    shapes = {}
+    for _, shape, parameter in llmc.tensors(config):
+        shape = shape[1:] if llmc.per_layer(parameter) else shape
+        for hf_name in llmc.parameter_names(parameter, config.n_layer):
+            shapes[hf_name] = shape[::-1] if conv1d(hf_name, shape) else shape
     shapes["wte.weight"] = (config.vocab_size, config.n_embd)
-    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
-        per_layer = ours[name][1:]
-        for i in range(config.n_layer):
-            shapes[f"h.{i}.{hf_name}"] = per_layer[::-1] if is_linear else per_layer
     return shapes
 
 
 def llmc_params(config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """GPT-2 state dict (validated shapes, no prefix) -> our 16 llm.c tensors, wte padded with zeros,
     wpe cut to the config's block size."""
-    params = {name: tensors[hf_name] for name, hf_name in GLOBAL_TENSORS.items()}
+    params = {}
+    for name, _, parameter in llmc.tensors(config):
+        values = [tensors[p].T if conv1d(p, tensors[p].shape) else tensors[p]
+                  for p in llmc.parameter_names(parameter, config.n_layer)]
+        params[name] = np.stack(values) if llmc.per_layer(parameter) else values[0]
     wte = np.zeros((config.padded_vocab_size, config.n_embd), dtype=np.float32)  # (Vp, C)
     wte[: config.vocab_size] = params["wte"]
     params["wte"] = wte
     params["wpe"] = params["wpe"][: config.block_size]
-    for name, (hf_name, is_linear) in LAYER_TENSORS.items():
-        layers = [tensors[f"h.{i}.{hf_name}"] for i in range(config.n_layer)]
-        params[name] = np.stack([w.T if is_linear else w for w in layers])
     return params
 
 

@@ -9,13 +9,11 @@ are never looked up, and are left out of the output head, so they stay zero thro
 """
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
-from .formats import ModelFile, model_tensor_shapes
 
 
 class KVCache:
@@ -145,40 +143,3 @@ class GPT(nn.Module):
         """Logits (B, V) of the token after idx (B, t), which continues what the cache holds."""
         x = self.hidden(idx, cache)[:, -1, :]  # (B, C)
         return F.linear(x, self.head_weight()).float()
-
-    # --------------------------------------------------------------------- llm.c layout
-
-    def _llmc_parts(self) -> dict[str, list[torch.Tensor]]:
-        """Our parameters grouped under the llm.c tensor names (one entry per layer for stacked ones)."""
-        blocks = self.h
-        return {
-            "wte": [self.wte.weight], "wpe": [self.wpe.weight],
-            "ln1w": [b.ln_1.weight for b in blocks], "ln1b": [b.ln_1.bias for b in blocks],
-            "qkvw": [b.attn.c_attn.weight for b in blocks], "qkvb": [b.attn.c_attn.bias for b in blocks],
-            "attprojw": [b.attn.c_proj.weight for b in blocks], "attprojb": [b.attn.c_proj.bias for b in blocks],
-            "ln2w": [b.ln_2.weight for b in blocks], "ln2b": [b.ln_2.bias for b in blocks],
-            "fcw": [b.mlp.c_fc.weight for b in blocks], "fcb": [b.mlp.c_fc.bias for b in blocks],
-            "fcprojw": [b.mlp.c_proj.weight for b in blocks], "fcprojb": [b.mlp.c_proj.bias for b in blocks],
-            "lnfw": [self.ln_f.weight], "lnfb": [self.ln_f.bias],
-        }
-
-    def llmc_params(self) -> dict[str, np.ndarray]:
-        """The weights as the 16 llm.c tensors (fp32 numpy), ready for formats.write_model."""
-        out = {}
-        for (name, shape), parts in zip(model_tensor_shapes(self.config), self._llmc_parts().values()):
-            stacked = torch.stack([p.detach().float().cpu() for p in parts])
-            out[name] = stacked.reshape(shape).numpy()
-        return out
-
-    def load_llmc_params(self, params: dict[str, np.ndarray]) -> None:
-        with torch.no_grad():
-            for (name, shape), parts in zip(model_tensor_shapes(self.config), self._llmc_parts().values()):
-                stacked = torch.from_numpy(np.array(params[name], dtype=np.float32)).reshape(len(parts), *parts[0].shape)
-                for p, value in zip(parts, stacked):
-                    p.copy_(value)
-
-    @classmethod
-    def from_file(cls, model_file: ModelFile) -> "GPT":
-        model = cls(model_file.config)
-        model.load_llmc_params(model_file.params)
-        return model

@@ -76,7 +76,8 @@ def write_tokenizer_file(path) -> None:
 
 
 def read_tokenizer_file(path) -> list[bytes]:
-    """Read and validate an llm.c tokenizer file: the bytes of each token id."""
+    """Read and validate an llm.c tokenizer file: the bytes of each token id. Only llm.c's C code
+    reads these files in use; this reader is the format's checks, run by the tests on what we write."""
     header = read_header(path, "tokenizer file")
     if header[0] != TOKENIZER_MAGIC:
         raise BadInput(f"{path}: not an llm.c tokenizer file (magic {header[0]}, expected {TOKENIZER_MAGIC})")
@@ -102,14 +103,4 @@ def read_tokenizer_file(path) -> list[bytes]:
     if pos != len(data):
         raise BadInput(f"{path}: {len(data) - pos} unexpected bytes after the last token")
     return tokens
-
-
-class TokenizerFileDecoder:
-    """Decode ids with only an llm.c tokenizer file (what the C generator does)."""
-
-    def __init__(self, path):
-        self.tokens = read_tokenizer_file(path)
-
-    def decode(self, ids) -> str:
-        return b"".join(self.tokens[i] for i in ids).decode("utf-8", errors="replace")
 

@@ -23,7 +23,7 @@ import uuid
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, llmc
 from .config import TrainConfig
 from .cuda_graph import CUDAGraphStep
 from .device import (Distributed, allow_tf32, autocast, resolve_precision, select_head_loss, use_compile,
@@ -64,6 +64,7 @@ class Trainer:
     """One training run: everything is set up from a TrainConfig in __init__; run() is the loop."""
 
     def __init__(self, cfg: TrainConfig):
+        cfg.validate()
         self.cfg = cfg
         self.dist = Distributed(cfg.device)
         self.device = self.dist.device
@@ -78,7 +79,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.model = GPT.from_file(model_file).to(self.device)
+        self.model = llmc.load_params(GPT(self.config), model_file.params).to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model.head_loss = select_head_loss(cfg.head_loss, self.device, self.precision)
         allow_tf32(self.device)
@@ -113,13 +114,6 @@ class Trainer:
             raise BadInput(f"-t/--seq-len {T} exceeds the model's block size {block} ({cfg.model})")
         if cfg.batch_size % self.dist.world:
             raise BadInput(f"-b/--batch-size {cfg.batch_size} is not divisible by the world size {self.dist.world}")
-        rules = {"-l/--lr": (cfg.learning_rate, 0 < cfg.learning_rate < math.inf, "positive and finite"),
-                 "--eps": (cfg.eps, 0 < cfg.eps < math.inf, "positive and finite"),
-                 "--beta1": (cfg.beta1, 0 <= cfg.beta1 < 1, "in [0, 1)"),
-                 "--beta2": (cfg.beta2, 0 <= cfg.beta2 < 1, "in [0, 1)")}
-        for flag, (value, ok, rule) in rules.items():
-            if not ok:
-                raise BadInput(f"{flag} {value}: must be {rule}")
         checkpoint.check_output_paths(cfg, self.metrics_path)
 
     def _loader(self, path: str) -> TokenLoader:
