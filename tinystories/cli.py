@@ -1,6 +1,6 @@
 """Every command-line flag, its help text, and the error reporting, in one place.
 
-    python -m tinystories prepare|create|train|generate|export|import|plot [flags]
+    python -m tinystories prepare|create|train|generate|eval|export|import|plot [flags]
 
 The root scripts (prepare_data.py, create_model.py, ./train, ./generate) are thin aliases.
 Bad input of any kind ends with one line on stderr, `<command>: error: <what and where>`, and
@@ -49,7 +49,18 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def batches_or_all(text: str) -> int | str:
+    return "all" if text == "all" else positive_int(text)
+
+
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float, fraction, batches_or_all):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 
@@ -154,7 +165,8 @@ def train_parser() -> Parser:
     a("-v", "--val-every", type=non_negative_int, default=20, help="val loss every N steps (0 = never)")
     a("-s", "--sample-every", type=non_negative_int, default=20, help="print a generated sample every N steps (0 = never)")
     a("-g", "--sample-length", type=positive_int, default=64, help="tokens per sample")
-    a("--val-batches", type=positive_int, default=20, help="batches averaged for the val loss")
+    a("--val-batches", type=batches_or_all, default=20, help="batches averaged for the val loss, or 'all': "
+      "the whole val file in windows of -t + 1 tokens, the figure `tinystories eval` gives")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16"],
       help="auto = bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32; "
@@ -178,7 +190,8 @@ def train_parser() -> Parser:
     a("--beta2", type=float, default=0.95, help="AdamW beta2")
     a("--eps", type=positive_float, default=1e-8, help="AdamW epsilon")
     a("--warmup", type=non_negative_int, default=0, help="linear LR warmup steps")
-    a("--lr-decay", default="none", choices=["none", "cosine", "linear"], help="LR decay after warmup, to --min-lr-ratio x lr at the last step")
+    a("--lr-decay", default="none", choices=["none", "cosine", "linear", "wsd"], help="LR decay after warmup, to --min-lr-ratio x lr at the last step; "
+      "wsd = constant, then linear over the last --cooldown of the steps")
     a("--min-lr-ratio", type=non_negative_float, default=0.1, help="final LR as a fraction of -l when decaying")
     a("--grad-clip", type=non_negative_float, default=1.0, help="clip the global gradient norm (0 = off)")
     a("--grad-accum", type=positive_int, default=1, help="micro-batches accumulated per step")
@@ -186,6 +199,18 @@ def train_parser() -> Parser:
     a("--log-every", type=positive_int, default=1, help="print and log every N steps; between them the "
       "device runs ahead without waiting for the loss (use 10-100 on a GPU for full speed)")
     a("--metrics", default=None, help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
+    a("--cooldown", dest="cooldown", type=fraction, default=0.2, help="--lr-decay wsd: fraction of the steps "
+      "at the end over which the LR decays linearly to --min-lr-ratio x lr")
+    a("--keep", dest="keep", type=non_negative_int, default=0, help="with -c, also keep the N most recent saves "
+      "as <name>.step<k>.bin (older ones are removed after a newer one is written); with validation, "
+      "<name>.best.bin is always kept: the checkpoint of the lowest val loss so far")
+    a("--tensorboard", dest="tensorboard", default=None, metavar="DIR", help="also log to TensorBoard event files "
+      "in DIR (needs the tb extra: pip install -e '.[tb]')")
+    a("--wandb", dest="wandb", default=None, metavar="PROJECT[/RUN]", help="also log to Weights & Biases "
+      "project PROJECT (run name RUN); WANDB_MODE=offline works without an account (needs the wandb extra: "
+      "pip install -e '.[wandb]')")
+    a("--config", dest="config", default=None, metavar="FILE.toml", help="TOML file of flag values: keys are "
+      "the long flag names with '_' for '-' (max_steps = 300); flags on the command line win")
     return p
 
 
@@ -203,11 +228,14 @@ def train_config_from_args(args):
         warmup_steps=args.warmup, lr_decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, grad_accum=args.grad_accum, max_bad_steps=args.max_bad_steps,
         log_every=args.log_every,
-        metrics=args.metrics)
+        metrics=args.metrics, cooldown=args.cooldown, keep=args.keep, tensorboard=args.tensorboard,
+        wandb=args.wandb, config=args.config)
 
 
 def train_main(argv=None) -> None:
-    args = train_parser().parse_args(argv)
+    from .config_file import parse_with_config
+
+    args = parse_with_config(train_parser(), argv)
     from . import train
 
     if args.max_steps == 0 or args.max_steps < -1:
@@ -242,6 +270,32 @@ def generate_main(argv=None) -> None:
     if args.top_p > 1:
         raise BadInput(f"--top-p must be in (0, 1], got {args.top_p}")
     generate.main(args)
+
+
+# ----------------------------------------------------------------------------- eval
+
+def eval_parser() -> Parser:
+    p = Parser(prog="tinystories eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+        "Loss of a model over a whole token file: mean loss, perplexity and bits per byte. The file is cut "
+        "into non-overlapping windows of -t + 1 tokens (the first token of each is context only); a tail of "
+        "2 or more tokens is one shorter window."))
+    a = p.add_argument
+    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
+    a("-i", "--tokens", default="data/tinystories/TinyStories_val.bin", help="token file to score")
+    a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
+    a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or auto "
+      "(bf16 on CUDA and on CPUs with native bf16)")
+    a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
+    return p
+
+
+def eval_main(argv=None) -> None:
+    args = eval_parser().parse_args(argv)
+    from . import evaluate
+
+    evaluate.main(args)
 
 
 # ----------------------------------------------------------------------------- export
@@ -319,6 +373,7 @@ COMMANDS = {
     "create": create_main,
     "train": train_main,
     "generate": generate_main,
+    "eval": eval_main,
     "export": export_main,
     "import": import_main,
     "plot": plot_main,

@@ -59,7 +59,7 @@ class TrainConfig:
     val_every: int = 20  # -v
     sample_every: int = 20  # -s
     sample_length: int = 64  # -g
-    val_batches: int = 20
+    val_batches: int | str = 20  # or "all": the whole val file (evaluate.py)
     device: str = "auto"
     precision: str = "auto"
     head_loss: str = "auto"
@@ -72,10 +72,15 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     warmup_steps: int = 0
-    lr_decay: str = "none"  # none | cosine | linear
+    lr_decay: str = "none"  # none | cosine | linear | wsd
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
     max_bad_steps: int = 10
     log_every: int = 1
     metrics: str | None = None
+    cooldown: float = 0.2  # --lr-decay wsd: the fraction of the steps that decays
+    keep: int = 0  # --keep: also keep the N most recent <name>.step<k>.bin
+    tensorboard: str | None = None  # --tensorboard: event file folder
+    wandb: str | None = None  # --wandb: PROJECT or PROJECT/RUN
+    config: str | None = None  # --config: TOML file that supplied flag values
