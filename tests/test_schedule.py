@@ -3,8 +3,10 @@ uninterrupted one."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tinystories import formats
 from tinystories.config import TrainConfig
 from tinystories.optim import learning_rate
 from test_train import base_args, train, workdir  # noqa: F401
@@ -29,12 +31,16 @@ def records(path: Path) -> dict[int, tuple[float, float]]:
 
 
 def test_wsd_resume_matches_an_uninterrupted_run(workdir, tmp_path):
-    flags = ["--lr-decay", "wsd", "--cooldown", "0.5", "--warmup", "1", *base_args(workdir)]
-    straight, split = tmp_path / "straight.bin", tmp_path / "split.bin"
-    train("-e", workdir / "model.bin", "-c", straight, "-n", "6", *flags)
-    train("-e", workdir / "model.bin", "-c", split, "-n", "3", *flags)
-    train("-e", split, "-c", split, "-n", "6", *flags)
-    a, b = records(Path(f"{straight}.metrics.jsonl")), records(Path(f"{split}.metrics.jsonl"))
-    assert a == b and sorted(a) == list(range(1, 7))
+    """A 6-step run saved at step 3 (kept as straight.step3.bin) and resumed from there logs the same
+    losses and rates for steps 4-6 as the run that went on, and ends with the same weights."""
+    flags = ["--lr-decay", "wsd", "--cooldown", "0.5", "--warmup", "1", "-n", "6", *base_args(workdir)]
+    straight, resumed = tmp_path / "straight.bin", tmp_path / "resumed.bin"
+    train("-e", workdir / "model.bin", "-c", straight, "-k", "3", "--keep", "2", *flags)
+    out = train("-e", tmp_path / "straight.step3.bin", "-c", resumed, *flags).stdout
+    assert "at step 3" in out
+    a, b = records(Path(f"{straight}.metrics.jsonl")), records(Path(f"{resumed}.metrics.jsonl"))
+    assert sorted(a) == list(range(1, 7)) and b == {step: a[step] for step in (4, 5, 6)}
     # the rate logged after step s is the one step s used (-l 1e-3)
     assert [lr for _, lr in a.values()] == pytest.approx([1e-3 * r for r in rates(6, warmup_steps=1, cooldown=0.5)])
+    fa, fb = formats.read_model(straight), formats.read_model(resumed)
+    assert all(np.array_equal(fa.params[name], fb.params[name]) for name in fa.params)

@@ -89,8 +89,12 @@ def check_extras(cfg) -> None:
 
 
 def scalars(record: dict) -> dict[str, float]:
-    """The record's numbers under their TensorBoard / W&B names."""
-    return {tag: record[field] for field, tag in SCALARS.items() if field in record}
+    """The record's numbers under their TensorBoard / W&B names; "tokens" only from train records
+    (a val record repeats the step's count)."""
+    values = {tag: record[field] for field, tag in SCALARS.items() if field in record}
+    if "train_loss" not in record:
+        values.pop(SCALARS["tokens"], None)
+    return values
 
 
 class TensorBoardSink:
