@@ -19,10 +19,9 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import asdict
 
 import torch
-
-from dataclasses import asdict
 
 from . import checkpoint, metrics
 from .config import TrainConfig
