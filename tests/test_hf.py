@@ -173,6 +173,33 @@ def test_export_reads_checkpoint_with_training_state(tmp_path, exported):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_model_card(tmp_path, exported):
+    """README.md: Hugging Face front matter (read by huggingface_hub's ModelCard), and what the
+    checkpoint's training state records."""
+    from huggingface_hub import ModelCard
+
+    model, _, folder = exported
+    card = (folder / "README.md").read_text()
+    front = ModelCard(card).data.to_dict()
+    assert front["license"] == "cdla-sharing-1.0" and front["datasets"] == ["roneneldan/TinyStories"]
+    assert front["language"] == ["en"] and front["library_name"] == "transformers" and "gpt2" in front["tags"]
+    assert f"| parameters | {TINY.num_parameters(padded=False):,} |" in card and "no training state" in card
+    assert 'GPT2LMHeadModel.from_pretrained("hf")' in card
+    from tinystories.formats import TrainingState
+
+    meta = {"step": 300, "counters": {"tokens": 307200, "skipped_steps": 0}, "batch_size": 4, "seq_len": 256,
+            "last_train_loss": 4.25, "last_train_step": 300, "last_val_loss": 4.5, "last_val_step": 300,
+            "last_val_bits_per_byte": 1.25, "best_val_loss": 4.4, "best_val_step": 200}
+    write_model(tmp_path / "ckpt.bin", TINY, llmc.model_params(model), TrainingState(meta))
+    hf.export(tmp_path / "ckpt.bin", tmp_path / "stories-7m")
+    card = (tmp_path / "stories-7m" / "README.md").read_text()
+    for row in ("| steps | 300 |", "| tokens seen | 307,200 |", "| train loss (last logged) | 4.2500 (step 300) |",
+                "| val loss (last) | 4.5000 (step 300) |", "| val bits per byte (last) | 1.2500 (step 300) |",
+                "| val loss (best) | 4.4000 (step 200) |", "CDLA-Sharing-1.0"):
+        assert row in card, row
+    assert card.startswith("---\n") and "# stories-7m" in card
+
+
 def test_export_replaces_only_previous_exports(tmp_path, exported):
     _, model_file, _ = exported
     out = tmp_path / "out"
@@ -192,7 +219,7 @@ def test_small_vocab_exports_without_tokenizer(tmp_path):
     model = random_model(config, seed=3)
     write_model(tmp_path / "m.bin", config, llmc.model_params(model))
     hf.export(tmp_path / "m.bin", tmp_path / "hf")
-    assert set(os.listdir(tmp_path / "hf")) == {"config.json", "generation_config.json", "model.safetensors"}
+    assert set(os.listdir(tmp_path / "hf")) == {"config.json", "generation_config.json", "model.safetensors", "README.md"}
     idx = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert rel_err(hf_model(tmp_path / "hf")(idx).logits, model(idx)) <= 1e-5

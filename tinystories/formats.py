@@ -85,7 +85,12 @@ def atomic_write(path):
         if isinstance(e, OSError) and not isinstance(e, BadInput):
             raise BadInput(f"{path}: write failed: {e.strerror or e}") from None
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
+    fsync_folder(folder)  # make the rename itself durable
+
+
+def fsync_folder(folder) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the system allows it."""
+    with contextlib.suppress(OSError):
         dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)

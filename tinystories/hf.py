@@ -24,6 +24,8 @@ Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoToke
     vocab.json, merges.txt  the GPT-2 BPE files (copies of OpenAI's encoder.json and vocab.bpe)
     tokenizer.json          the same tokenizer for the `tokenizers` library (byte-level BPE)
     tokenizer_config.json, special_tokens_map.json   <|endoftext|> as bos, eos and unk
+    README.md               a model card (model_card.py): architecture, training and losses as far as
+                            the checkpoint records them, the data set and its license, how to load it
 The tokenizer files are written only for the GPT-2 vocabulary (vocab size 50257).
 
 The folder is built in a hidden temp folder beside the target and renamed into place, so the target
@@ -56,7 +58,7 @@ from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
 EOT_TEXT = "<|endoftext|>"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS) + TOKENIZER_FILES)
+EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS, "README.md") + TOKENIZER_FILES)
 
 # what GPT2Config assumes for a field that config.json leaves out
 GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
@@ -153,9 +155,11 @@ def _json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode()
 
 
-def export_files(model_path) -> dict[str, bytes]:
-    """Every file of the Hugging Face folder for the model file at `model_path`, as bytes."""
+def export_files(model_path, folder_name: str) -> dict[str, bytes]:
+    """Every file of the Hugging Face folder `folder_name` for the model file at `model_path`, as bytes."""
     from safetensors.numpy import save
+
+    from .model_card import model_card
 
     model = read_model(model_path)
     config = model.config
@@ -166,6 +170,7 @@ def export_files(model_path) -> dict[str, bytes]:
         "config.json": _json_bytes(gpt2_config_json(config)),
         "generation_config.json": _json_bytes({"bos_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT}),
         SAFETENSORS: save(tensors, metadata=metadata),
+        "README.md": model_card(model, metadata["source"], folder_name).encode(),
     }
     if config.vocab_size == VOCAB_SIZE:
         files.update(tokenizer_files(config.block_size))
@@ -177,7 +182,7 @@ def export(model_path, folder, force: bool = False) -> list[str]:
     Returns the names of the files written."""
     folder = os.path.normpath(os.fspath(folder))
     _check_replaceable(folder, force)
-    files = export_files(model_path)
+    files = export_files(model_path, os.path.basename(folder))
     parent = os.path.dirname(os.path.abspath(folder))
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)

@@ -1,8 +1,9 @@
 """The optimizer and the learning-rate schedule of a training run.
 
-AdamW (fused: one kernel per update, on CPU and CUDA; foreach on MPS) with weight decay on
-matrices and embeddings only, as GPT-2 did; the LR warms up linearly, then stays constant or decays (cosine or linear) to
-min_lr_ratio x the peak at the last step.
+AdamW (fused: one kernel per update, on CPU and CUDA; foreach on MPS) with weight decay on matrices
+and embeddings only, as GPT-2 did; the LR warms up linearly, then stays constant or decays (cosine or
+linear) to min_lr_ratio x the peak at the last step, or stays constant and decays linearly over the
+last `cooldown` fraction of the steps (warmup-stable-decay, wsd).
 """
 import math
 
@@ -51,9 +52,23 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.lr_decay == "none":
         return peak
+    if cfg.lr_decay == "wsd":
+        return wsd_rate(cfg, step, total_steps)
     progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
     progress = min(1.0, progress)
     floor = peak * cfg.min_lr_ratio
     if cfg.lr_decay == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return peak - (peak - floor) * progress  # linear
+
+
+def wsd_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Warmup-stable-decay after the warmup: the peak until the last D = max(1, round(cooldown x
+    total_steps)) steps (never into the warmup), then down a straight line that reaches
+    min_lr_ratio x peak at the last step: step total - D + i (i = 1..D) runs at peak - (peak - floor) i / D."""
+    peak = cfg.learning_rate
+    start = max(cfg.warmup_steps, total_steps - max(1, round(cfg.cooldown * total_steps)))
+    if step < start:
+        return peak
+    progress = min(1.0, (step - start + 1) / (total_steps - start))
+    return peak - (peak - peak * cfg.min_lr_ratio) * progress

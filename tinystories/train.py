@@ -11,7 +11,7 @@ PyTorch path as fallback; a model that fails to compile at the first step runs e
 Checkpoints (-c, see checkpoint.py) are written atomically by rank 0. Starting from a checkpoint
 resumes exactly; -n always counts steps from the start of the run, so the same command resumes
 where an interrupted run would have gone. The optimizer and LR schedule are in optim.py, the
-metrics log in metrics.py.
+metrics sinks (JSON lines, TensorBoard, W&B) in metrics.py, the --keep / best files in retention.py.
 """
 import contextlib
 import math
@@ -20,20 +20,23 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import asdict
 
 import torch
 
-from . import checkpoint, llmc
+from . import checkpoint, llmc, metrics
 from .config import TrainConfig
 from .cuda_graph import CUDAGraphStep
 from .device import (Distributed, allow_tf32, autocast, resolve_precision, select_head_loss, use_compile,
                      use_cuda_graphs)
 from .errors import BadInput
 from .formats import ModelFile, read_model, remove_stale_temp_files
+from .evaluate import evaluate
 from .loader import TokenLoader
-from .metrics import MetricsLog, metrics_path
+from .metrics import metrics_path
 from .model import GPT
 from .optim import learning_rate, make_optimizer, set_learning_rate
+from .retention import Retention
 
 
 # ----------------------------------------------------------------------------- signals
@@ -66,6 +69,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
+        metrics.check_extras(cfg)
         self.dist = Distributed(cfg.device)
         self.device = self.dist.device
         model_file = read_model(cfg.model)
@@ -73,9 +77,12 @@ class Trainer:
         self.seq_len = cfg.seq_len or self.config.block_size
         self.metrics_path = metrics_path(cfg.metrics, cfg.checkpoint)
         self._check_flags()
+        self.retention = Retention(cfg.checkpoint, cfg.keep) if cfg.checkpoint else None
         if self.dist.master:  # temp files of saves cut short by a kill
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
+            if self.retention:
+                self.retention.remove_stale_temp_files()
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -92,6 +99,7 @@ class Trainer:
         self.val_loader = self._loader(cfg.val_tokens) if cfg.val_every else None
         self.step, self.run_id = 0, uuid.uuid4().hex
         self.counters = {"skipped_steps": 0, "tokens": 0}
+        self.results = {}  # checkpoint.RESULT_KEYS: the last losses and the best val loss so far
         resumed = model_file.state is not None
         if resumed:
             self._resume(model_file)
@@ -103,7 +111,9 @@ class Trainer:
         self.forward_model = self._wrap_model()
         self.compile_pending = self.compiled  # until the first step has compiled, or fallen back
         self.graph_step = CUDAGraphStep(self._step_with_fallback) if self.use_cuda_graphs else None
-        self.metrics = MetricsLog(self.metrics_path if self.dist.master else None, self.step if resumed else None)
+        self.metrics = (metrics.open_sinks(cfg, self.metrics_path, self.run_id, self.step if resumed else None,
+                                           {**asdict(cfg), "model_config": asdict(self.config)})
+                        if self.dist.master else metrics.Sinks([]))
         self._announce(resumed)
 
     # -- set-up helpers
@@ -114,6 +124,8 @@ class Trainer:
             raise BadInput(f"-t/--seq-len {T} exceeds the model's block size {block} ({cfg.model})")
         if cfg.batch_size % self.dist.world:
             raise BadInput(f"-b/--batch-size {cfg.batch_size} is not divisible by the world size {self.dist.world}")
+        if cfg.keep and not cfg.checkpoint:
+            raise BadInput(f"--keep {cfg.keep}: needs -c, the checkpoint whose saves it keeps")
         checkpoint.check_output_paths(cfg, self.metrics_path)
 
     def _loader(self, path: str) -> TokenLoader:
@@ -127,6 +139,7 @@ class Trainer:
         self.counters.update(meta.get("counters", {}))
         if self.counters.get("grad_scaler"):
             self.scaler.load_state_dict(self.counters["grad_scaler"])
+        self.results = {k: meta[k] for k in checkpoint.RESULT_KEYS if k in meta}
         self.train_loader.position = meta["data_position"]
         changed = [k for k, now in (("batch_size", self.cfg.batch_size), ("seq_len", self.seq_len),
                                     ("grad_accum", self.cfg.grad_accum)) if meta.get(k) != now]
@@ -250,7 +263,11 @@ class Trainer:
         return total, norm
 
     @torch.no_grad()
-    def val_loss(self) -> float:
+    def val_loss(self) -> tuple[float, float | None]:
+        """(val loss, bits per byte or None): the mean over --val-batches batches from the start of
+        the val file, or with --val-batches all the whole file, scored as `tinystories eval` does."""
+        if self.cfg.val_batches == "all":
+            return self._val_whole_file()
         self.val_loader.position = 0
         self.model.eval()
         total = torch.zeros((), device=self.device)
@@ -260,7 +277,14 @@ class Trainer:
             with autocast(self.device, self.precision):
                 total += self.model(x, y).float()
         self.model.train()
-        return self.dist.mean(total / batches).item()
+        return self.dist.mean(total / batches).item(), None
+
+    def _val_whole_file(self) -> tuple[float, float | None]:
+        share = evaluate(self.model, self.val_loader.tokens, self.seq_len, self.cfg.batch_size // self.dist.world,
+                         self.device, self.precision, self.dist.rank, self.dist.world)
+        sums = torch.tensor([share.nats, share.targets, share.bytes], dtype=torch.float64, device=self.device)
+        nats, targets, nbytes = (self.dist.mean(sums) * self.dist.world).tolist()  # sums over the ranks
+        return nats / targets, (nats / math.log(2) / nbytes if nbytes else None)
 
     def sample(self) -> str:
         from .generate import generate_tokens
@@ -277,11 +301,20 @@ class Trainer:
             self.counters["skipped_steps"] = int(self.skipped_steps)
             if self.scaler.is_enabled():  # fp16's loss scale and its growth count
                 self.counters["grad_scaler"] = self.scaler.state_dict()
-            meta = checkpoint.state_meta(self.cfg, self.config, self.run_id, self.step, self.train_loader.position,
-                                         self.counters, self.dist.world, self.seq_len)
-            checkpoint.save(self.cfg.checkpoint, self.model, self.optimizer, meta)
+            checkpoint.save(self.cfg.checkpoint, self.model, self.optimizer, self._meta())
+            self.retention.after_save(self.step)
             print(f"saved checkpoint {self.cfg.checkpoint} at step {self.step}", flush=True)
         self.dist.barrier()
+
+    def _meta(self) -> dict:
+        meta = checkpoint.state_meta(self.cfg, self.config, self.run_id, self.step, self.train_loader.position,
+                                     self.counters, self.dist.world, self.seq_len)
+        return {**meta, **self.results}
+
+    def save_best(self) -> None:
+        """Write <name>.best.bin: this step's state, whose val loss is the lowest so far (rank 0)."""
+        checkpoint.save(self.retention.best_path, self.model, self.optimizer, self._meta())
+        print(f"saved best checkpoint {self.retention.best_path} (val loss {self.results['best_val_loss']:.6f})", flush=True)
 
     # -- the loop
 
@@ -315,7 +348,9 @@ class Trainer:
                 if cfg.val_every and (due["val"] or last):
                     self._report_val()
                 if due["sample"] and master:
-                    print(f"sample at step {self.step}:\n{self.sample()}\n---", flush=True)
+                    text = self.sample()
+                    print(f"sample at step {self.step}:\n{text}\n---", flush=True)
+                    self.log({"step": self.step, "sample": text})
                 if due["save"] and not last:
                     self.save()
                 if self.dist.any(signals.requested is not None):
@@ -351,14 +386,25 @@ class Trainer:
         note = "" if finite else "  (non-finite: update skipped)"
         print(f"step {self.step:5d}/{self.total_steps} | loss {loss:.6f} | norm {norm:.4f} | lr {lr:.2e} | "
               f"{dt * 1000:.1f} ms | {tokens_per_step / dt:,.0f} tok/s{note}", flush=True)
+        self.results.update(last_train_loss=loss, last_train_step=self.step)
         self.log({"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm, "ms_per_step": dt * 1000,
                   "tokens_per_s": tokens_per_step / dt, "tokens": self.counters["tokens"], "time": elapsed})
 
     def _report_val(self) -> None:
-        loss = self.val_loss()
-        if self.dist.master:
-            print(f"step {self.step:5d}/{self.total_steps} | val loss {loss:.6f}", flush=True)
-            self.log({"step": self.step, "val_loss": loss, "tokens": self.counters["tokens"]})
+        loss, bits_per_byte = self.val_loss()
+        if not self.dist.master:
+            return
+        record = {"step": self.step, "val_loss": loss, "tokens": self.counters["tokens"]}
+        if bits_per_byte is not None:
+            record["val_bits_per_byte"] = bits_per_byte
+        bpb = "" if bits_per_byte is None else f" | val bits per byte {bits_per_byte:.6f}"
+        print(f"step {self.step:5d}/{self.total_steps} | val loss {loss:.6f}{bpb}", flush=True)
+        self.log(record)
+        self.results.update(last_val_loss=loss, last_val_step=self.step, last_val_bits_per_byte=bits_per_byte)
+        if math.isfinite(loss) and loss < self.results.get("best_val_loss", math.inf):
+            self.results.update(best_val_loss=loss, best_val_step=self.step)
+            if self.retention:
+                self.save_best()
 
 
 def train(cfg: TrainConfig) -> None:

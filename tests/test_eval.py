@@ -1,0 +1,101 @@
+"""`tinystories eval` and --val-batches all: whole-file loss, perplexity and bits per byte, against a
+straightforward float64 computation over the same windows."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinystories import evaluate, formats, llmc, tokenizer
+from tinystories.config import GPTConfig
+from tinystories.model import GPT
+from test_train import assert_one_line_error, base_args, run, story_tokens, train, workdir  # noqa: F401
+
+
+def loaded(path) -> GPT:
+    model_file = formats.read_model(path)
+    return llmc.load_params(GPT(model_file.config), model_file.params)
+
+CONFIG = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=16)
+
+
+def reference(model: GPT, tokens: np.ndarray, seq_len: int) -> tuple[float, float]:
+    """(mean loss, bits per byte) window by window: logits of the whole window, float64 log-softmax,
+    and the bytes of the targets decoded back with tiktoken."""
+    span, nats, targets, text = seq_len + 1, 0.0, 0, b""
+    starts = list(range(0, len(tokens), span))
+    for start in starts:
+        window = torch.tensor(tokens[start : start + span].astype(np.int64))
+        if len(window) < 2:
+            continue
+        with torch.no_grad():
+            logits = model(window[None, :-1])[0].double()  # (t, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        nats -= float(logp[torch.arange(len(window) - 1), window[1:]].sum())
+        targets += len(window) - 1
+        text += tokenizer.gpt2_encoding().decode_bytes(window[1:].tolist())
+    return nats / targets, nats / math.log(2) / len(text)
+
+
+def test_windows_cover_the_file_without_overlap():
+    assert evaluate.windows(20, 4) == [(0, 5), (5, 10), (10, 15), (15, 20)]
+    assert evaluate.windows(23, 4) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]  # tail of 3: 2 targets
+    assert evaluate.windows(21, 4) == [(0, 5), (5, 10), (10, 15), (15, 20)]  # a lone last token is not scored
+
+
+@pytest.mark.parametrize("n_tokens", [33 * 7, 33 * 7 + 12])
+def test_eval_matches_a_straightforward_computation(n_tokens):
+    model = GPT(CONFIG)
+    model.init_weights(3)
+    tokens = story_tokens(60)[:n_tokens]
+    got = evaluate.evaluate(model, tokens, 32, batch_size=3, device=torch.device("cpu"))
+    want_loss, want_bpb = reference(model, tokens, 32)
+    assert got.targets == n_tokens - math.ceil(n_tokens / 33)
+    assert abs(got.loss - want_loss) < 1e-6
+    assert abs(got.bits_per_byte - want_bpb) < 1e-6
+    assert got.perplexity == pytest.approx(math.exp(want_loss), rel=1e-6)
+
+
+def test_bits_per_byte_counts_multibyte_tokens_once():
+    """"é" and an emoji: tokens whose bytes are not whole characters still add up to the text's bytes."""
+    ids = tokenizer.encode("Café 🙂 smiled.")
+    lengths = evaluate.byte_lengths(50257)
+    assert int(lengths[torch.tensor(ids)].sum()) == len("Café 🙂 smiled.".encode())
+
+
+def test_eval_command_json_and_text(workdir, tmp_path):
+    model = workdir / "model.bin"
+    out = run("-m", "tinystories", "eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json").stdout
+    figures = json.loads(out)
+    tokens = formats.read_tokens(workdir / "val.bin")
+    want_loss, want_bpb = reference(loaded(model), np.asarray(tokens), 32)
+    assert abs(figures["loss"] - want_loss) < 1e-6 and abs(figures["bits_per_byte"] - want_bpb) < 1e-6
+    assert figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
+    text = run("-m", "tinystories", "eval", "-e", model, "-i", workdir / "val.bin", "-t", "32").stdout
+    assert f"loss {figures['loss']:.6f}" in text and f"bits per byte {figures['bits_per_byte']:.6f}" in text
+
+
+def test_eval_bad_input(workdir, tmp_path):
+    result = run("-m", "tinystories", "eval", "-e", workdir / "model.bin", "-i", tmp_path / "none.bin", check=False)
+    assert_one_line_error(result, "none.bin: file not found")
+    result = run("-m", "tinystories", "eval", "-e", workdir / "model.bin", "-i", workdir / "val.bin", "-t", "65",
+                 check=False)
+    assert_one_line_error(result, "-t/--seq-len 65 exceeds")
+
+
+def test_val_batches_all_is_the_eval_figure(workdir, tmp_path):
+    """./train --val-batches all prints, at the end, what eval gives for the final checkpoint."""
+    ck = tmp_path / "ck.bin"
+    out = train("-e", workdir / "model.bin", "-c", ck, "-n", "3", *base_args(workdir, "-v", "3"),
+                "--val-batches", "all", "--precision", "fp32").stdout
+    last = [line for line in out.splitlines() if line.startswith("step") and "val loss" in line][-1].split()
+    figures = json.loads(run("-m", "tinystories", "eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32",
+                             "--json").stdout)
+    assert last[:2] == ["step", "3/3"]
+    assert abs(float(last[6]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
+    meta = formats.read_model(ck).state.meta
+    assert abs(meta["last_val_loss"] - figures["loss"]) < 1e-6 and meta["last_val_step"] == 3
+    assert abs(meta["last_val_bits_per_byte"] - figures["bits_per_byte"]) < 1e-6
+    assert train("-e", workdir / "model.bin", "-n", "1", *base_args(workdir), "--val-batches", "none",
+                 check=False).returncode == 2

@@ -1,0 +1,144 @@
+"""The loss of a model over a whole token file: mean loss, perplexity and bits per byte.
+
+Windows: the file's N tokens are cut into non-overlapping windows of T + 1 tokens, tokens
+[k(T+1), (k+1)(T+1)); in each, tokens 0..T-1 are the input and tokens 1..T the targets, so the
+first token of a window is context only. The tail, the r = N mod (T+1) tokens after the last
+full window, is one shorter window with r - 1 targets when r >= 2 (a lone last token is not scored).
+
+Figures, over all scored targets t (each a token of the file, scored once):
+    mean loss        L = sum_t -ln p(t | context) / (number of targets)       (nats per token)
+    perplexity       exp(L)
+    bits per byte    sum_t -ln p(t | context) / ln 2 / B, where B is the number of UTF-8 bytes the
+                     scored targets decode to: each target token's bytes (its GPT-2 byte string)
+                     counted once, so B = len(b"".join(bytes of every scored target)). The
+                     unscored first token of each window adds no bytes.
+Bits per byte does not depend on the tokenizer, so it compares models with different vocabularies.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast
+
+HEAD_ROWS = 1024  # positions whose logits (rows x V) are held at once
+
+
+@dataclass
+class EvalResult:
+    targets: int  # tokens scored
+    nats: float  # sum of -ln p(target)
+    bytes: int  # UTF-8 bytes of the scored targets
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.targets
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        """None without byte counts (a model whose vocabulary is not GPT-2's)."""
+        return self.nats / math.log(2) / self.bytes if self.bytes else None
+
+    def as_dict(self) -> dict:
+        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
+                "targets": self.targets, "bytes": self.bytes, "nats": self.nats}
+
+
+def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
+    """(start, end) of each window: full windows of seq_len + 1 tokens, then the tail if it has 2+."""
+    span = seq_len + 1
+    out = [(start, start + span) for start in range(0, n_tokens - span + 1, span)]
+    tail = n_tokens % span
+    if tail >= 2:
+        out.append((n_tokens - tail, n_tokens))
+    return out
+
+
+def byte_lengths(vocab_size: int) -> torch.Tensor:
+    """(V,) int64: the UTF-8 byte count of each GPT-2 token id; all 0 for another vocabulary."""
+    from .tokenizer import VOCAB_SIZE, token_bytes
+
+    if vocab_size != VOCAB_SIZE:
+        return torch.zeros(vocab_size, dtype=torch.int64)
+    return torch.tensor([len(b) for b in token_bytes()], dtype=torch.int64)
+
+
+@torch.no_grad()
+def window_nats(model, x: torch.Tensor, y: torch.Tensor, precision: str) -> torch.Tensor:
+    """Sum of -ln p(y) (fp64 scalar) for inputs x and targets y (B, T) on the model's device."""
+    with autocast(x.device, precision):
+        h = model.hidden(x)  # (B, T, C)
+    h, y = h.reshape(-1, h.size(-1)), y.reshape(-1)  # (B*T, C), (B*T,)
+    weight = model.head_weight()  # (V, C)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, h.size(0), HEAD_ROWS):
+        with autocast(x.device, precision):
+            logits = F.linear(h[start : start + HEAD_ROWS], weight)  # (rows, V)
+        losses = F.cross_entropy(logits.float(), y[start : start + HEAD_ROWS], reduction="none")  # (rows,)
+        total += losses.double().sum()
+    return total
+
+
+def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
+             precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False) -> EvalResult:
+    """Score `tokens` (N,) in the windows above, `batch_size` windows per forward pass. Under
+    torchrun each rank scores every world-th batch; the result is this rank's share (sum them)."""
+    was_training = model.training
+    model.eval()
+    spans = windows(tokens.size, seq_len)
+    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
+    lengths = byte_lengths(model.config.vocab_size)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    targets = nbytes = 0
+    todo = batches[rank::world]
+    if progress:
+        from .data import progress as progress_bar
+
+        todo = progress_bar(iterable=todo, desc="eval", unit="batch")
+    for batch in todo:
+        rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64) for a, b in batch]))  # (B, T+1)
+        x, y = rows[:, :-1].to(device), rows[:, 1:]  # (B, T) each
+        nats += window_nats(model, x, y.to(device), precision)
+        targets += y.numel()
+        nbytes += int(lengths[y].sum())
+    model.train(was_training)
+    return EvalResult(targets, float(nats), nbytes)
+
+
+def main(args) -> None:
+    """`tinystories eval`: score a model file or checkpoint over a whole token file and print the figures."""
+    import json
+
+    from . import llmc
+    from .device import pick_device, resolve_precision
+    from .errors import BadInput
+    from .formats import read_model, read_tokens
+    from .model import GPT
+
+    model_file = read_model(args.model)
+    config = model_file.config
+    seq_len = args.seq_len or config.block_size
+    if seq_len > config.block_size:
+        raise BadInput(f"-t/--seq-len {seq_len} exceeds the model's block size {config.block_size} ({args.model})")
+    tokens = read_tokens(args.tokens, config.vocab_size)
+    if tokens.size < 2:
+        raise BadInput(f"{args.tokens}: {tokens.size} token, at least 2 are needed to score one")
+    device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model = llmc.load_params(GPT(config), model_file.params).to(device)
+    result = evaluate(model, tokens, seq_len, args.batch_size, device, precision, progress=not args.json)
+    if args.json:
+        print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, seq_len=seq_len,
+                              precision=precision)))
+        return
+    bpb = "n/a (not the GPT-2 vocabulary)" if result.bits_per_byte is None else f"{result.bits_per_byte:.6f}"
+    print(f"{args.model} on {args.tokens}: {result.targets:,} tokens scored ({result.bytes:,} bytes), "
+          f"windows of {seq_len + 1} tokens, {precision}")
+    print(f"loss {result.loss:.6f} | perplexity {result.perplexity:.4f} | bits per byte {bpb}")
