@@ -6,9 +6,9 @@ import socket
 import threading
 
 import pytest
-
-from test_data import (assert_one_line_error, reference_tokens, run_cli, run_prepare, shard_json,
-                       split_tokens, write_archive)
+from conftest import assert_one_line_error
+from test_data import (reference_tokens, run_prepare, run_prepare_data, shard_json, split_tokens,
+                       write_archive)
 
 NAME = "TinyStories_all_data.tar.gz"
 REPO_ID, REVISION, COMMIT = "roneneldan/TinyStories", "main", "c0ffee" * 6 + "c0ff"
@@ -127,7 +127,7 @@ def test_hf_endpoint_serves_the_default_url(tmp_path, archive_bytes, monkeypatch
     cache = tmp_path / "cache"
     with HubServer(archive_bytes) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        result = run_cli("--cache-dir", str(cache), "--size", str(len(archive_bytes)), *out_flags(tmp_path))
+        result = run_prepare_data("--cache-dir", str(cache), "--size", str(len(archive_bytes)), *out_flags(tmp_path))
     assert result.returncode == 0, result.stderr
     assert server.gets() == [None]
     assert (cache / NAME).read_bytes() == archive_bytes
@@ -161,7 +161,7 @@ def test_server_ignoring_range_restarts_cleanly(tmp_path, archive_bytes, small_c
 def test_checksum_mismatch_is_one_line_and_the_archive_is_not_used(tmp_path, archive_bytes):
     cache, out = tmp_path / "cache", tmp_path / "out"
     with HubServer(archive_bytes) as server:
-        result = run_cli("--cache-dir", str(cache), "--url", server.url, "--sha256", "0" * 64, *out_flags(tmp_path))
+        result = run_prepare_data("--cache-dir", str(cache), "--url", server.url, "--sha256", "0" * 64, *out_flags(tmp_path))
     assert_one_line_error(result, NAME, "sha256", "does not match")
     assert not (cache / NAME).exists()
     assert not out.exists()  # nothing written, not even the output folder
@@ -170,14 +170,14 @@ def test_checksum_mismatch_is_one_line_and_the_archive_is_not_used(tmp_path, arc
 def test_corrupt_download_is_one_line_and_deleted(tmp_path):
     cache = tmp_path / "cache"
     with HubServer(b"not a tar.gz archive\n" * 100) as server:
-        result = run_cli("--cache-dir", str(cache), "--url", server.url, *out_flags(tmp_path))
+        result = run_prepare_data("--cache-dir", str(cache), "--url", server.url, *out_flags(tmp_path))
     assert_one_line_error(result, NAME, "corrupt or truncated archive")
     assert not (cache / NAME).exists()
 
 
 def test_wrong_size_is_refused_before_downloading(tmp_path, archive_bytes):
     with HubServer(archive_bytes) as server:
-        result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", server.url, "--size", "12345",
+        result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", server.url, "--size", "12345",
                          *out_flags(tmp_path))
     assert_one_line_error(result, f"the server's file has {len(archive_bytes)} bytes, expected 12345")
     assert server.gets() == []
@@ -185,13 +185,13 @@ def test_wrong_size_is_refused_before_downloading(tmp_path, archive_bytes):
 
 def test_missing_file_is_one_line(tmp_path, archive_bytes):
     with HubServer(archive_bytes) as server:
-        result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", server.url.replace(NAME, "other.tar.gz"),
+        result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", server.url.replace(NAME, "other.tar.gz"),
                          *out_flags(tmp_path))
     assert_one_line_error(result, "--url", "404")
 
 
 def test_not_a_hub_address_is_one_line(tmp_path):
-    result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", "http://127.0.0.1:1/" + NAME, *out_flags(tmp_path))
+    result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", "http://127.0.0.1:1/" + NAME, *out_flags(tmp_path))
     assert_one_line_error(result, "--url", "not a Hugging Face dataset file address")
 
 
@@ -200,12 +200,12 @@ def test_changed_cached_archive_fails_its_recorded_sha256(tmp_path, archive_byte
     with HubServer(archive_bytes) as server:
         run_prepare(tmp_path / "out", "--cache-dir", str(cache), "--url", server.url)
     (cache / NAME).write_bytes(archive_bytes[:-1] + bytes([archive_bytes[-1] ^ 1]))
-    result = run_cli("--cache-dir", str(cache), "--url", closed_port_endpoint() + RESOLVE_PATH, *out_flags(tmp_path))
+    result = run_prepare_data("--cache-dir", str(cache), "--url", closed_port_endpoint() + RESOLVE_PATH, *out_flags(tmp_path))
     assert_one_line_error(result, "differs from the one recorded", "delete it")
 
 
 def test_no_network_is_one_line_naming_the_alternatives(tmp_path):
-    result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", closed_port_endpoint() + RESOLVE_PATH,
+    result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", closed_port_endpoint() + RESOLVE_PATH,
                      *out_flags(tmp_path))
     assert_one_line_error(result, "could not be reached", "--source PATH", "--source synthetic")
 
@@ -213,14 +213,14 @@ def test_no_network_is_one_line_naming_the_alternatives(tmp_path):
 def test_offline_mode_is_one_line_naming_the_alternatives(tmp_path, archive_bytes, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with HubServer(archive_bytes) as server:
-        result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", server.url, *out_flags(tmp_path))
+        result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", server.url, *out_flags(tmp_path))
     assert_one_line_error(result, "could not be reached", "offline mode", "--source synthetic")
     assert server.requests == []
 
 
 def test_fallback_synthetic_warns_and_labels_the_output(tmp_path):
     out = tmp_path / "out"
-    result = run_cli("--cache-dir", str(tmp_path / "cache"), "--url", closed_port_endpoint() + RESOLVE_PATH,
+    result = run_prepare_data("--cache-dir", str(tmp_path / "cache"), "--url", closed_port_endpoint() + RESOLVE_PATH,
                      "--fallback-synthetic", "--synthetic-stories", "100", *out_flags(tmp_path))
     assert result.returncode == 0, result.stderr
     warning, = result.stderr.splitlines()

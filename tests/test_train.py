@@ -1,6 +1,8 @@
 """The trainer end to end through ./train: exact resume, falling loss, checkpoints, bad input."""
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,10 @@ from conftest import assert_one_line_error
 import torch
 
 from tinystories import formats, tokenizer
+from tinystories.cli import train_parser
+from tinystories.config import TrainConfig
 from tinystories.device import compile_problem
+from tinystories.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -205,3 +210,19 @@ def test_periodic_samples_are_printed(workdir):
     out = train("-e", workdir / "model.bin", "-n", "2", *base_args(workdir, "-s", "1", "-g", "8")).stdout
     assert out.count("sample at step") == 2
     assert "sample at step 1:" in out and "sample at step 2:" in out
+
+
+def test_the_flags_are_the_config_fields_with_their_defaults():
+    """./train with no flags gives TrainConfig() itself: one field per flag, the dataclass's defaults."""
+    assert vars(train_parser().parse_args([])) == dataclasses.asdict(TrainConfig())
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ({"learning_rate": float("nan")}, "-l/--lr nan: must be positive and finite"),
+    ({"warmup_steps": -1}, "--warmup -1: must be 0 or more"),
+    ({"precision": "fp8"}, "--precision fp8: must be one of auto, fp32, bf16"),
+])
+def test_validate_names_the_flag(setting, needle):
+    """Values that never went through argparse (a config built in code, or from a file) are checked too."""
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        TrainConfig(**setting).validate()
