@@ -163,7 +163,7 @@ def test_only_rank_0_prints_and_writes(fresh, workdir):
     assert sum(line.startswith("saved checkpoint") for line in lines) == 1
     assert "device cpu x 2 process(es)" in ranks.stdout
     assert [r["step"] for r in metrics(two) if "train_loss" in r] == list(range(1, 11))  # one writer
-    assert sorted(p.name for p in workdir.glob("two.*")) == ["two.bin", "two.bin.metrics.jsonl"]  # no temp files
+    assert sorted(p.name for p in workdir.glob("two.*")) == ["two.best.bin", "two.bin", "two.bin.metrics.jsonl"]  # no temp files
 
 
 @pytest.mark.slow
