@@ -38,7 +38,7 @@ def test_command_line_wins(tmp_path):
     ("config = 'other.toml'\n", "unknown key 'config'"),
     ("max_steps = 1.5\n", "key 'max_steps'"),
     ("max_steps = '300'\n", "key 'max_steps': '300' must be a number"),
-    ("batch_size = 0\n", "key 'batch_size': 0 is not accepted (must be a positive integer"),
+    ("batch_size = 1.5\n", "key 'batch_size': 1.5 is not accepted"),
     ("deterministic = 1\n", "key 'deterministic': 1 must be true or false"),
     ("lr_decay = 'cubic'\n", "key 'lr_decay': 'cubic' must be one of none, cosine, linear, wsd"),
     ("device = 0\n", "key 'device': 0 must be a string"),
@@ -62,6 +62,15 @@ def test_bad_file_through_the_command_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--config", str(tmp_path / "missing.toml")])
     assert "missing.toml: file not found" in capsys.readouterr().err
+
+
+def test_value_out_of_range_in_a_file_is_checked_like_the_flag(tmp_path, capsys):
+    """Ranges are TrainConfig.validate()'s: a file's value gets the flag's own one-line error."""
+    (tmp_path / "run.toml").write_text("batch_size = 0\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--config", str(tmp_path / "run.toml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == ["train: error: -b/--batch-size 0: must be positive"]
 
 
 @pytest.mark.parametrize("name", ["quickstart.toml", "cpu.toml"])

@@ -93,7 +93,8 @@ def test_val_batches_all_is_the_eval_figure(workdir, tmp_path):
     figures = json.loads(run("-m", "tinystories", "eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32",
                              "--json").stdout)
     assert last[:2] == ["step", "3/3"]
-    assert abs(float(last[6]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
+    assert last[2:5] == ["|", "val", "loss"] and last[-5:-1] == ["val", "bits", "per", "byte"]
+    assert abs(float(last[5]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
     meta = formats.read_model(ck).state.meta
     assert abs(meta["last_val_loss"] - figures["loss"]) < 1e-6 and meta["last_val_step"] == 3
     assert abs(meta["last_val_bits_per_byte"] - figures["bits_per_byte"]) < 1e-6
