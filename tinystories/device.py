@@ -49,13 +49,16 @@ class Distributed:
             dist.init_process_group(backend=backend)
         self.master = self.rank == 0
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Average a scalar tensor over the ranks (identity on one process)."""
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over the ranks (identity on one process)."""
         if self.enabled:
             value = value.clone()
-            dist.all_reduce(value)  # sum (gloo has no average)
-            value /= self.world
+            dist.all_reduce(value)
         return value
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Average a scalar tensor over the ranks (gloo has no average: the sum over the world size)."""
+        return self.sum(value) / self.world if self.enabled else value
 
     def any(self, flag: bool) -> bool:
         """True when `flag` is true on any rank (all ranks must stop together)."""

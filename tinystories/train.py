@@ -61,6 +61,14 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+def failure_reason(error: Exception) -> str:
+    """'Type: first line' of the root cause of an error (not dynamo's or inductor's wrapper of it)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}{': ' + lines[0] if lines else ''}"
+
+
 # ----------------------------------------------------------------------------- the loop
 
 class Trainer:
@@ -201,9 +209,8 @@ class Trainer:
             raise
         except Exception as e:  # a capture failure: run eagerly from here on, unless graphs were asked for
             if self.cfg.cuda_graphs == "on":
-                raise BadInput(f"--cuda-graphs on: capturing the training step failed: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
-            print(f"note: CUDA graph capture failed ({type(e).__name__}); continuing without graphs", file=sys.stderr)
+                raise BadInput(f"--cuda-graphs on: capturing the training step failed: {failure_reason(e)}") from None
+            print(f"note: CUDA graph capture failed ({failure_reason(e)}); continuing without graphs", file=sys.stderr)
             self.graph_step = None
             self.optimizer.zero_grad(set_to_none=True)
             return self._device_step(batches)
@@ -223,10 +230,7 @@ class Trainer:
         return result
 
     def _stop_compiling(self, error: Exception) -> None:
-        while error.__cause__ is not None:  # the root cause, not dynamo's wrapper
-            error = error.__cause__
-        lines = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}{': ' + lines[0] if lines else ''}"
+        reason = failure_reason(error)
         if self.cfg.compile == "on":
             raise BadInput(f"--compile on: torch.compile failed at the first step ({reason}); use --compile off") from None
         print(f"note: torch.compile failed at the first step ({reason}); running eagerly", file=sys.stderr)
@@ -283,7 +287,7 @@ class Trainer:
         share = evaluate(self.model, self.val_loader.tokens, self.seq_len, self.cfg.batch_size // self.dist.world,
                          self.device, self.precision, self.dist.rank, self.dist.world)
         sums = torch.tensor([share.nats, share.targets, share.bytes], dtype=torch.float64, device=self.device)
-        nats, targets, nbytes = (self.dist.mean(sums) * self.dist.world).tolist()  # sums over the ranks
+        nats, targets, nbytes = self.dist.sum(sums).tolist()
         return nats / targets, (nats / math.log(2) / nbytes if nbytes else None)
 
     def sample(self) -> str:
