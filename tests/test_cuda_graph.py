@@ -36,9 +36,10 @@ def folder(tmp_path):
     return write_tiny_run(tmp_path, CONFIG, 50_000, seed=3)
 
 
-def test_graph_replays_match_eager_steps(folder):
-    eager = run_steps(trainer(folder, cuda_graphs="off"), 10)
-    graphed_trainer = trainer(folder, cuda_graphs="on")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_graph_replays_match_eager_steps(folder, optimizer):
+    eager = run_steps(trainer(folder, cuda_graphs="off", optimizer=optimizer), 10)
+    graphed_trainer = trainer(folder, cuda_graphs="on", optimizer=optimizer)
     graphed = run_steps(graphed_trainer, 10)
     assert graphed_trainer.graph_step.graph is not None  # the later steps were replays
     assert graphed == pytest.approx(eager, rel=1e-5)
@@ -53,12 +54,13 @@ def test_graph_keeps_the_divergence_guard_on_the_device(folder):
     assert int(t.bad_in_a_row) == 2 and int(t.skipped_steps) == 2
 
 
-def test_resume_with_graphs_is_exact(folder, tmp_path):
-    straight = trainer(folder, cuda_graphs="on")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_with_graphs_is_exact(folder, tmp_path, optimizer):
+    straight = trainer(folder, cuda_graphs="on", optimizer=optimizer)
     expected = run_steps(straight, 12)
-    first = trainer(folder, cuda_graphs="on", checkpoint=str(tmp_path / "ck.bin"))
+    first = trainer(folder, cuda_graphs="on", checkpoint=str(tmp_path / "ck.bin"), optimizer=optimizer)
     run_steps(first, 6)
     first.save()
-    resumed = trainer(folder, cuda_graphs="on", model=str(tmp_path / "ck.bin"))
+    resumed = trainer(folder, cuda_graphs="on", model=str(tmp_path / "ck.bin"), optimizer=optimizer)
     assert resumed.step == 6
     assert run_steps(resumed, 6) == expected[6:]

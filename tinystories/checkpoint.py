@@ -14,9 +14,12 @@ bytes). The trailer's metadata says where the run stands:
                     best_val_loss, best_val_step (the lowest val loss of the run and its step;
                     <name>.best.bin holds that step's state); export's model card reads them
 
-and its tensors are the AdamW moments (`adam_m.<param>`, `adam_v.<param>`) and the torch RNG state
-(`torch_rng`). Rank 0 writes it; resuming puts every one of these back, so N steps + resume for M
-steps equal N + M steps without a stop.
+    optimizer       adamw or muon (absent in older checkpoints: adamw)
+
+and its tensors are the AdamW moments (`adam_m.<param>`, `adam_v.<param>`), Muon's momentum of each
+matrix it trains (`muon_m.<param>`), and the torch RNG state (`torch_rng`). Rank 0 writes it;
+resuming puts every one of these back, so N steps + resume for M steps equal N + M steps without a
+stop.
 """
 import os
 from dataclasses import asdict
@@ -27,6 +30,8 @@ from . import llmc
 from .config import GPTConfig, TrainConfig
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, write_model
+from .muon import Muon
+from .optim import Optimizers
 
 STATE_FORMAT = "tinystories-train-state"
 RESULT_KEYS = ("last_train_loss", "last_train_step", "last_val_loss", "last_val_step", "last_val_bits_per_byte",
@@ -47,25 +52,33 @@ def state_meta(cfg: TrainConfig, config: GPTConfig, run_id: str, step: int, data
         "grad_accum": cfg.grad_accum,
         "world_size": world,
         "counters": counters,
+        "optimizer": cfg.optimizer,
     }
 
 
-def save(path: str, model, optimizer: torch.optim.AdamW, meta: dict) -> None:
-    """Write the model's weights, the AdamW moments and the RNG state to `path`, atomically."""
+# optimizer state key -> checkpoint tensor prefix
+MOMENTS = {"exp_avg": "adam_m", "exp_avg_sq": "adam_v", "momentum_buffer": "muon_m"}
+
+
+def save(path: str, model, optimizer: Optimizers, meta: dict) -> None:
+    """Write the model's weights, the optimizer's moments and the RNG state to `path`, atomically."""
     tensors = {}
     for name, p in model.named_parameters():
-        moments = optimizer.state.get(p, {})
-        if "exp_avg" in moments:
-            tensors[f"adam_m.{name}"] = moments["exp_avg"].detach().float().cpu().numpy()
-            tensors[f"adam_v.{name}"] = moments["exp_avg_sq"].detach().float().cpu().numpy()
+        for key, value in optimizer.state.get(p, {}).items():
+            if key in MOMENTS:
+                tensors[f"{MOMENTS[key]}.{name}"] = value.detach().float().cpu().numpy()
     tensors["torch_rng"] = torch.get_rng_state().numpy()
     write_model(path, model.config, llmc.model_params(model), TrainingState(meta, tensors))
 
 
-def restore(model_file: ModelFile, path: str, model, optimizer: torch.optim.AdamW) -> dict:
-    """Put a checkpoint's AdamW moments and RNG state back; returns its metadata (after checking
-    that it belongs to this model file)."""
+def restore(model_file: ModelFile, path: str, model, optimizer: Optimizers, optimizer_name: str) -> dict:
+    """Put a checkpoint's optimizer moments and RNG state back; returns its metadata (after checking
+    that it belongs to this model file and was trained with `optimizer_name`)."""
     meta = check_resumable(model_file, path)
+    trained_with = meta.get("optimizer", "adamw")
+    if trained_with != optimizer_name:
+        raise BadInput(f"{path}: checkpoint was trained with --optimizer {trained_with}; resume it with the same "
+                       f"optimizer (not {optimizer_name})")
     restore_optimizer(optimizer, model, model_file.state, path)
     rng = model_file.state.tensors.get("torch_rng")
     if rng is not None:
@@ -91,24 +104,35 @@ def check_resumable(model_file: ModelFile, path: str) -> dict:
     return meta
 
 
-def restore_optimizer(optimizer: torch.optim.AdamW, model, state: TrainingState, path: str) -> None:
-    """Put the AdamW moments and step count of a checkpoint back into `optimizer`."""
+def restore_optimizer(optimizer: Optimizers, model, state: TrainingState, path: str) -> None:
+    """Put the moments of a checkpoint back into each of the optimizer's parts (with AdamW's step count)."""
+    names = {id(p): name for name, p in model.named_parameters()}
     step = float(state.meta["step"])
-    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    saved = {}
-    for name, p in model.named_parameters():
-        m, v = state.tensors.get(f"adam_m.{name}"), state.tensors.get(f"adam_v.{name}")
-        if m is None or v is None:
-            if step == 0:
-                continue
-            raise BadInput(f"{path}: training state lacks the AdamW moments of {name}")
-        if tuple(m.shape) != tuple(p.shape) or tuple(v.shape) != tuple(p.shape):
-            raise BadInput(f"{path}: training state moments of {name} have the wrong shape")
-        saved[index[id(p)]] = {"step": torch.tensor(step), "exp_avg": torch.from_numpy(m.copy()),
-                               "exp_avg_sq": torch.from_numpy(v.copy())}
-    full = optimizer.state_dict()
-    full["state"] = saved
-    optimizer.load_state_dict(full)
+    for part in optimizer.parts:
+        keys = ("momentum_buffer",) if isinstance(part, Muon) else ("exp_avg", "exp_avg_sq")
+        params = [p for g in part.param_groups for p in g["params"]]
+        saved = {}
+        for i, p in enumerate(params):
+            moments = {key: saved_moment(state, f"{MOMENTS[key]}.{names[id(p)]}", p, path) for key in keys}
+            if None in moments.values():
+                if step == 0:
+                    continue
+                kind = "Muon momentum" if isinstance(part, Muon) else "AdamW moments"
+                raise BadInput(f"{path}: training state lacks the {kind} of {names[id(p)]}")
+            saved[i] = moments if isinstance(part, Muon) else {"step": torch.tensor(step), **moments}
+        full = part.state_dict()
+        full["state"] = saved
+        part.load_state_dict(full)
+
+
+def saved_moment(state: TrainingState, key: str, p: torch.Tensor, path: str) -> torch.Tensor | None:
+    """The checkpoint tensor `key` for parameter p (None if absent); BadInput if its shape is wrong."""
+    value = state.tensors.get(key)
+    if value is None:
+        return None
+    if tuple(value.shape) != tuple(p.shape):
+        raise BadInput(f"{path}: training state tensor {key} has the wrong shape {tuple(value.shape)}")
+    return torch.from_numpy(value.copy())
 
 
 def check_output_paths(cfg: TrainConfig, metrics_path: str | None) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL, GenerateConfig, PrepareConfig, TrainConfig
+from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL, RECIPES, GenerateConfig, PrepareConfig, TrainConfig
 from .errors import BadInput
 
 
@@ -116,6 +116,8 @@ def create_parser() -> Parser:
     p.add_argument("--block-size", type=positive_int, default=256, help="maximum sequence length (default: %(default)s)")
     p.add_argument("--vocab-size", type=positive_int, default=50257, help="vocabulary size (default: %(default)s, GPT-2)")
     p.add_argument("--seed", type=int, default=1337, help="initialisation seed (default: %(default)s)")
+    p.add_argument("--zero-init-proj", action="store_true", help="start the projections into the residual "
+                   "stream (attention's and the MLP's c_proj weights) at zero, so every block starts as the identity")
     return p
 
 
@@ -133,7 +135,7 @@ def create_main(argv=None) -> None:
     except ValueError as e:
         raise BadInput(str(e)) from None
     model = GPT(config)
-    model.init_weights(args.seed)
+    model.init_weights(args.seed, zero_proj=args.zero_init_proj)
     write_model(args.output, config, llmc.model_params(model))
     print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
           f"block {config.block_size}, vocab {config.vocab_size}; "
@@ -215,13 +217,30 @@ def train_parser() -> Parser:
       "pip install -e '.[wandb]')")
     a("config", metavar="FILE.toml", help="TOML file of flag values: keys are "
       "the long flag names with '_' for '-' (max_steps = 300); flags on the command line win")
+    a("optimizer", help="adamw: AdamW for every parameter (the original's); muon: Muon "
+      "(orthogonalised momentum, q, k and v as three matrices) for the blocks' weight matrices and AdamW for "
+      "the embeddings, biases and norms; Muon's updates are scaled to AdamW's size, so it takes rates on -l's scale")
+    a("embed_lr", type=float, metavar="LR", help="peak learning rate of the token and position "
+      "embeddings (the token embedding is also the output layer); 0 = -l")
+    a("matrix_lr", type=float, metavar="LR", help="peak learning rate of the blocks' weight "
+      "matrices (AdamW's or Muon's); 0 = -l")
+    a("muon_momentum", type=float, help="--optimizer muon: momentum")
+    a("recipe", help="a named set of training flags chosen by bench/bench_recipe.py "
+      "(BENCHMARKS.md \"Recipe\"): " + "; ".join(f"{name} = {recipe_flags(values)}" for name, values in RECIPES.items())
+      + "; a config file and flags on the command line override its values")
     return p
+
+
+def recipe_flags(values: dict) -> str:
+    """A recipe's values as the flags they stand for: '--optimizer muon -l 0.002'."""
+    settings = {f.name: f.metadata["flag"] for f in dataclasses.fields(TrainConfig)}
+    return " ".join(f"{settings[name].split('/')[-1]} {value}" for name, value in values.items())
 
 
 def train_main(argv=None) -> None:
     from .config_file import parse_with_config
 
-    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv)))
+    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES))))
     from . import train
 
     train.train(cfg)

@@ -53,6 +53,13 @@ def flag(spelling: str, default, choices: tuple[str, ...] | None = None):
 
 ON_OFF = ("auto", "on", "off")
 
+# --recipe NAME: flag values (TrainConfig field: value) that stand in for the defaults; a config file
+# and the command line still override each. Chosen by bench/bench_recipe.py (BENCHMARKS.md "Recipe").
+RECIPES = {
+    "fast": {"optimizer": "muon", "matrix_lr": 0.008, "muon_momentum": 0.9, "embed_lr": 0.004, "beta2": 0.99,
+             "lr_decay": "wsd", "cooldown": 0.4},
+}
+
 
 @dataclass
 class TrainConfig:
@@ -96,6 +103,11 @@ class TrainConfig:
     tensorboard: str | None = flag("--tensorboard", None)  # event file folder
     wandb: str | None = flag("--wandb", None)  # PROJECT or PROJECT/RUN
     config: str | None = flag("--config", None)  # the TOML file that supplied flag values
+    optimizer: str = flag("--optimizer", "adamw", ("adamw", "muon"))  # muon: for the blocks' matrices
+    embed_lr: float = flag("--embed-lr", 0.0)  # peak LR of the embeddings (= the head); 0 = -l
+    matrix_lr: float = flag("--matrix-lr", 0.0)  # peak LR of the blocks' matrices; 0 = -l
+    muon_momentum: float = flag("--muon-momentum", 0.95)
+    recipe: str = flag("--recipe", "none", tuple(["none", *RECIPES]))  # a named set of the flags above
 
     def validate(self) -> None:
         """Raise BadInput naming the flag of the first value out of its range."""
@@ -121,6 +133,9 @@ class TrainConfig:
             ("log_every", self.log_every > 0, "positive"),
             ("cooldown", 0 < self.cooldown <= 1, "in (0, 1]"),
             ("keep", self.keep >= 0, "0 or more"),
+            ("embed_lr", 0 <= self.embed_lr < math.inf, "0 (= -l) or positive and finite"),
+            ("matrix_lr", 0 <= self.matrix_lr < math.inf, "0 (= -l) or positive and finite"),
+            ("muon_momentum", 0 <= self.muon_momentum < 1, "in [0, 1)"),
         ]
         settings = {f.name: f.metadata for f in fields(self)}
         rules += [(name, getattr(self, name) in meta["choices"], "one of " + ", ".join(meta["choices"]))

@@ -4,8 +4,9 @@ A key is a long flag's name without the leading dashes and with '_' for '-': `ma
 `--max-steps 300`, `lr = 1e-3` is `--lr 1e-3`, `deterministic = true` is `--deterministic`. Values
 are TOML strings, integers, floats or booleans, checked by the flag's own parser (type, range,
 choices), so a file accepts exactly what the command line accepts. The file only sets the parser's
-defaults (argparse set_defaults): flags on the command line win. An unknown key or a value of the
-wrong type is one line naming the file and the key (BadInput, exit 2).
+defaults (argparse set_defaults): flags on the command line win. A preset (./train's --recipe) sits
+below both. An unknown key or a value of the wrong type is one line naming the file and the key
+(BadInput, exit 2).
 
 The keys are found from the parser's own actions, so the file keeps working however the flags are
 declared, as long as their long names stay.
@@ -18,11 +19,18 @@ from .errors import BadInput
 FLAG = "--config"
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """parser.parse_args(argv), with defaults first taken from the file named by --config, if any."""
+def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str, dict] | None = None) -> argparse.Namespace:
+    """parser.parse_args(argv), with defaults first taken from the file named by --config, if any.
+    presets = (dest, {name: {dest: value}}): the flag `dest` (./train's --recipe, set in the file or on
+    the command line) names a preset whose values stand in for the defaults, under the file's values
+    and the command line's."""
     path = config_path(parser, argv)
-    if path is not None:
-        parser.set_defaults(**config_defaults(parser, path))
+    file_values = config_defaults(parser, path) if path is not None else {}
+    parser.set_defaults(**file_values)
+    if presets is not None:
+        dest, table = presets
+        chosen = getattr(parser.parse_args(argv), dest)
+        parser.set_defaults(**{**table.get(chosen, {}), **file_values})
     return parser.parse_args(argv)
 
 

@@ -97,9 +97,10 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head_loss = plain_head_loss  # swapped for a fused version by the trainer's speed switches
 
-    def init_weights(self, seed: int) -> None:
+    def init_weights(self, seed: int, zero_proj: bool = False) -> None:
         """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, N(0, 0.02 / sqrt(2 L)) for the
-        projections into the residual stream, zero biases, LayerNorm weight 1, zero padding rows."""
+        projections into the residual stream (zero_proj: zero, every other value unchanged), zero
+        biases, LayerNorm weight 1, zero padding rows."""
         generator = torch.Generator().manual_seed(seed)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         with torch.no_grad():
@@ -113,6 +114,10 @@ class GPT(nn.Module):
                 else:
                     p.zero_()
             self.wte.weight[self.config.vocab_size :].zero_()
+            if zero_proj:
+                for name, p in self.named_parameters():
+                    if name.endswith("c_proj.weight"):
+                        p.zero_()
 
     def head_weight(self) -> torch.Tensor:
         return self.wte.weight[: self.config.vocab_size]  # (V, C): padding rows never score

@@ -142,7 +142,7 @@ class Trainer:
                            self.dist.world, self.config.vocab_size)
 
     def _resume(self, model_file: ModelFile) -> None:
-        meta = checkpoint.restore(model_file, self.cfg.model, self.model, self.optimizer)
+        meta = checkpoint.restore(model_file, self.cfg.model, self.model, self.optimizer, self.cfg.optimizer)
         self.step, self.run_id = meta["step"], meta["run_id"]
         self.counters.update(meta.get("counters", {}))
         if self.counters.get("grad_scaler"):
@@ -255,9 +255,8 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         total = self.dist.mean(total)
         finite = torch.isfinite(total) & torch.isfinite(norm)
-        if self.optimizer.defaults["fused"]:
-            self.optimizer.found_inf = (~finite).float()
-            self.optimizer.step()
+        if self.optimizer.skips_bad_steps_on_device:
+            self.optimizer.step(found_inf=(~finite).float())
         elif bool(finite):  # foreach AdamW (MPS) has no found_inf: decide on the host, waiting for the step
             self.optimizer.step()
         self.scaler.update()  # fp16: halve the scale after an overflow, grow it after 2000 clean steps
@@ -385,7 +384,7 @@ class Trainer:
     def _report_step(self, loss, norm, dt, tokens_per_step, elapsed) -> None:
         if not self.dist.master:
             return
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = learning_rate(self.cfg, self.step - 1, self.total_steps)  # -l's rate at this step
         finite = math.isfinite(loss) and math.isfinite(norm)
         note = "" if finite else "  (non-finite: update skipped)"
         print(f"step {self.step:5d}/{self.total_steps} | loss {loss:.6f} | norm {norm:.4f} | lr {lr:.2e} | "
