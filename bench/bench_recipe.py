@@ -17,6 +17,7 @@ tokens fast needs to reach it). Writes results.json, one metrics file per run an
     .venv/bin/python bench/bench_recipe.py                         # main table: original vs fast
     .venv/bin/python bench/bench_recipe.py --recipes ablations     # fast without each of its parts
     .venv/bin/python bench/bench_recipe.py --sweep                 # the search that chose fast
+    .venv/bin/python bench/bench_recipe.py --time-steps 10         # time per step only, recipes alternating
 
 --sweep is a coordinate search (one seed, one epoch): starting from the original it tries each
 value of one setting at a time (SWEEP, in order) and keeps the best before going on to the next;
@@ -219,7 +220,7 @@ def efficiency(results: list[dict]) -> None:
                   f"{speed:.2f}x the original's")
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, curve_windows: int | None) -> None:
     """Val loss against tokens: one colour per recipe and number of epochs, one line style per seed."""
     import matplotlib
 
@@ -233,7 +234,9 @@ def plot(results: list[dict], path: Path) -> None:
         tokens, losses = zip(*r["curve"][1:])  # from the first evaluation after step 0 (~10.8)
         ax.plot(tokens, losses, color=f"C{runs.index((r['recipe'], r['epochs'])) % 10}", linestyle=["-", "--", ":"][seeds.index(r["seed"]) % 3],
                 marker=".", label=f"{r['recipe']}, seed {r['seed']}, {r['epochs']} epoch(s)")
-    ax.set(xlabel="tokens trained", ylabel="val loss (whole validation excerpt)", title="Training recipes")
+    where = "whole validation file" if curve_windows is None else \
+        f"last point: whole validation file; others: its first {curve_windows} windows"
+    ax.set(xlabel="tokens trained", ylabel=f"val loss ({where})", title="Training recipes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -241,6 +244,32 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
+
+def time_recipes(recipes: dict[str, dict], data, args) -> None:
+    """ms per training step of each recipe: best of 3 rounds of --time-steps steps, the recipes
+    alternating within each round (so a change in machine load hits all), after 3 warm-up steps."""
+    train_path, val_path = data
+    trainers = {}
+    for name, recipe in recipes.items():
+        settings = {k: v for k, v in recipe.items() if k != "zero_init_proj"}
+        cfg = TrainConfig(model=str(model_file(args.out, 1, False)), train_tokens=str(train_path),
+                          val_tokens=str(val_path), batch_size=B, seq_len=T, val_every=0, sample_every=0,
+                          device=args.device, compile=args.compile, **settings)
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainers[name] = Trainer(cfg)
+    best = dict.fromkeys(recipes, math.inf)
+    for round_ in range(4):  # round 0 warms up (compiles)
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(3 if round_ == 0 else args.time_steps):
+                loss, _ = trainer.train_step(trainer.cfg.learning_rate)
+            loss.item()
+            if round_:
+                best[name] = min(best[name], (time.perf_counter() - start) / args.time_steps)
+    base = best["original"]
+    for name, seconds in best.items():
+        print(f"{name:32s} {seconds * 1000:8.1f} ms/step  {base / seconds:5.2f}x the original's tokens/s")
+
 
 def run_table(recipes: dict[str, dict], seeds, epochs_list, data, args) -> list[dict]:
     results = []
@@ -285,6 +314,8 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=49, help="steps between evaluations")
     parser.add_argument("--curve-windows", type=int, default=None, help="evaluate the curve's inner points on the "
                         "first N windows of 257 val tokens (default: all; the final point always uses all)")
+    parser.add_argument("--time-steps", type=int, default=0, help="only time the recipes' steps: best of 3 "
+                        "alternating rounds of N steps each (no table)")
     parser.add_argument("--steps", type=int, default=0, help="train N steps instead of whole epochs (a quick check)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
@@ -310,6 +341,9 @@ def main() -> None:
     ablations = [n for n in recipes if n.startswith(("fast without", "fast with "))]
     groups = {"main": ["original", "fast"], "ablations": ablations, "all": ["original", "fast"]}
     names = groups.get(args.recipes, args.recipes.split(","))
+    if args.time_steps:
+        time_recipes({n: recipes[n] for n in names}, data, args)
+        return
     header()
     started = time.time()
     results = run_table({n: recipes[n] for n in names}, seeds, epochs_list, data, args)
@@ -317,8 +351,11 @@ def main() -> None:
         results += run_table({n: recipes[n] for n in ablations}, seeds, epochs_list[:1], data, args)
     print(f"({time.time() - started:.0f} s)")
     efficiency(results)
+    if args.curve_windows:
+        print(f"note: the curves' inner points are losses over the first {args.curve_windows} val windows only, so the "
+              "tokens-to-reach figures above are approximate; the final val losses are over the whole file")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "curves.png")
+    plot(results, args.out / "curves.png", args.curve_windows)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'curves.png'}")
 
 
