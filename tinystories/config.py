@@ -56,8 +56,8 @@ ON_OFF = ("auto", "on", "off")
 # --recipe NAME: flag values (TrainConfig field: value) that stand in for the defaults; a config file
 # and the command line still override each. Chosen by bench/bench_recipe.py (BENCHMARKS.md "Recipe").
 RECIPES = {
-    "fast": {"optimizer": "muon", "matrix_lr": 0.008, "muon_momentum": 0.9, "embed_lr": 0.004, "beta2": 0.99,
-             "lr_decay": "wsd", "cooldown": 0.4},
+    "fast": {"learning_rate": 0.001, "optimizer": "muon", "matrix_lr": 0.008, "muon_momentum": 0.9,
+             "embed_lr": 0.004, "beta2": 0.99, "lr_decay": "wsd", "cooldown": 0.4},
 }
 
 
