@@ -1,7 +1,8 @@
-"""The chunked PyTorch output-layer loss (tinystories/kernels/fused_ce.py) against plain_head_loss,
-whose gradients come from ordinary autograd: the loss and both gradients in fp32 and under bf16
-autocast, with a ragged last chunk, at the real vocabulary and a small one, under no_grad, with
-frozen inputs, repeated calls, and inside the GPT."""
+"""The PyTorch output-layer loss (tinystories/kernels/fused_ce.py) against plain_head_loss, whose
+gradients come from ordinary autograd: the loss and both gradients in fp32 (the vocabulary-tiled CPU
+operator: ragged tiles, several row passes, the overflow fallback) and under bf16 autocast (the
+chunk loop: a ragged last chunk), at the real vocabulary and a small one, under no_grad, with frozen
+inputs, repeated calls, inside the GPT, and the operator's registration for torch.compile."""
 import functools
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import rel_err
 
 from tinystories.config import GPTConfig
+from tinystories.kernels import fused_ce
 from tinystories.kernels.fused_ce import fused_head_loss
 from tinystories.model import GPT, plain_head_loss
 
@@ -33,16 +35,51 @@ def loss_and_grads(head_loss, h, weight, targets, autocast=False):
     return loss.detach(), h.grad, weight.grad
 
 
-@pytest.mark.parametrize("V, chunk_size", [(GPT2_VOCAB, 128), (1000, 128), (1000, 1), (1000, 4096)])
-def test_fp32_matches_plain(V, chunk_size):
-    h, weight, targets = make_inputs(N=300, C=64, V=V)  # 300 rows: a ragged last chunk of 128
-    fused = functools.partial(fused_head_loss, chunk_size=chunk_size)
+def assert_matches_plain(head_loss, h, weight, targets):
     expected = loss_and_grads(plain_head_loss, h, weight, targets)
-    actual = loss_and_grads(fused, h, weight, targets)
+    actual = loss_and_grads(head_loss, h, weight, targets)
     assert actual[0].dtype == torch.float32
     assert rel_err(actual[0], expected[0]) <= 1e-5
     assert rel_err(actual[1], expected[1]) <= 1e-4  # grad wrt h
     assert rel_err(actual[2], expected[2]) <= 1e-4  # grad wrt weight
+
+
+@pytest.mark.parametrize("V, vocab_tile", [(GPT2_VOCAB, 256), (GPT2_VOCAB, 1000), (1000, 128), (1000, 7),
+                                           (1000, 1), (1000, 4096)])
+def test_fp32_matches_plain(V, vocab_tile):
+    h, weight, targets = make_inputs(N=300, C=64, V=V)  # 1000 and 50257 columns: a ragged last tile
+    assert_matches_plain(functools.partial(fused_head_loss, vocab_tile=vocab_tile), h, weight, targets)
+
+
+@pytest.mark.parametrize("rows", [128, 1])
+def test_fp32_in_several_row_passes(monkeypatch, rows):
+    """More rows than one pass takes: grad_w is written by the first pass, added to by the others."""
+    monkeypatch.setattr(fused_ce, "TILED_ROWS", rows)
+    h, weight, targets = make_inputs(N=300 if rows > 1 else 5, C=64, V=1000)  # 300 rows: 128 + 128 + 44
+    assert_matches_plain(functools.partial(fused_head_loss, vocab_tile=128), h, weight, targets)
+
+
+def test_fp32_overflow_falls_back_to_the_chunk_loop(monkeypatch):
+    """Logits 88 or more above a row's target logit overflow exp: the operator redoes the call with
+    the chunk loop, which subtracts each row's maximum, and still matches plain autograd."""
+    h, weight, targets = make_inputs(N=300, C=64, V=1000)
+    with torch.no_grad():
+        h.mul_(100.0)  # logits of a few hundred: most rows have one far above the target's
+        logits = h @ weight.T
+        assert (logits.max(dim=1).values - logits[torch.arange(300), targets]).max() > 100
+    calls = []
+    chunk_loop = fused_ce.chunked_loss_and_grads
+    monkeypatch.setattr(fused_ce, "chunked_loss_and_grads", lambda *args: calls.append(1) or chunk_loop(*args))
+    assert_matches_plain(fused_head_loss, h, weight, targets)
+    assert calls
+
+
+@pytest.mark.parametrize("with_grads", [True, False])
+def test_tiled_operator_registration(with_grads):
+    """What torch.compile relies on: the fake (meta) implementation agrees with the real one on
+    shapes and dtypes, and the schema is right (torch.library.opcheck)."""
+    h, weight, targets = make_inputs(N=40, C=16, V=300)
+    torch.library.opcheck(torch.ops.tinystories.tiled_head, (h.detach(), weight.detach(), targets, with_grads, 64))
 
 
 @pytest.mark.parametrize("V", [GPT2_VOCAB, 1000])

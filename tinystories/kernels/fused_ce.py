@@ -26,19 +26,54 @@ per call and reused by every chunk, grad_h (N, C) and an fp32 grad_W (V, C); the
 allocates fp32 (N, V) logits and their gradient afresh on every step. On CPU the reuse matters:
 a freshly allocated large tensor costs a page fault per 4 KiB page when first written.
 
+On CPU in fp32 the head takes another path, `tiled_head`, laid out for the CPU's caches: a (256, V)
+fp32 chunk is 51 MB, far beyond L2 (0.5-2 MB per core), so the chunk loop above would stream every
+chunk through DRAM several times. Instead all n rows (up to TILED_ROWS) go through the vocabulary
+t = VOCAB_TILE columns at a time, each tile used while it is in cache:
+
+    first pass, tile after tile:
+        x             = h @ W[tile].T - target logit     (n, t)  into a reused scratch tile
+        e             = exp(x)                           (n, t)  written to E[tile], a buffer kept
+                                                                 from call to call (n x V fp32)
+        s            += rowsum(e)                        (n,)    the softmax is e / s
+        G            += e @ W[tile]                      (n, C)
+    grad_h            = G / s - W[target]                (n, C)
+    second pass, tile after tile, the latest first (some still in cache):
+        grad_W[tile]  = E[tile].T @ (h / s)              (t, C)
+    grad_W[target]   -= h
+
+Three matrix products per tile, as in the chunk loop, and the exp, but no further pass over the
+logits (log_softmax, exp, onehot). Shifting by each row's target logit needs no running maximum:
+the target's own term is 1, so s >= 1 never underflows, and only a logit 88 or more above its row's
+target logit (a loss of 88 nats on one token) overflows exp; the call is then redone by the chunk
+loop. The exponentials are exp2 of base-2 logits ((h log2 e) @ W.T): torch's exp2 is faster than
+its exp on CPUs. E (206 MB at n = 1,024) is kept because a freshly allocated large CPU tensor costs
+a page fault per 4 KiB page when first written. The head is one custom operator, opaque to
+torch.compile, which compiles the rest of the model around it.
+
 Numerics match `tinystories.model.plain_head_loss` under the same precision: the logits are rounded
 to the compute dtype (as F.linear does under autocast), the softmax and loss are done in fp32, and
 the returned gradients have the dtypes of h and W (fp32 master weights stay fp32).
 """
+import functools
+import math
+import threading
+
 import torch
 
 DEFAULT_CHUNK_SIZE = 256  # rows per chunk: among the fastest on a 2-core EPYC (BENCHMARKS.md)
+VOCAB_TILE = 256  # columns per tile of the CPU fp32 head: 1 MiB of logits at 1,024 rows
+TILED_ROWS = 1024  # rows per pass of the CPU fp32 head: its kept E is TILED_ROWS x V fp32, 206 MB
+LOG2E = math.log2(math.e)
 
 
 def fused_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, vocab_tile: int = VOCAB_TILE) -> torch.Tensor:
     """Mean cross-entropy of the logits h @ weight.T against targets, as plain_head_loss computes it.
-    h: (N, C), weight: (V, C), targets: (N,) int64 in [0, V). Returns an fp32 scalar."""
+    h: (N, C), weight: (V, C), targets: (N,) int64 in [0, V). Returns an fp32 scalar.
+    On CPU in fp32 the tiled formulation (vocab_tile columns at a time), else chunks of chunk_size rows."""
+    if h.device.type == "cpu" and compute_dtype(h, weight) == torch.float32:
+        return head_loss(h, weight, targets, functools.partial(tiled_loss_and_grads, vocab_tile=vocab_tile))
     return chunked_head_loss(h, weight, targets, chunk_size, TorchChunkLoss)
 
 
@@ -81,23 +116,29 @@ def chunked_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
     """Mean cross-entropy of h @ weight.T against targets, chunk_rows rows at a time, with the per-chunk
     softmax / cross-entropy done by `chunk_loss` (TorchChunkLoss or triton_ce.TritonChunkLoss).
     Differentiable in h and weight; under no_grad only the loss is computed."""
+    return head_loss(h, weight, targets,
+                     functools.partial(chunked_loss_and_grads, chunk_rows=chunk_rows, chunk_loss=chunk_loss))
+
+
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, loss_and_grads) -> torch.Tensor:
+    """Mean cross-entropy of h @ weight.T against targets, computed with its gradients by
+    `loss_and_grads(h, weight, targets, with_grads)` (chunked_loss_and_grads or tiled_loss_and_grads).
+    Differentiable in h and weight; under no_grad only the loss is computed."""
     dtype = compute_dtype(h, weight)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedHeadLoss.apply(h, weight, targets, chunk_rows, chunk_loss, dtype)
+        return _HeadLoss.apply(h, weight, targets, loss_and_grads, dtype)
     with torch.autocast(h.device.type, enabled=False):
-        loss_sum, count, _, _ = chunked_loss_and_grads(h.to(dtype), weight.to(dtype), targets, chunk_rows,
-                                                       chunk_loss, with_grads=False)
+        loss_sum, count, _, _ = loss_and_grads(h.to(dtype), weight.to(dtype), targets, with_grads=False)
     return loss_sum / count
 
 
-class _ChunkedHeadLoss(torch.autograd.Function):
+class _HeadLoss(torch.autograd.Function):
     """Forward computes the loss and its gradients; backward scales the gradients by grad_output."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk_rows, chunk_loss, dtype):
+    def forward(ctx, h, weight, targets, loss_and_grads, dtype):
         with torch.autocast(h.device.type, enabled=False):  # the dtypes are chosen explicitly here
-            loss_sum, count, grad_h, grad_w = chunked_loss_and_grads(
-                h.to(dtype), weight.to(dtype), targets, chunk_rows, chunk_loss, with_grads=True)
+            loss_sum, count, grad_h, grad_w = loss_and_grads(h.to(dtype), weight.to(dtype), targets, with_grads=True)
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.input_dtypes = h.dtype, weight.dtype
         return loss_sum / count
@@ -109,7 +150,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         h_dtype, w_dtype = ctx.input_dtypes
         want_h, want_w = ctx.needs_input_grad[:2]
         return (grad_h.to(h_dtype) * scale if want_h else None,
-                (grad_w * scale).to(w_dtype) if want_w else None, None, None, None, None)
+                (grad_w * scale).to(w_dtype) if want_w else None, None, None, None)
 
 
 def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with_grads: bool):
@@ -141,3 +182,87 @@ def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with
             else:
                 grad_w += torch.mm(logits.T, chunk_h, out=grad_w_chunk)  # (V, C)
     return loss_sum, count, grad_h, grad_w
+
+
+def tiled_loss_and_grads(h, weight, targets, with_grads: bool, vocab_tile: int = VOCAB_TILE):
+    """chunked_loss_and_grads's results by the tiled CPU fp32 formulation (module docstring).
+    h: (N, C), weight: (V, C) fp32 CPU tensors. One opaque operator to torch.compile (tiled_head)."""
+    loss_sum, grad_h, grad_w = torch.ops.tinystories.tiled_head(h, weight, targets, with_grads, vocab_tile)
+    return loss_sum, torch.tensor(h.size(0)), grad_h if with_grads else None, grad_w if with_grads else None
+
+
+@torch.library.custom_op("tinystories::tiled_head", mutates_args=(), device_types="cpu")
+def tiled_head(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool,
+               vocab_tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The summed loss, and with_grads its gradients grad_h (N, C) and grad_w (V, C) (else empty
+    tensors: an operator returns no None), TILED_ROWS rows at a time."""
+    (N, C), V = h.shape, weight.size(0)
+    grad_h = torch.empty_like(h) if with_grads else None
+    grad_w = torch.empty(V, C) if with_grads else None  # written by the first rows, added to by the others
+    loss_sum = torch.zeros(())
+    for start in range(0, N, TILED_ROWS):
+        rows = slice(start, min(start + TILED_ROWS, N))
+        chunk_sum = tiled_rows_(h[rows], weight, targets[rows], grad_h[rows] if with_grads else None, grad_w,
+                                vocab_tile, add_to_grad_w=start > 0)
+        if chunk_sum is None:  # exp overflowed: a logit is 88 or more above its row's target logit
+            loss_sum, _, grad_h, grad_w = chunked_loss_and_grads(h, weight, targets, DEFAULT_CHUNK_SIZE,
+                                                                 TorchChunkLoss, with_grads)
+            break
+        loss_sum += chunk_sum
+    return loss_sum, *(h.new_empty(0) if grad is None else grad for grad in (grad_h, grad_w))
+
+
+@tiled_head.register_fake
+def _(h, weight, targets, with_grads, vocab_tile):
+    shapes = (h.shape, weight.shape) if with_grads else ((0,), (0,))
+    return h.new_empty(()), h.new_empty(shapes[0]), h.new_empty(shapes[1])
+
+
+def tiled_rows_(h, weight, targets, grad_h, grad_w, vocab_tile: int, add_to_grad_w: bool):
+    """The summed loss of n <= TILED_ROWS rows, or None where exp overflows. With grad_h (n, C): writes
+    the gradient of that loss wrt h there and the one wrt weight to grad_w (V, C), or adds it there."""
+    (n, C), V = h.shape, weight.size(0)
+    target_w = weight[targets]  # (n, C)
+    h2 = h * LOG2E  # (n, C): h @ W.T in base 2
+    shift = (h2 * target_w).sum(dim=1, keepdim=True)  # (n, 1): the target logits, base 2
+    tiles = [slice(start, min(start + vocab_tile, V)) for start in range(0, V, vocab_tile)]
+    kept = kept_buffer(n * (V + vocab_tile))  # E, tile after tile, then one tile of logits
+    scratch = kept[n * V:].view(n, vocab_tile)  # (n, t): each tile's logits, in cache
+    tile_sums = torch.empty(len(tiles), n)  # each tile's row sums of e
+    if grad_h is not None:
+        grad_h.zero_()  # G, the unnormalised softmax @ W, until the end of the first pass
+    for cols, sums in zip(tiles, tile_sums):  # first pass: logits, e, s and G
+        w = weight[cols]  # (t, C)
+        e = kept[n * cols.start: n * cols.stop].view(n, -1)  # (n, t)
+        logits = torch.mm(h2, w.T, out=scratch[:, : e.size(1)])
+        torch.exp2(logits.sub_(shift), out=e)
+        torch.sum(e, dim=1, out=sums)
+        if grad_h is not None:
+            grad_h.addmm_(e, w)  # (n, C) += (n, t) @ (t, C)
+    s = tile_sums.sum(dim=0)  # (n,): sum of exp(logit - target logit) over the vocabulary
+    if not torch.isfinite(s).all():
+        return None
+    if grad_h is not None:
+        grad_h.div_(s[:, None]).sub_(target_w)  # softmax @ W - onehot @ W
+        h_scaled = h / s[:, None]  # (n, C)
+        # second pass, grad_w[tile] (+)= E[tile].T @ h_scaled: the whole tiles in one batched product
+        beta, whole = float(add_to_grad_w), V - V % vocab_tile
+        whole_e = kept[: n * whole].view(-1, n, vocab_tile)  # (tiles, n, t)
+        grad_w[:whole].view(-1, vocab_tile, C).baddbmm_(whole_e.mT, h_scaled.expand(len(whole_e), n, C), beta=beta)
+        if whole < V:  # the last, narrower tile
+            grad_w[whole:].addmm_(kept[n * whole: n * V].view(n, -1).T, h_scaled, beta=beta)
+        grad_w.index_add_(0, targets, h, alpha=-1.0)  # minus onehot.T @ h
+    return s.log().sum()
+
+
+_kept = threading.local()
+
+
+def kept_buffer(numel: int) -> torch.Tensor:
+    """A 1-D fp32 CPU buffer of numel values: the same memory on every call from this thread (grown
+    when too small). A fresh large CPU tensor costs a page fault per 4 KiB page when first written:
+    50,000 of them for the 206 MB of E at 1,024 rows, as long as a third of the head's work."""
+    buffer = getattr(_kept, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _kept.buffer = torch.empty(numel)
+    return buffer[:numel]
