@@ -160,6 +160,13 @@ def test_compile_where_it_cannot_work(monkeypatch, capsys):
     assert dev.use_compile("auto", 200, CPU) and dev.use_compile("on", 1, CPU)
 
 
+def test_compile_options_change_only_the_cpu_fp32_compile():
+    """The fp32 CPU step's GELU computes tanh through exp; bf16 on CPU and every GPU compile as before."""
+    assert dev.compile_options(CPU, "fp32") == {"cpp.use_decompose_tanh": True}
+    assert dev.compile_options(CPU, "bf16") is None
+    assert dev.compile_options(CUDA, "fp32") is None and dev.compile_options(MPS, "fp32") is None
+
+
 def test_a_missing_cpu_compiler_is_found_the_way_inductor_looks():
     from torch._inductor import config
 
@@ -211,7 +218,7 @@ def test_without_a_compiler_auto_runs_eagerly_and_on_is_refused(tiny):
     assert on.stderr.count("\n") == 1 and on.stderr.startswith("train: error: --compile on: ") and "C++" in on.stderr
 
 
-def failing_compile(model):
+def failing_compile(model, options=None):
     """A torch.compile stand-in whose model fails its first call after leaving gradients behind, as a
     lazily compiled backward pass may fail once part of the gradients have been accumulated."""
     def forward(idx, targets=None):

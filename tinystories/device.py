@@ -203,6 +203,15 @@ def use_compile(flag: str, total_steps: int, device: torch.device) -> bool:
     return wanted and problem is None
 
 
+def compile_options(device: torch.device, precision: str) -> dict | None:
+    """Inductor options for torch.compile (None: its defaults). On CPU in fp32, tanh (the GELU's) is
+    computed through exp, which is faster than Sleef's tanh there (BENCHMARKS.md); it differs from it
+    in the last bits only. Other devices and precisions keep the defaults."""
+    if device.type == "cpu" and precision == "fp32":
+        return {"cpp.use_decompose_tanh": True}
+    return None
+
+
 def use_cuda_graphs(flag: str, device: torch.device, distributed: bool, precision: str) -> bool:
     """--cuda-graphs: auto = on for a single CUDA process (graphs are not combined with DDP, nor with
     fp16's loss scaler, whose scale changes from step to step in Python-side bookkeeping)."""

@@ -27,8 +27,8 @@ import torch
 from . import checkpoint, llmc, metrics
 from .config import TrainConfig
 from .cuda_graph import CUDAGraphStep
-from .device import (Distributed, allow_tf32, autocast, resolve_precision, select_head_loss, use_compile,
-                     use_cuda_graphs)
+from .device import (Distributed, allow_tf32, autocast, compile_options, resolve_precision, select_head_loss,
+                     use_compile, use_cuda_graphs)
 from .errors import BadInput
 from .formats import ModelFile, read_model, remove_stale_temp_files
 from .evaluate import evaluate
@@ -164,7 +164,7 @@ class Trainer:
         """The model the step calls: compiled (self.compiled) and under DDP as the run needs."""
         model = self.model
         if self.compiled:
-            model = torch.compile(model)
+            model = torch.compile(model, options=compile_options(self.device, self.precision))
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
