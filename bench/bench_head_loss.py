@@ -1,10 +1,12 @@
 """Forward + backward time of the output layer + loss: plain_head_loss (the baseline, eager fp32)
-against its bf16-autocast and torch.compile variants and fused_head_loss at several chunk sizes,
+against its bf16-autocast and torch.compile variants and fused_head_loss (in fp32 the CPU's
+vocabulary-tiled operator at several tile widths, under bf16 the chunk loop at several chunk sizes),
 in one run. Prints the best-of-repeats wall time per variant, its speed-up over plain fp32, and
 the best CPU time (all threads; it counts no time spent waiting for a core another program holds).
 
     .venv/bin/python bench/bench_head_loss.py [--rows 1024] [--channels 128] [--vocab 50257]
-                                              [--repeats 7] [--chunks 64 128 256 512] [--no-compile]
+                                              [--repeats 7] [--tiles 128 256 512] [--chunks 64 128 256 512]
+                                              [--no-compile] [--fp32-only]
 
 The variants run in interleaved rounds (one call of each per round), so a slowdown of the machine
 hits all of them alike; the minimum over the rounds is the figure least disturbed by other load.
@@ -31,21 +33,24 @@ def parse_args():
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--tiles", type=int, nargs="+", default=[128, 256, 512], help="fp32 vocabulary columns per tile")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 128, 256, 512], help="bf16 rows per chunk")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--fp32-only", action="store_true", help="skip the bf16 variants (slow where bf16 is emulated)")
     return parser.parse_args()
 
 
-def variants(chunks, with_compile):
+def variants(tiles, chunks, with_compile, with_bf16):
     """name -> (head_loss, use bf16 autocast)."""
-    table = {"plain fp32": (plain_head_loss, False), "plain bf16": (plain_head_loss, True)}
-    if with_compile:
-        table["plain fp32 compiled"] = (torch.compile(plain_head_loss), False)
-        table["plain bf16 compiled"] = (torch.compile(plain_head_loss), True)
-    for bf16 in (False, True):
-        for chunk in chunks:
-            fused = functools.partial(fused_head_loss, chunk_size=chunk)
-            table[f"fused {'bf16' if bf16 else 'fp32'} R={chunk}"] = (fused, bf16)
+    table = {}
+    for bf16 in (False, True) if with_bf16 else (False,):
+        table[f"plain {'bf16' if bf16 else 'fp32'}"] = (plain_head_loss, bf16)
+        if with_compile:
+            table[f"plain {'bf16' if bf16 else 'fp32'} compiled"] = (torch.compile(plain_head_loss), bf16)
+    for tile in tiles:
+        table[f"fused fp32 t={tile}"] = (functools.partial(fused_head_loss, vocab_tile=tile), False)
+    for chunk in chunks if with_bf16 else ():
+        table[f"fused bf16 R={chunk}"] = (functools.partial(fused_head_loss, chunk_size=chunk), True)
     return table
 
 
@@ -66,7 +71,7 @@ def main():
     h = torch.randn(args.rows, args.channels, generator=g).requires_grad_()  # (N, C)
     weight = (0.02 * torch.randn(args.vocab, args.channels, generator=g)).requires_grad_()  # (V, C)
     targets = torch.randint(0, args.vocab, (args.rows,), generator=g)  # (N,)
-    table = variants(args.chunks, not args.no_compile)
+    table = variants(args.tiles, args.chunks, not args.no_compile, not args.fp32_only)
     for name in list(table):  # warm-up, and the compile itself; a variant that fails is dropped
         try:
             step_seconds(*table[name], h, weight, targets)
