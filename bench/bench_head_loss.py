@@ -1,7 +1,7 @@
 """Forward + backward time of the output layer + loss: plain_head_loss (the baseline, eager fp32)
 against its bf16-autocast and torch.compile variants and fused_head_loss (in fp32 the CPU's
-vocabulary-tiled operator at several tile widths, under bf16 the chunk loop at several chunk sizes),
-in one run. Prints the best-of-repeats wall time per variant, its speed-up over plain fp32, and
+vocabulary-tiled operator at several tile widths, and the chunk loop it replaced there; under bf16
+the chunk loop at several chunk sizes), in one run. Prints the best-of-repeats wall time per variant, its speed-up over plain fp32, and
 the best CPU time (all threads; it counts no time spent waiting for a core another program holds).
 
     .venv/bin/python bench/bench_head_loss.py [--rows 1024] [--channels 128] [--vocab 50257]
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.kernels.fused_ce import fused_head_loss  # noqa: E402
+from tinystories.kernels.fused_ce import TorchChunkLoss, chunked_head_loss, fused_head_loss  # noqa: E402
 from tinystories.model import plain_head_loss  # noqa: E402
 
 
@@ -47,6 +47,8 @@ def variants(tiles, chunks, with_compile, with_bf16):
         table[f"plain {'bf16' if bf16 else 'fp32'}"] = (plain_head_loss, bf16)
         if with_compile:
             table[f"plain {'bf16' if bf16 else 'fp32'} compiled"] = (torch.compile(plain_head_loss), bf16)
+    table["chunk loop fp32 R=256"] = (functools.partial(chunked_head_loss, chunk_rows=256, chunk_loss=TorchChunkLoss),
+                                      False)  # what fused_head_loss did on CPU in fp32 before the tiles
     for tile in tiles:
         table[f"fused fp32 t={tile}"] = (functools.partial(fused_head_loss, vocab_tile=tile), False)
     for chunk in chunks if with_bf16 else ():

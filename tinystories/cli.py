@@ -177,7 +177,8 @@ def train_parser() -> Parser:
     a("precision", help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
       "or AMX), fp16 autocast with loss scaling on CUDA 7.x (V100, T4), else fp32 (MPS included); "
       "master weights and optimizer state are always fp32")
-    a("head_loss", help="output layer + cross-entropy: chunked = fused PyTorch version that never holds all logits; "
+    a("head_loss", help="output layer + cross-entropy: chunked = fused PyTorch version that never allocates the logits afresh (rows in "
+      "chunks; on CPU in fp32, vocabulary tiles that stay in cache); "
       "triton = fused Triton kernel (CUDA); plain = the reference formulation; auto = triton on CUDA "
       "when installed, else chunked")
     a("compile", help="torch.compile the model: it costs "
