@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tinystories import formats, hf, llmc, tokenizer  # noqa: E402
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
 from tinystories.device import resolve_precision  # noqa: E402
+from tinystories.generate import load_model  # noqa: E402
 from tinystories.loader import TokenLoader  # noqa: E402
 from tinystories.model import GPT  # noqa: E402
 from tinystories.train import Trainer  # noqa: E402
@@ -54,12 +55,23 @@ def real_tokens(folder: Path) -> tuple[Path, Path]:
     return folder / "train.bin", folder / "val.bin"
 
 
+def hf_model(model_path: Path) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel with the weights of model_path (its head tied to wte, as ours)."""
+    import transformers
+
+    model_file = formats.read_model(model_path)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_config_json(model_file.config)))
+    state = {k: torch.tensor(v) for k, v in hf.hf_state_dict(model_file.config, model_file.params).items()}
+    model.transformer.load_state_dict(state)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    return model
+
+
 class Baseline:
     """The plain eager fp32 step: what a first PyTorch port of the C trainer does."""
 
-    def __init__(self, model_path: Path, train_path: Path):
-        model_file = formats.read_model(model_path)
-        self.model = llmc.load_params(GPT(model_file.config), model_file.params)
+    def __init__(self, model: torch.nn.Module, train_path: Path):
+        self.model = model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
         self.loader = TokenLoader(train_path, B, T)
 
@@ -78,18 +90,6 @@ class Baseline:
 
 class HuggingFace(Baseline):
     """The same step with transformers' GPT2LMHeadModel (its default attention), same weights."""
-
-    def __init__(self, model_path: Path, train_path: Path):
-        import transformers
-
-        model_file = formats.read_model(model_path)
-        config = transformers.GPT2Config(**hf.gpt2_config_json(model_file.config))
-        self.model = transformers.GPT2LMHeadModel(config)
-        state = {k: torch.tensor(v) for k, v in hf.hf_state_dict(model_file.config, model_file.params).items()}
-        self.model.transformer.load_state_dict(state)
-        assert self.model.lm_head.weight is self.model.transformer.wte.weight  # tied, as ours
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
-        self.loader = TokenLoader(train_path, B, T)
 
     def loss(self, x, y):
         logits = self.model(x).logits  # (B, T, V)
@@ -144,9 +144,9 @@ def main() -> None:
     formats.write_model(folder / "model.bin", model.config, llmc.model_params(model))
     model_path = folder / "model.bin"
 
-    variants = {"baseline (eager fp32)": Baseline(model_path, train_path)}
+    variants = {"baseline (eager fp32)": Baseline(load_model(str(model_path), torch.device("cpu")).train(), train_path)}
     if not args.no_hf:
-        variants["HF GPT2LMHeadModel fp32"] = HuggingFace(model_path, train_path)
+        variants["HF GPT2LMHeadModel fp32"] = HuggingFace(hf_model(model_path), train_path)
     variants["project fp32 no compile"] = Project(model_path, train_path, val_path, "fp32", compile="off")
     variants["project fp32"] = Project(model_path, train_path, val_path, "fp32")
     if resolve_precision("auto", torch.device("cpu")) != "fp32":
@@ -171,7 +171,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     if args.parity_steps:
-        fp32 = losses(Baseline(model_path, train_path), args.parity_steps)
+        fp32 = losses(Baseline(load_model(str(model_path), torch.device("cpu")).train(), train_path), args.parity_steps)
         fast = losses(Project(model_path, train_path, val_path, "fp32"), args.parity_steps)
         a, b = np.mean(fp32[-10:]), np.mean(fast[-10:])
         print(f"\nloss parity over {args.parity_steps} steps from the same init and data "

@@ -4,9 +4,9 @@ step of the default model: the step's matrix FLOPs divided by that peak.
     .venv/bin/python bench/bench_matmul_peak.py [--size 2048] [--repeats 10] [--batch 4] [--seq 256]
 
 The peak is the best of `repeats` (size x size) @ (size x size) fp32 products with torch.mm on all
-intra-op threads. The step's FLOPs: 2 per multiply-add, forward + backward = 3 products per weight
-matrix (6 x matrix parameters x tokens; the output head counts V = 50257 rows, not the padding), plus
-the attention scores and their use (QK^T and AV, forward and backward, full T x T as SDPA computes).
+intra-op threads. The step's FLOPs are bench_gpu_train.flops_per_token's (6 N + 12 L T C per token,
+the output head counted at V = 50257 rows, not the padding) times B x T; the output head's share is
+6 x V x C per token.
 """
 import argparse
 import os
@@ -17,16 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_gpu_train import flops_per_token  # noqa: E402
 from tinystories.config import GPTConfig  # noqa: E402
-
-
-def step_flops(config: GPTConfig, B: int, T: int) -> tuple[float, float]:
-    """(output head, whole step) matrix FLOPs of one forward + backward pass over B x T tokens."""
-    N, C, L = B * T, config.n_embd, config.n_layer
-    head = 6 * N * C * config.vocab_size
-    blocks = 6 * N * L * (3 * C * C + C * C + 4 * C * C + 4 * C * C)  # qkv, attn proj, fc, fc proj
-    attention = 3 * L * 2 * (2 * B * T * T * C)  # QK^T and AV: forward, and backward at twice that
-    return head, head + blocks + attention
 
 
 def main() -> None:
@@ -45,7 +37,8 @@ def main() -> None:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     peak = 2 * n ** 3 / best
-    head, total = step_flops(GPTConfig(), args.batch, args.seq)
+    config, tokens = GPTConfig(), args.batch * args.seq
+    head, total = 6 * config.vocab_size * config.n_embd * tokens, flops_per_token(config, args.seq) * tokens
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.1f}")
     print(f"fp32 {n}^3 matmul: {best * 1e3:.1f} ms, {peak / 1e9:.1f} GFLOP/s (best of {args.repeats})")

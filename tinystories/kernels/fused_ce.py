@@ -38,7 +38,7 @@ t = VOCAB_TILE columns at a time, each tile used while it is in cache:
         s            += rowsum(e)                        (n,)    the softmax is e / s
         G            += e @ W[tile]                      (n, C)
     grad_h            = G / s - W[target]                (n, C)
-    second pass, tile after tile, the latest first (some still in cache):
+    second pass, every tile in one batched product (the narrower last tile on its own):
         grad_W[tile]  = E[tile].T @ (h / s)              (t, C)
     grad_W[target]   -= h
 
