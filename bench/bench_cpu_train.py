@@ -55,6 +55,20 @@ def real_tokens(folder: Path) -> tuple[Path, Path]:
     return folder / "train.bin", folder / "val.bin"
 
 
+def bench_files() -> tuple[Path, Path, Path]:
+    """model.bin (the default model, seed 1337), train.bin and val.bin, in a new temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
+    train_path, val_path = real_tokens(folder)
+    model = GPT(GPTConfig())
+    model.init_weights(1337)
+    formats.write_model(folder / "model.bin", model.config, llmc.model_params(model))
+    return folder / "model.bin", train_path, val_path
+
+
+def our_model(model_path: Path) -> GPT:
+    return load_model(str(model_path), torch.device("cpu")).train()
+
+
 def hf_model(model_path: Path) -> torch.nn.Module:
     """transformers' GPT2LMHeadModel with the weights of model_path (its head tied to wte, as ours)."""
     import transformers
@@ -137,14 +151,8 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face baseline")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
-    train_path, val_path = real_tokens(folder)
-    model = GPT(GPTConfig())
-    model.init_weights(1337)
-    formats.write_model(folder / "model.bin", model.config, llmc.model_params(model))
-    model_path = folder / "model.bin"
-
-    variants = {"baseline (eager fp32)": Baseline(load_model(str(model_path), torch.device("cpu")).train(), train_path)}
+    model_path, train_path, val_path = bench_files()
+    variants = {"baseline (eager fp32)": Baseline(our_model(model_path), train_path)}
     if not args.no_hf:
         variants["HF GPT2LMHeadModel fp32"] = HuggingFace(hf_model(model_path), train_path)
     variants["project fp32 no compile"] = Project(model_path, train_path, val_path, "fp32", compile="off")
@@ -171,7 +179,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     if args.parity_steps:
-        fp32 = losses(Baseline(load_model(str(model_path), torch.device("cpu")).train(), train_path), args.parity_steps)
+        fp32 = losses(Baseline(our_model(model_path), train_path), args.parity_steps)
         fast = losses(Project(model_path, train_path, val_path, "fp32"), args.parity_steps)
         a, b = np.mean(fp32[-10:]), np.mean(fast[-10:])
         print(f"\nloss parity over {args.parity_steps} steps from the same init and data "
