@@ -12,6 +12,8 @@ BENCHMARKS.md's "CPU training on an AVX2-only CPU".
 3. Causal attention alone, forward + backward, for the 4 layers of the default model at B=4, T=256:
    SDPA's CPU flash kernel (what the model uses), SDPA's math backend, and a hand-written attention
    (scores, masked softmax, weighted sum) eager and compiled.
+4. The model's GELU (tanh form) on a (4, 256, 512) activation, forward + backward, compiled with
+   inductor's defaults and with cpp.use_decompose_tanh (the option `./train` compiles CPU fp32 with).
 Uses real TinyStories text from ../shared/data, as bench_cpu_train.py does.
 """
 import argparse
@@ -27,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_train import Baseline, Project, bench_files, our_model, time_steps  # noqa: E402
 
+from tinystories.device import compile_options  # noqa: E402
 from tinystories.kernels import fused_ce  # noqa: E402
 
 _first_results = {}
@@ -96,6 +99,18 @@ def attention_variants(B=4, H=4, T=256, D=32):
             "hand-written, eager": hand_written, "hand-written, compiled": torch.compile(hand_written)}
 
 
+def gelu_variants():
+    """name -> a function running the GELU forward and backward of one block, compiled two ways."""
+    x = torch.randn(4, 256, 512, requires_grad=True)
+
+    def gelu():
+        F.gelu(x, approximate="tanh").sum().backward()
+
+    tanh_through_exp = compile_options(torch.device("cpu"), "fp32")
+    return {"inductor defaults": torch.compile(gelu),
+            f"{tanh_through_exp}": torch.compile(gelu, options=tanh_through_exp)}
+
+
 def best_ms(run, calls: int, rounds: int = 3) -> float:
     for _ in range(3):
         run()
@@ -137,6 +152,10 @@ def main() -> None:
     print("3. causal attention, forward + backward, 4 layers (B=4, H=4, T=256, head 32; best of 3 x 20 calls)")
     for name, run in attention_variants().items():
         print(f"   {name:24s} {4 * best_ms(run, 20):7.1f} ms")
+
+    print("4. GELU (tanh), forward + backward, 4 layers (B=4, T=256, 512 channels; best of 3 x 50 calls), compiled")
+    for name, run in gelu_variants().items():
+        print(f"   {name:36s} {4 * best_ms(run, 50):7.2f} ms")
 
 
 if __name__ == "__main__":
