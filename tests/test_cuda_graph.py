@@ -25,9 +25,9 @@ def trainer(folder: Path, **overrides) -> Trainer:
 def run_steps(t: Trainer, steps: int) -> list[float]:
     losses = []
     for _ in range(steps):
-        loss, _ = t.train_step(1e-3)
+        loss, _ = t.train_step(t.next_batches(), 1e-3)
         losses.append(loss.item())
-        t.step += 1
+        t.state.step += 1
     return losses
 
 
@@ -41,7 +41,7 @@ def test_graph_replays_match_eager_steps(folder, optimizer):
     eager = run_steps(trainer(folder, cuda_graphs="off", optimizer=optimizer), 10)
     graphed_trainer = trainer(folder, cuda_graphs="on", optimizer=optimizer)
     graphed = run_steps(graphed_trainer, 10)
-    assert graphed_trainer.graph_step.graph is not None  # the later steps were replays
+    assert graphed_trainer.train_step.graph.graph is not None  # the later steps were replays
     assert graphed == pytest.approx(eager, rel=1e-5)
 
 
@@ -51,7 +51,7 @@ def test_graph_keeps_the_divergence_guard_on_the_device(folder):
     with torch.no_grad():
         t.model.ln_f.weight.fill_(float("nan"))
     run_steps(t, 2)
-    assert int(t.bad_in_a_row) == 2 and int(t.skipped_steps) == 2
+    assert int(t.train_step.bad_in_a_row) == 2 and int(t.train_step.skipped_steps) == 2
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -62,5 +62,5 @@ def test_resume_with_graphs_is_exact(folder, tmp_path, optimizer):
     run_steps(first, 6)
     first.save()
     resumed = trainer(folder, cuda_graphs="on", model=str(tmp_path / "ck.bin"), optimizer=optimizer)
-    assert resumed.step == 6
+    assert resumed.state.step == 6
     assert run_steps(resumed, 6) == expected[6:]

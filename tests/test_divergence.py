@@ -48,11 +48,14 @@ class InfGradient(torch.autograd.Function):
 
 
 def poison(monkeypatch, nan_steps=(), inf_grad_steps=()):
-    """Patch GPT.forward so that training step k (1-based; one forward per step here) returns a NaN
-    loss (k in nan_steps) or sends inf into the gradient of ln_f.bias (k in inf_grad_steps)."""
+    """Patch GPT.forward so that training step k (1-based; one forward in training mode per step here)
+    returns a NaN loss (k in nan_steps) or sends inf into the gradient of ln_f.bias (k in inf_grad_steps).
+    Forwards in eval mode (a save's check of the weights) are left alone and not counted."""
     original, calls = GPT.forward, itertools.count(1)
 
     def forward(self, idx, targets=None):
+        if not self.training:
+            return original(self, idx, targets)
         loss, step = original(self, idx, targets), next(calls)
         if step in nan_steps:
             loss = loss * math.nan
@@ -74,15 +77,15 @@ def state_of(trainer: Trainer) -> dict[str, np.ndarray]:
 
 def run_recording(trainer: Trainer) -> dict[int, tuple[dict, dict]]:
     """Run, recording (state before, state after) of every step, keyed by 1-based step."""
-    record, original = {}, trainer.train_step
+    record, original = {}, trainer.train_step._step_with_fallback
 
-    def train_step(lr):
+    def step_with_fallback(batches):
         before = state_of(trainer)
-        result = original(lr)
-        record[trainer.step + 1] = (before, state_of(trainer))
+        result = original(batches)
+        record[trainer.state.step + 1] = (before, state_of(trainer))
         return result
 
-    trainer.train_step = train_step
+    trainer.train_step._step_with_fallback = step_with_fallback
     trainer.run()
     return record
 
@@ -123,8 +126,9 @@ def test_inf_gradient_is_caught_by_the_norm(files, tmp_path, monkeypatch):
 
 
 def test_consecutive_bad_steps_stop_the_run(files, tmp_path, monkeypatch, capsys):
-    """Steps 4-6 are NaN with --max-bad-steps 3: the run stops at step 6 with one line and exit 2;
-    the checkpoint on disk (saved after step 5) holds exactly the weights and moments of step 3."""
+    """Steps 4-6 are NaN with --max-bad-steps 3: the run stops at step 6 with one line and exit 2,
+    which names the step on disk; the saves due at steps 4 and 5 are skipped, so the checkpoint on
+    disk is step 3's, exactly its weights and moments."""
     good = tmp_path / "good.bin"
     Trainer(config(files, good, max_steps=3)).run()
     poison(monkeypatch, nan_steps={4, 5, 6})
@@ -137,9 +141,10 @@ def test_consecutive_bad_steps_stop_the_run(files, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2
     assert len(err) == 1 and "training diverged: 3 consecutive steps" in err[0] and "step 6" in err[0], err
+    assert f"{ck} holds step 3, saved before the first of them" in err[0], err
     saved, reference = formats.read_model(ck), formats.read_model(good)
-    assert saved.state.meta["step"] == 5
-    assert saved.state.meta["counters"]["skipped_steps"] == 2
+    assert saved.state.meta["step"] == 3
+    assert saved.state.meta["counters"]["skipped_steps"] == 0
     assert all(np.isfinite(a).all() for a in saved.params.values())
     assert same(saved.params, reference.params)
     moments = [k for k in reference.state.tensors if k.startswith("adam_")]

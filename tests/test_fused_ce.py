@@ -146,9 +146,8 @@ def test_gpt_with_fused_head_matches_plain():
     targets = torch.randint(0, config.vocab_size, (3, 16), generator=g)
     results = []
     for head_loss in (plain_head_loss, functools.partial(fused_head_loss, chunk_size=20)):
-        model = GPT(config)
+        model = GPT(config, head_loss)
         model.init_weights(seed=0)
-        model.head_loss = head_loss
         loss = model(idx, targets)
         loss.backward()
         results.append((loss.item(), {name: p.grad for name, p in model.named_parameters()}))

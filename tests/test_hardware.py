@@ -107,12 +107,12 @@ def test_fp16_needs_cuda(device):
 
 def test_auto_head_loss_is_triton_only_from_compute_capability_8(gpu):
     gpu((7, 5))
-    assert dev.select_head_loss("auto", CUDA, "fp16") is fused_head_loss
-    assert dev.select_head_loss("auto", MPS) is fused_head_loss
-    assert dev.select_head_loss("plain", MPS) is plain_head_loss
+    assert dev.select_head_loss("auto", CUDA, "fp16").load() is fused_head_loss
+    assert dev.select_head_loss("auto", MPS).load() is fused_head_loss
+    assert dev.select_head_loss("plain", MPS).load() is plain_head_loss
     gpu((8, 0))
     triton = pytest.importorskip("tinystories.kernels.triton_ce")
-    assert dev.select_head_loss("auto", CUDA, "bf16") is triton.triton_head_loss
+    assert dev.select_head_loss("auto", CUDA, "bf16").load() is triton.triton_head_loss
 
 
 @pytest.mark.parametrize("capability, precision, allowed", [((7, 5), "fp16", True), ((7, 5), "bf16", False),
@@ -121,7 +121,7 @@ def test_triton_head_loss_where_triton_supports_it(gpu, capability, precision, a
     triton = pytest.importorskip("tinystories.kernels.triton_ce")
     gpu(capability)
     if allowed:
-        assert dev.select_head_loss("triton", CUDA, precision) is triton.triton_head_loss
+        assert dev.select_head_loss("triton", CUDA, precision).load() is triton.triton_head_loss
     else:
         with pytest.raises(BadInput, match="--head-loss triton.* needs compute capability"):
             dev.select_head_loss("triton", CUDA, precision)

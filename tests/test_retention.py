@@ -33,8 +33,8 @@ def test_keep_and_best(workdir, tmp_path):
     # a resumed run starts from the best so far, not from nothing
     args = train_parser().parse_args(["-e", str(ck), "-c", str(ck), "-n", "8", *map(str, base_args(workdir, "-v", "3"))])
     trainer = Trainer(TrainConfig(**vars(args)))
-    assert trainer.results["best_val_loss"] == vals[best_step] and trainer.step == 6
-    trainer.metrics.close()
+    assert trainer.state.results["best_val_loss"] == vals[best_step] and trainer.state.step == 6
+    trainer.sinks.close()
 
 
 def test_publish_copies_where_hard_links_fail(tmp_path, monkeypatch):
@@ -54,7 +54,7 @@ def test_publish_copies_where_hard_links_fail(tmp_path, monkeypatch):
 def test_stale_temp_files_of_kept_files_are_removed(tmp_path):
     for name in ("ck.step3.bin.abc_1.tmp", "ck.best.bin.x9.tmp", "other.step3.bin.abc.tmp", "ck.step3.bin"):
         (tmp_path / name).write_bytes(b"")
-    retention.Retention(str(tmp_path / "ck.bin"), keep=1).remove_stale_temp_files()
+    retention.Retention(str(tmp_path / "ck.bin"), keep=1, run_id="r").remove_stale_temp_files()
     assert sorted(os.listdir(tmp_path)) == ["ck.step3.bin", "other.step3.bin.abc.tmp"]
 
 

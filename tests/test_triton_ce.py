@@ -104,15 +104,13 @@ def test_without_grad_gives_the_same_loss_and_no_graph(device):
 def test_gpt_with_fused_head_has_the_plain_gradients(device):
     """In the model: every parameter's gradient matches, and the padding rows of wte get none."""
     config = GPTConfig(block_size=16, vocab_size=300, n_layer=2, n_head=2, n_embd=32)
-    model = GPT(config)
-    model.init_weights(seed=0)
-    model.to(device)
     idx = torch.randint(0, config.vocab_size, (2, 17), generator=torch.Generator().manual_seed(4)).to(device)
     x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
     def gradients(head_loss):
-        model.zero_grad(set_to_none=True)
-        model.head_loss = head_loss
+        model = GPT(config, head_loss)
+        model.init_weights(seed=0)
+        model.to(device)
         loss = model(x, y)
         loss.backward()
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}

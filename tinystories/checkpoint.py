@@ -1,92 +1,112 @@
 """What a checkpoint holds and how a run resumes from one.
 
 A checkpoint (-c) is an llm.c model file with our training-state trailer (formats.py owns the
-bytes). The trailer's metadata says where the run stands:
+bytes). What a run restores from it is a RunState; the trailer's metadata says where the run
+stands and how it was trained:
 
     format          "tinystories-train-state"
     run_id, step    the run and the number of steps done
     data_position   token offset of the next global batch (the same on any number of ranks)
     model_config    the GPTConfig it belongs to
-    batch_size, seq_len, grad_accum, world_size, train_tokens_file   how it was trained
-    counters        skipped_steps, tokens
+    batch_size, seq_len, grad_accum, world_size, train_tokens_file, optimizer   how it was trained
+                    (training_setup; optimizer is absent in older checkpoints: adamw)
+    counters        skipped_steps, tokens, and under fp16 grad_scaler (the loss scale)
     RESULT_KEYS     where logged so far: last_train_loss, last_train_step, last_val_loss,
                     last_val_step, last_val_bits_per_byte (--val-batches all, else null),
                     best_val_loss, best_val_step (the lowest val loss of the run and its step;
                     <name>.best.bin holds that step's state); export's model card reads them
 
-    optimizer       adamw or muon (absent in older checkpoints: adamw)
-
-and its tensors are the AdamW moments (`adam_m.<param>`, `adam_v.<param>`), Muon's momentum of each
-matrix it trains (`muon_m.<param>`), and the torch RNG state (`torch_rng`). Rank 0 writes it;
-resuming puts every one of these back, so N steps + resume for M steps equal N + M steps without a
-stop.
+and its tensors are the optimizer's state, as each optimizer declares it (optim.Part: AdamW's
+moments `adam_m.<param>`, `adam_v.<param>`, Muon's momentum `muon_m.<param>`), and the torch RNG
+state (`torch_rng`). Rank 0 writes it; resuming puts every one of these back, so N steps + resume
+for M steps equal N + M steps without a stop. A checkpoint is never written from non-finite weights.
 """
 import os
-from dataclasses import asdict
+import uuid
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from . import llmc
-from .config import GPTConfig, TrainConfig
+from .config import TrainConfig
 from .errors import BadInput
-from .formats import ModelFile, TrainingState, write_model
-from .muon import Muon
+from .formats import ModelFile, TrainingState, read_state_meta, write_model
 from .optim import Optimizers
 
 STATE_FORMAT = "tinystories-train-state"
 RESULT_KEYS = ("last_train_loss", "last_train_step", "last_val_loss", "last_val_step", "last_val_bits_per_byte",
                "best_val_loss", "best_val_step")
+SETUP_KEYS = ("batch_size", "seq_len", "grad_accum")  # a resumed run with other values no longer repeats the run
 
 
-def state_meta(cfg: TrainConfig, config: GPTConfig, run_id: str, step: int, data_position: int,
-               counters: dict, world: int, seq_len: int) -> dict:
-    return {
-        "format": STATE_FORMAT,
-        "run_id": run_id,
-        "step": step,
-        "data_position": data_position,
-        "train_tokens_file": os.path.basename(cfg.train_tokens),
-        "model_config": asdict(config),
-        "batch_size": cfg.batch_size,
-        "seq_len": seq_len,
-        "grad_accum": cfg.grad_accum,
-        "world_size": world,
-        "counters": counters,
-        "optimizer": cfg.optimizer,
-    }
+@dataclass
+class RunState:
+    """Everything about a run that a checkpoint restores, besides the weights and the optimizer."""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    step: int = 0  # steps done
+    tokens: int = 0  # tokens trained on
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    data_position: int = 0  # token offset of the next global batch
+    loss_scale: dict | None = None  # fp16's GradScaler state
+    results: dict = field(default_factory=dict)  # RESULT_KEYS: the last losses and the best val loss so far
 
 
-# optimizer state key -> checkpoint tensor prefix
-MOMENTS = {"exp_avg": "adam_m", "exp_avg_sq": "adam_v", "momentum_buffer": "muon_m"}
+def training_setup(cfg: TrainConfig, seq_len: int, world: int) -> dict:
+    """How a run trains, as its checkpoints record it."""
+    return {"train_tokens_file": os.path.basename(cfg.train_tokens), "batch_size": cfg.batch_size, "seq_len": seq_len,
+            "grad_accum": cfg.grad_accum, "world_size": world, "optimizer": cfg.optimizer}
 
 
-def save(path: str, model, optimizer: Optimizers, meta: dict) -> None:
-    """Write the model's weights, the optimizer's moments and the RNG state to `path`, atomically."""
-    tensors = {}
-    for name, p in model.named_parameters():
-        for key, value in optimizer.state.get(p, {}).items():
-            if key in MOMENTS:
-                tensors[f"{MOMENTS[key]}.{name}"] = value.detach().float().cpu().numpy()
+def state_meta(state: RunState, setup: dict, model) -> dict:
+    counters = {"skipped_steps": state.skipped_steps, "tokens": state.tokens}
+    if state.loss_scale:
+        counters["grad_scaler"] = state.loss_scale
+    return {"format": STATE_FORMAT, "run_id": state.run_id, "step": state.step, "data_position": state.data_position,
+            "model_config": asdict(model.config), **setup, "counters": counters, **state.results}
+
+
+def save(path: str, model, optimizer: Optimizers, state: RunState, setup: dict) -> None:
+    """Write the model's weights, the optimizer's state, the RNG state and `state` to `path`, atomically.
+    BadInput, writing nothing, when a weight is not finite."""
+    params = llmc.model_params(model)
+    bad = [name for name, array in params.items() if not np.isfinite(array).all()]
+    if bad:
+        raise BadInput(f"{path}: not saved: the weights at step {state.step} hold NaN or infinite values "
+                       f"(in {bad[0]}); the file on disk is unchanged")
+    names = {id(p): name for name, p in model.named_parameters()}
+    tensors = {key: value.detach().float().cpu().numpy() for key, value in optimizer.state_tensors(names).items()}
     tensors["torch_rng"] = torch.get_rng_state().numpy()
-    write_model(path, model.config, llmc.model_params(model), TrainingState(meta, tensors))
+    write_model(path, model.config, params, TrainingState(state_meta(state, setup, model), tensors))
 
 
-def restore(model_file: ModelFile, path: str, model, optimizer: Optimizers, optimizer_name: str) -> dict:
-    """Put a checkpoint's optimizer moments and RNG state back; returns its metadata (after checking
-    that it belongs to this model file and was trained with `optimizer_name`)."""
+def restore(model_file: ModelFile, path: str, model, optimizer: Optimizers, setup: dict) -> RunState:
+    """Put a checkpoint's optimizer state and RNG state back; returns its RunState (after checking
+    that it belongs to this model file and was trained with setup's optimizer)."""
     meta = check_resumable(model_file, path)
     trained_with = meta.get("optimizer", "adamw")
-    if trained_with != optimizer_name:
+    if trained_with != setup["optimizer"]:
         raise BadInput(f"{path}: checkpoint was trained with --optimizer {trained_with}; resume it with the same "
-                       f"optimizer (not {optimizer_name})")
-    restore_optimizer(optimizer, model, model_file.state, path)
+                       f"optimizer (not {setup['optimizer']})")
+    names = {id(p): name for name, p in model.named_parameters()}
+    missing = optimizer.load_state_tensors(lambda key, p: saved_tensor(model_file.state, key, p, path), names, meta["step"])
+    if missing and meta["step"] > 0:
+        raise BadInput(f"{path}: training state lacks the {missing[0]}")
     rng = model_file.state.tensors.get("torch_rng")
     if rng is not None:
         try:
             torch.set_rng_state(torch.from_numpy(rng.copy()))
         except (TypeError, RuntimeError):  # wrong dtype or size
             raise BadInput(f"{path}: training state holds a malformed torch_rng") from None
-    return meta
+    counters = meta.get("counters", {})
+    return RunState(run_id=meta["run_id"], step=meta["step"], tokens=counters.get("tokens", 0),
+                    skipped_steps=counters.get("skipped_steps", 0), data_position=meta["data_position"],
+                    loss_scale=counters.get("grad_scaler"), results={k: meta[k] for k in RESULT_KEYS if k in meta})
+
+
+def changed_setup(model_file: ModelFile, setup: dict) -> list[str]:
+    """The SETUP_KEYS whose values differ from those the checkpoint was trained with."""
+    return [key for key in SETUP_KEYS if model_file.state.meta.get(key) != setup[key]]
 
 
 def check_resumable(model_file: ModelFile, path: str) -> dict:
@@ -104,28 +124,7 @@ def check_resumable(model_file: ModelFile, path: str) -> dict:
     return meta
 
 
-def restore_optimizer(optimizer: Optimizers, model, state: TrainingState, path: str) -> None:
-    """Put the moments of a checkpoint back into each of the optimizer's parts (with AdamW's step count)."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    step = float(state.meta["step"])
-    for part in optimizer.parts:
-        keys = ("momentum_buffer",) if isinstance(part, Muon) else ("exp_avg", "exp_avg_sq")
-        params = [p for g in part.param_groups for p in g["params"]]
-        saved = {}
-        for i, p in enumerate(params):
-            moments = {key: saved_moment(state, f"{MOMENTS[key]}.{names[id(p)]}", p, path) for key in keys}
-            if None in moments.values():
-                if step == 0:
-                    continue
-                kind = "Muon momentum" if isinstance(part, Muon) else "AdamW moments"
-                raise BadInput(f"{path}: training state lacks the {kind} of {names[id(p)]}")
-            saved[i] = moments if isinstance(part, Muon) else {"step": torch.tensor(step), **moments}
-        full = part.state_dict()
-        full["state"] = saved
-        part.load_state_dict(full)
-
-
-def saved_moment(state: TrainingState, key: str, p: torch.Tensor, path: str) -> torch.Tensor | None:
+def saved_tensor(state: TrainingState, key: str, p: torch.Tensor, path: str) -> torch.Tensor | None:
     """The checkpoint tensor `key` for parameter p (None if absent); BadInput if its shape is wrong."""
     value = state.tensors.get(key)
     if value is None:
@@ -135,8 +134,9 @@ def saved_moment(state: TrainingState, key: str, p: torch.Tensor, path: str) -> 
     return torch.from_numpy(value.copy())
 
 
-def check_output_paths(cfg: TrainConfig, metrics_path: str | None) -> None:
-    """BadInput unless -c can be written and neither -c nor the metrics log would overwrite an input."""
+def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_files: list[str], run_id: str) -> None:
+    """BadInput unless -c can be written, neither -c nor the metrics log would overwrite an input, and
+    none of the run's files (-c, its step and best files: run_files) holds a checkpoint of another run."""
     if cfg.checkpoint:
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint))
         if not os.path.isdir(folder):
@@ -145,12 +145,37 @@ def check_output_paths(cfg: TrainConfig, metrics_path: str | None) -> None:
             raise BadInput(f"-c {cfg.checkpoint}: folder {folder} is not writable")
         if os.path.isdir(cfg.checkpoint):
             raise BadInput(f"-c {cfg.checkpoint}: is a folder, expected a file name")
+        if not cfg.overwrite:
+            check_not_another_run(run_files, run_id, cfg.checkpoint)
     paths = {"-e": cfg.model, "-i": cfg.train_tokens, "-j": cfg.val_tokens, "-c": cfg.checkpoint,
              "--metrics": metrics_path}
     for output, source in (("-c", "-i"), ("-c", "-j"), ("--metrics", "-e"), ("--metrics", "-i"),
                            ("--metrics", "-j"), ("--metrics", "-c")):
         if same_file(paths[output], paths[source]):
             raise BadInput(f"{output} {paths[output]}: is the same file as {source}, which it would overwrite")
+
+
+def check_not_another_run(paths: list[str], run_id: str, checkpoint: str) -> None:
+    """BadInput when one of `paths` holds a checkpoint of a run other than run_id: starting a run must
+    not replace another run's checkpoints and its metrics log (--overwrite allows it)."""
+    for path in paths:
+        theirs = run_id_or_none(path)
+        if theirs is not None and theirs != run_id:
+            step = read_state_meta(path).get("step")
+            raise BadInput(f"-c {checkpoint}: {path} holds step {step} of another run; resume it with -e {path}, "
+                           f"or pass --overwrite to replace it (and the metrics log)")
+
+
+def run_id_or_none(path: str) -> str | None:
+    """The run id of the checkpoint at `path`; None when there is none: no such file, a model file
+    without training state, or a file that is not a checkpoint we can read."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        meta = read_state_meta(path)
+    except BadInput:
+        return None
+    return None if meta is None else meta.get("run_id")
 
 
 def same_file(a: str | None, b: str | None) -> bool:

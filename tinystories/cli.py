@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from .config import COMPILE_AUTO_MIN_STEPS, HF_ARCHIVE_URL, RECIPES, GenerateConfig, PrepareConfig, TrainConfig
+from .config import HF_ARCHIVE_URL, PRECISION_POLICY, RECIPES, GenerateConfig, PrepareConfig, TrainConfig
 from .errors import BadInput
 
 
@@ -50,11 +50,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def int_or_all(text: str) -> int | str:
-    return "all" if text == "all" else int(text)
-
-
-for _f in (positive_int, non_negative_int, positive_float, non_negative_float, int_or_all):
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 
@@ -145,97 +141,22 @@ def create_main(argv=None) -> None:
 # ----------------------------------------------------------------------------- train
 
 def train_parser() -> Parser:
-    """./train's flags, one per TrainConfig field: its spelling, default and choices come from the
-    dataclass, its type and help text from here."""
+    """./train's flags, one per TrainConfig field: spelling, default, choices, help, metavar and type all
+    come from the field (config.flag); its annotation gives the type (bool: an on/off switch)."""
     p = Parser(prog="train", description="Train a GPT-2 style model on llm.c token files (CPU or CUDA).",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    settings = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-    def a(name: str, **kwargs):
-        setting = settings[name]
-        if setting.metadata["choices"]:
-            kwargs["choices"] = setting.metadata["choices"]
-        p.add_argument(*setting.metadata["flag"].split("/"), dest=name, default=setting.default, **kwargs)
-
-    a("model", help="model to start from: a model.bin starts a fresh run, "
-      "a checkpoint written by -c resumes it exactly")
-    a("checkpoint", help="checkpoint to write (weights in llm.c format + training state); none if unset")
-    a("checkpoint_every", type=int, help="save every N steps (0 = only at the end)")
-    a("train_tokens", help="train token file")
-    a("val_tokens", help="val token file")
-    a("max_steps", type=int, help="steps to train (-1 = one epoch of the train file)")
-    a("batch_size", type=int, help="sequences per step, over all processes: under torchrun each of N ranks takes -b/N (N must divide -b)")
-    a("seq_len", type=int, help="tokens per sequence; 0 = the model's block size "
-      "(the original's 1024 exceeds the default model's block of 256); more than the block size is an error")
-    a("learning_rate", type=float, metavar="LR", help="peak learning rate")
-    a("val_every", type=int, help="val loss every N steps (0 = never)")
-    a("sample_every", type=int, help="print a generated sample every N steps (0 = never)")
-    a("sample_length", type=int, help="tokens per sample")
-    a("val_batches", type=int_or_all, help="batches averaged for the val loss, or 'all': "
-      "the whole val file in windows of -t + 1 tokens, the figure `tinystories eval` gives")
-    a("device", help="auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
-    a("precision", help="auto = bf16 autocast on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 "
-      "or AMX), fp16 autocast with loss scaling on CUDA 7.x (V100, T4), else fp32 (MPS included); "
-      "master weights and optimizer state are always fp32")
-    a("head_loss", help="output layer + cross-entropy: chunked = fused PyTorch version that never allocates the logits afresh (rows in "
-      "chunks; on CPU in fp32, vocabulary tiles that stay in cache); "
-      "triton = fused Triton kernel (CUDA); plain = the reference formulation; auto = triton on CUDA "
-      "when installed, else chunked")
-    a("compile", help="torch.compile the model: it costs "
-      "a start-up of ~10-60 s and then runs steps up to 2x faster; auto = on for runs of at least "
-      f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run) on CPU and CUDA, eager where "
-      "compiling cannot work (no C++ compiler, no triton) or fails at the first step")
-    a("cuda_graphs", help="replay each training step as one "
-      "CUDA graph (forward, backward, clip, AdamW): removes the per-kernel launch cost that bounds small "
-      "models on a GPU; auto = on for a single CUDA process")
-    a("deterministic", action="store_true", help="use only deterministic kernels, so a compiled run "
-      "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic otherwise, "
-      "eager runs always are (costs ~25%% of the compiled speed on CPU)")
-    a("seed", type=int, help="seed for sampling and any randomness in training")
-    a("weight_decay", type=float, help="AdamW weight decay (matrices only)")
-    a("beta1", type=float, help="AdamW beta1")
-    a("beta2", type=float, help="AdamW beta2")
-    a("eps", type=float, help="AdamW epsilon")
-    a("warmup_steps", type=int, metavar="WARMUP", help="linear LR warmup steps")
-    a("lr_decay", help="LR decay after warmup, to --min-lr-ratio x lr at the last step; "
-      "wsd = constant, then linear over the last --cooldown of the steps")
-    a("min_lr_ratio", type=float, help="final LR as a fraction of -l when decaying")
-    a("grad_clip", type=float, help="clip the global gradient norm (0 = off)")
-    a("grad_accum", type=int, help="micro-batches accumulated per step")
-    a("max_bad_steps", type=int, help="stop after this many consecutive steps with a non-finite loss or gradient")
-    a("log_every", type=int, help="print and log every N steps; between them the "
-      "device runs ahead without waiting for the loss (use 10-100 on a GPU for full speed)")
-    a("metrics", help="JSON-lines metrics file (default: <checkpoint>.metrics.jsonl when -c is set)")
-    a("cooldown", type=float, help="--lr-decay wsd: fraction of the steps "
-      "at the end over which the LR decays linearly to --min-lr-ratio x lr")
-    a("keep", type=int, help="with -c, also keep the N most recent saves "
-      "as <name>.step<k>.bin (older ones are removed after a newer one is written); with validation, "
-      "<name>.best.bin is always kept: the checkpoint of the lowest val loss so far")
-    a("tensorboard", metavar="DIR", help="also log to TensorBoard event files "
-      "in DIR (needs the tb extra: pip install -e '.[tb]')")
-    a("wandb", metavar="PROJECT[/RUN]", help="also log to Weights & Biases "
-      "project PROJECT (run name RUN); WANDB_MODE=offline works without an account (needs the wandb extra: "
-      "pip install -e '.[wandb]')")
-    a("config", metavar="FILE.toml", help="TOML file of flag values: keys are "
-      "the long flag names with '_' for '-' (max_steps = 300); flags on the command line win")
-    a("optimizer", help="adamw: AdamW for every parameter (the original's); muon: Muon "
-      "(orthogonalised momentum, q, k and v as three matrices) for the blocks' weight matrices and AdamW for "
-      "the embeddings, biases and norms; Muon's updates are scaled to AdamW's size, so it takes rates on -l's scale")
-    a("embed_lr", type=float, metavar="LR", help="peak learning rate of the token and position "
-      "embeddings (the token embedding is also the output layer); 0 = -l")
-    a("matrix_lr", type=float, metavar="LR", help="peak learning rate of the blocks' weight "
-      "matrices (AdamW's or Muon's); 0 = -l")
-    a("muon_momentum", type=float, help="--optimizer muon: momentum")
-    a("recipe", help="a named set of training flags chosen by bench/bench_recipe.py "
-      "(BENCHMARKS.md \"Recipe\"): " + "; ".join(f"{name} = {recipe_flags(values)}" for name, values in RECIPES.items())
-      + "; a config file and flags on the command line override its values")
+    for setting in dataclasses.fields(TrainConfig):
+        meta = setting.metadata
+        kwargs = {"help": meta["help"]() if callable(meta["help"]) else meta["help"]}
+        if setting.type is bool:
+            kwargs["action"] = "store_true"
+        elif meta["parse"] or setting.type in (int, float):
+            kwargs["type"] = meta["parse"] or setting.type
+        for option in ("choices", "metavar"):
+            if meta[option]:
+                kwargs[option] = meta[option]
+        p.add_argument(*meta["flag"].split("/"), dest=setting.name, default=setting.default, **kwargs)
     return p
-
-
-def recipe_flags(values: dict) -> str:
-    """A recipe's values as the flags they stand for: '--optimizer muon -l 0.002'."""
-    settings = {f.name: f.metadata["flag"] for f in dataclasses.fields(TrainConfig)}
-    return " ".join(f"{settings[name].split('/')[-1]} {value}" for name, value in values.items())
 
 
 def train_main(argv=None) -> None:
@@ -244,7 +165,9 @@ def train_main(argv=None) -> None:
     cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES))))
     from . import train
 
-    train.train(cfg)
+    stopped_by = train.train(cfg)
+    if stopped_by is not None:  # interrupted before the last step (the checkpoint is saved): as shells report it
+        sys.exit(128 + stopped_by)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -262,9 +185,8 @@ def generate_parser() -> Parser:
     a("--top-p", type=positive_float, default=1.0, help="nucleus sampling: smallest set of tokens with this total probability (1 = off)")
     a("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights and KV cache in bf16 "
-      "(about 2x faster per token on CPUs with native bf16), fp16 (CUDA) or fp32; auto = bf16 on CUDA 8.0+ "
-      "and on CPUs with native bf16 (AVX512-BF16 or AMX), fp16 on CUDA 7.x, else fp32. A seed names the "
-      "same story within one precision")
+      "(about 2x faster per token on CPUs with native bf16), fp16 (CUDA) or fp32; " + PRECISION_POLICY
+      + ". A seed names the same story within one precision")
     return p
 
 
@@ -290,8 +212,8 @@ def eval_parser() -> Parser:
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
     a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or auto "
-      "(bf16 on CUDA and on CPUs with native bf16)")
+    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or "
+      + PRECISION_POLICY)
     a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
     return p
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, fields
 
 from . import llmc
 from .errors import BadInput
+from .registry import HEAD_LOSSES, OPTIMIZERS
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -42,16 +43,38 @@ class GPTConfig:
 HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
 HF_ARCHIVE_SIZE = 1_608_001_638
 
+# --precision auto, written once (device.resolve_precision implements it; help texts and README point here)
+PRECISION_POLICY = ("auto = bf16 on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 or AMX), "
+                    "fp16 on CUDA 7.x (V100, T4), else fp32 (MPS included)")
+
 COMPILE_AUTO_MIN_STEPS = 200  # --compile auto: below this, the compile start-up costs more than it saves
 
 
-def flag(spelling: str, default, choices: tuple[str, ...] | None = None):
+def flag(spelling: str, default, help, *, choices: tuple[str, ...] | None = None, rule: tuple | None = None,
+         metavar: str | None = None, parse=None):
     """A TrainConfig field that ./train sets with the flag `spelling` ("-l/--lr": its short and long
-    forms, as messages name it); `choices`, when given, are its only values."""
-    return field(default=default, metadata={"flag": spelling, "choices": choices})
+    forms, as messages name it). Everything about the flag is here: `help` (its --help text; a
+    function for a text computed from other settings), `choices` (its only values), `rule` ((test,
+    what the value must be): validate's check), `metavar`, and `parse`, the argparse type, when the
+    field's annotation (int, float, str; bool is an on/off switch) does not say it."""
+    return field(default=default, metadata={"flag": spelling, "help": help, "choices": choices, "rule": rule,
+                                            "metavar": metavar, "parse": parse})
 
+
+def int_or_all(text: str) -> int | str:
+    return "all" if text == "all" else int(text)
+
+
+int_or_all.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 ON_OFF = ("auto", "on", "off")
+# each a rule: (test of the value, what the value must be)
+POSITIVE = (lambda v: v > 0, "positive")
+AT_LEAST_0 = (lambda v: v >= 0, "0 or more")
+FINITE_AT_LEAST_0 = (lambda v: 0 <= v < math.inf, "0 or more and finite")
+FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "positive and finite")
+FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+INT64 = (lambda v: -2**63 <= v < 2**63, "within the int64 range")
 
 # --recipe NAME: flag values (TrainConfig field: value) that stand in for the defaults; a config file
 # and the command line still override each. Chosen by bench/bench_recipe.py (BENCHMARKS.md "Recipe").
@@ -61,88 +84,113 @@ RECIPES = {
 }
 
 
+def recipes_help() -> str:
+    """--recipe's help: each recipe as the flags it stands for ('fast = --lr 0.001 --optimizer muon ...')."""
+    spelling = {f.name: f.metadata["flag"].split("/")[-1] for f in fields(TrainConfig)}
+    recipes = "; ".join(f"{name} = " + " ".join(f"{spelling[k]} {v}" for k, v in values.items())
+                        for name, values in RECIPES.items())
+    return (f"a named set of training flags chosen by bench/bench_recipe.py (BENCHMARKS.md \"Recipe\"): {recipes}; "
+            "a config file and flags on the command line override its values")
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run, each one a ./train flag: cli.py builds the parser from these
-    fields (their flags, defaults and choices) and adds the help texts. validate() checks the values."""
+    """Every setting of a training run, each one a ./train flag with its help and its rule (see flag):
+    cli.py builds the parser from these fields; validate() checks the values."""
 
-    model: str = flag("-e/--model", "model.bin")  # model or checkpoint to start from
-    checkpoint: str | None = flag("-c/--checkpoint", None)  # checkpoint output
-    checkpoint_every: int = flag("-k/--checkpoint-every", 0)  # 0 = only at the end
-    train_tokens: str = flag("-i/--train-tokens", "data/tinystories/TinyStories_train.bin")
-    val_tokens: str = flag("-j/--val-tokens", "data/tinystories/TinyStories_val.bin")
-    max_steps: int = flag("-n/--max-steps", -1)  # -1 = one epoch
-    batch_size: int = flag("-b/--batch-size", 4)
-    seq_len: int = flag("-t/--seq-len", 0)  # 0 = the model's block size
-    learning_rate: float = flag("-l/--lr", 3e-4)
-    val_every: int = flag("-v/--val-every", 20)
-    sample_every: int = flag("-s/--sample-every", 20)
-    sample_length: int = flag("-g/--sample-length", 64)
-    val_batches: int | str = flag("--val-batches", 20)  # or "all": the whole val file (evaluate.py)
-    device: str = flag("--device", "auto")
-    precision: str = flag("--precision", "auto", ("auto", "fp32", "bf16", "fp16"))
-    head_loss: str = flag("--head-loss", "auto", ("auto", "chunked", "triton", "plain"))
-    compile: str = flag("--compile", "auto", ON_OFF)
-    cuda_graphs: str = flag("--cuda-graphs", "auto", ON_OFF)
-    deterministic: bool = flag("--deterministic", False)
-    seed: int = flag("--seed", 1337)
-    weight_decay: float = flag("--weight-decay", 0.0)
-    beta1: float = flag("--beta1", 0.9)
-    beta2: float = flag("--beta2", 0.95)
-    eps: float = flag("--eps", 1e-8)
-    warmup_steps: int = flag("--warmup", 0)
-    lr_decay: str = flag("--lr-decay", "none", ("none", "cosine", "linear", "wsd"))
-    min_lr_ratio: float = flag("--min-lr-ratio", 0.1)
-    grad_clip: float = flag("--grad-clip", 1.0)
-    grad_accum: int = flag("--grad-accum", 1)
-    max_bad_steps: int = flag("--max-bad-steps", 10)
-    log_every: int = flag("--log-every", 1)
-    metrics: str | None = flag("--metrics", None)  # default: <checkpoint>.metrics.jsonl
-    cooldown: float = flag("--cooldown", 0.2)  # --lr-decay wsd: the fraction of the steps that decays
-    keep: int = flag("--keep", 0)  # also keep the N most recent <name>.step<k>.bin
-    tensorboard: str | None = flag("--tensorboard", None)  # event file folder
-    wandb: str | None = flag("--wandb", None)  # PROJECT or PROJECT/RUN
-    config: str | None = flag("--config", None)  # the TOML file that supplied flag values
-    optimizer: str = flag("--optimizer", "adamw", ("adamw", "muon"))  # muon: for the blocks' matrices
-    embed_lr: float = flag("--embed-lr", 0.0)  # peak LR of the embeddings (= the head); 0 = -l
-    matrix_lr: float = flag("--matrix-lr", 0.0)  # peak LR of the blocks' matrices; 0 = -l
-    muon_momentum: float = flag("--muon-momentum", 0.95)
-    recipe: str = flag("--recipe", "none", tuple(["none", *RECIPES]))  # a named set of the flags above
+    model: str = flag("-e/--model", "model.bin", "model to start from: a model.bin starts a fresh run, "
+                      "a checkpoint written by -c resumes it exactly")
+    checkpoint: str | None = flag("-c/--checkpoint", None, "checkpoint to write (weights in llm.c format + "
+                                  "training state); none if unset")
+    checkpoint_every: int = flag("-k/--checkpoint-every", 0, "save every N steps (0 = only at the end)", rule=AT_LEAST_0)
+    train_tokens: str = flag("-i/--train-tokens", "data/tinystories/TinyStories_train.bin", "train token file")
+    val_tokens: str = flag("-j/--val-tokens", "data/tinystories/TinyStories_val.bin", "val token file")
+    max_steps: int = flag("-n/--max-steps", -1, "steps to train (-1 = one epoch of the train file)",
+                          rule=(lambda v: v > 0 or v == -1, "positive or -1 (one epoch)"))
+    batch_size: int = flag("-b/--batch-size", 4, "sequences per step, over all processes: under torchrun each "
+                           "of N ranks takes -b/N (N must divide -b)", rule=POSITIVE)
+    seq_len: int = flag("-t/--seq-len", 0, "tokens per sequence; 0 = the model's block size (the original's 1024 "
+                        "exceeds the default model's block of 256); more than the block size is an error", rule=AT_LEAST_0)
+    learning_rate: float = flag("-l/--lr", 3e-4, "peak learning rate", rule=FINITE_POSITIVE, metavar="LR")
+    val_every: int = flag("-v/--val-every", 20, "val loss every N steps (0 = never)", rule=AT_LEAST_0)
+    sample_every: int = flag("-s/--sample-every", 20, "print a generated sample every N steps (0 = never)", rule=AT_LEAST_0)
+    sample_length: int = flag("-g/--sample-length", 64, "tokens per sample", rule=POSITIVE)
+    val_batches: int | str = flag("--val-batches", 20, "batches averaged for the val loss, or 'all': the whole "
+                                  "val file in windows of -t + 1 tokens, the figure `tinystories eval` gives",
+                                  rule=(lambda v: v == "all" or v > 0, "positive or all"), parse=int_or_all)
+    device: str = flag("--device", "auto", "auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, "
+                       "cuda, cuda:N, mps")
+    precision: str = flag("--precision", "auto", PRECISION_POLICY + "; bf16 and fp16 as autocast, fp16 with loss "
+                          "scaling; master weights and optimizer state are always fp32", choices=("auto", "fp32", "bf16", "fp16"))
+    head_loss: str = flag("--head-loss", "auto", "output layer + cross-entropy: chunked = fused PyTorch version "
+                          "that never allocates the logits afresh (rows in chunks; on CPU in fp32, vocabulary tiles "
+                          "that stay in cache); triton = fused Triton kernel (CUDA); plain = the reference "
+                          "formulation; auto = triton on CUDA when installed, else chunked",
+                          choices=("auto", *HEAD_LOSSES))
+    compile: str = flag("--compile", "auto", "torch.compile the model: it costs a start-up of ~10-60 s and then "
+                        "runs steps up to 2x faster; auto = on for runs of at least "
+                        f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run) on CPU and CUDA, "
+                        "eager where compiling cannot work (no C++ compiler, no triton) or fails at the first step",
+                        choices=ON_OFF)
+    cuda_graphs: str = flag("--cuda-graphs", "auto", "replay each training step as one CUDA graph (forward, "
+                            "backward, clip, AdamW): removes the per-kernel launch cost that bounds small models on "
+                            "a GPU; auto = on for a single CUDA process", choices=ON_OFF)
+    deterministic: bool = flag("--deterministic", False, "use only deterministic kernels, so a compiled run "
+                               "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic "
+                               "otherwise, eager runs always are (costs ~25%% of the compiled speed on CPU)")
+    seed: int = flag("--seed", 1337, "seed for sampling and any randomness in training", rule=INT64)
+    weight_decay: float = flag("--weight-decay", 0.0, "AdamW weight decay (matrices only)", rule=FINITE_AT_LEAST_0)
+    beta1: float = flag("--beta1", 0.9, "AdamW beta1", rule=FRACTION)
+    beta2: float = flag("--beta2", 0.95, "AdamW beta2", rule=FRACTION)
+    eps: float = flag("--eps", 1e-8, "AdamW epsilon", rule=FINITE_POSITIVE)
+    warmup_steps: int = flag("--warmup", 0, "linear LR warmup steps", rule=AT_LEAST_0, metavar="WARMUP")
+    lr_decay: str = flag("--lr-decay", "none", "LR decay after warmup, to --min-lr-ratio x lr at the last step; "
+                         "wsd = constant, then linear over the last --cooldown of the steps",
+                         choices=("none", "cosine", "linear", "wsd"))
+    min_lr_ratio: float = flag("--min-lr-ratio", 0.1, "final LR as a fraction of -l when decaying", rule=FINITE_AT_LEAST_0)
+    grad_clip: float = flag("--grad-clip", 1.0, "clip the global gradient norm (0 = off)", rule=FINITE_AT_LEAST_0)
+    grad_accum: int = flag("--grad-accum", 1, "micro-batches accumulated per step", rule=POSITIVE)
+    max_bad_steps: int = flag("--max-bad-steps", 10, "stop after this many consecutive steps with a non-finite "
+                              "loss or gradient", rule=POSITIVE)
+    log_every: int = flag("--log-every", 1, "print and log every N steps; between them the device runs ahead "
+                          "without waiting for the loss (use 10-100 on a GPU for full speed)", rule=POSITIVE)
+    metrics: str | None = flag("--metrics", None, "JSON-lines metrics file (default: <checkpoint>.metrics.jsonl "
+                               "when -c is set)")
+    cooldown: float = flag("--cooldown", 0.2, "--lr-decay wsd: fraction of the steps at the end over which the "
+                           "LR decays linearly to --min-lr-ratio x lr", rule=(lambda v: 0 < v <= 1, "in (0, 1]"))
+    keep: int = flag("--keep", 0, "with -c, also keep the N most recent saves as <name>.step<k>.bin (older ones "
+                     "are removed after a newer one is written); with validation, <name>.best.bin is always kept: "
+                     "the checkpoint of the lowest val loss so far", rule=AT_LEAST_0)
+    tensorboard: str | None = flag("--tensorboard", None, "also log to TensorBoard event files in DIR (needs the "
+                                   "tb extra: pip install -e '.[tb]')", metavar="DIR")
+    wandb: str | None = flag("--wandb", None, "also log to Weights & Biases project PROJECT (run name RUN); "
+                             "WANDB_MODE=offline works without an account (needs the wandb extra: "
+                             "pip install -e '.[wandb]')", metavar="PROJECT[/RUN]")
+    config: str | None = flag("--config", None, "TOML file of flag values: keys are the long flag names with '_' "
+                              "for '-' (max_steps = 300); flags on the command line win", metavar="FILE.toml")
+    optimizer: str = flag("--optimizer", "adamw", "adamw: AdamW for every parameter (the original's); muon: Muon "
+                          "(orthogonalised momentum, q, k and v as three matrices) for the blocks' weight matrices "
+                          "and AdamW for the embeddings, biases and norms; Muon's updates are scaled to AdamW's "
+                          "size, so it takes rates on -l's scale", choices=tuple(OPTIMIZERS))
+    embed_lr: float = flag("--embed-lr", 0.0, "peak learning rate of the token and position embeddings (the token "
+                           "embedding is also the output layer); 0 = -l",
+                           rule=(FINITE_AT_LEAST_0[0], "0 (= -l) or positive and finite"), metavar="LR")
+    matrix_lr: float = flag("--matrix-lr", 0.0, "peak learning rate of the blocks' weight matrices (AdamW's or "
+                            "Muon's); 0 = -l", rule=(FINITE_AT_LEAST_0[0], "0 (= -l) or positive and finite"),
+                            metavar="LR")
+    muon_momentum: float = flag("--muon-momentum", 0.95, "--optimizer muon: momentum", rule=FRACTION)
+    recipe: str = flag("--recipe", "none", recipes_help, choices=("none", *RECIPES))
+    overwrite: bool = flag("--overwrite", False, "let a fresh run replace a checkpoint of another run at -c (and "
+                           "its step and best files and metrics log); without it such a run stops before writing")
 
     def validate(self) -> None:
-        """Raise BadInput naming the flag of the first value out of its range."""
-        rules = [  # (field, whether its value is fine, what it must be)
-            ("checkpoint_every", self.checkpoint_every >= 0, "0 or more"),
-            ("max_steps", self.max_steps > 0 or self.max_steps == -1, "positive or -1 (one epoch)"),
-            ("batch_size", self.batch_size > 0, "positive"),
-            ("seq_len", self.seq_len >= 0, "0 or more"),
-            ("learning_rate", 0 < self.learning_rate < math.inf, "positive and finite"),
-            ("val_every", self.val_every >= 0, "0 or more"),
-            ("sample_every", self.sample_every >= 0, "0 or more"),
-            ("sample_length", self.sample_length > 0, "positive"),
-            ("val_batches", self.val_batches == "all" or self.val_batches > 0, "positive or all"),
-            ("weight_decay", self.weight_decay >= 0, "0 or more"),
-            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
-            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
-            ("eps", 0 < self.eps < math.inf, "positive and finite"),
-            ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
-            ("min_lr_ratio", self.min_lr_ratio >= 0, "0 or more"),
-            ("grad_clip", self.grad_clip >= 0, "0 or more"),
-            ("grad_accum", self.grad_accum > 0, "positive"),
-            ("max_bad_steps", self.max_bad_steps > 0, "positive"),
-            ("log_every", self.log_every > 0, "positive"),
-            ("cooldown", 0 < self.cooldown <= 1, "in (0, 1]"),
-            ("keep", self.keep >= 0, "0 or more"),
-            ("embed_lr", 0 <= self.embed_lr < math.inf, "0 (= -l) or positive and finite"),
-            ("matrix_lr", 0 <= self.matrix_lr < math.inf, "0 (= -l) or positive and finite"),
-            ("muon_momentum", 0 <= self.muon_momentum < 1, "in [0, 1)"),
-        ]
-        settings = {f.name: f.metadata for f in fields(self)}
-        rules += [(name, getattr(self, name) in meta["choices"], "one of " + ", ".join(meta["choices"]))
-                  for name, meta in settings.items() if meta["choices"]]
-        for name, ok, rule in rules:
-            if not ok:
-                raise BadInput(f"{settings[name]['flag']} {getattr(self, name)}: must be {rule}")
+        """Raise BadInput naming the flag of the first value out of its range (its rule, or its choices)."""
+        for setting in fields(self):
+            meta, value = setting.metadata, getattr(self, setting.name)
+            if meta["choices"] and value not in meta["choices"]:
+                raise BadInput(f"{meta['flag']} {value}: must be one of " + ", ".join(meta["choices"]))
+            if meta["rule"] and not meta["rule"][0](value):
+                raise BadInput(f"{meta['flag']} {value}: must be {meta['rule'][1]}")
 
 
 @dataclass

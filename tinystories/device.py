@@ -1,16 +1,16 @@
-"""Where and how to compute: the process's place in a torchrun job and its device, the numeric
-precision, torch.compile, and the output layer + loss implementation. Used by train and generate.
+"""Where and how to compute, one decision at a time: the process's place in a torchrun job and its
+device, the numeric precision, torch.compile, CUDA graphs, and the output layer + loss implementation.
+runtime.py makes these decisions in their order for train, generate and eval.
 
 Every choice here comes from a flag (--device, --precision, --compile, --head-loss) whose `auto`
 value picks the fast option the machine supports, and always has a plain PyTorch fallback:
 
     device     CUDA, else Apple's MPS (one process), else the CPU
-    precision  bf16 autocast on CUDA compute capability 8.0+ (Ampere and newer) and on CPUs with
-               native bf16; fp16 autocast with loss scaling on 7.x (V100, T4: fp16 tensor cores, no
-               bf16 ones); fp32 elsewhere, MPS included
+    precision  config.PRECISION_POLICY (7.x GPUs have fp16 tensor cores and no bf16 ones)
     compile    runs of COMPILE_AUTO_MIN_STEPS steps or more, on CPU (needs a working C++ compiler)
                and CUDA (needs triton and compute capability 7.0+); never by default on MPS
-    head loss  the Triton kernel on CUDA 8.0+ when triton imports, else the chunked PyTorch version
+    head loss  registry.HEAD_LOSSES: the Triton kernel on CUDA 8.0+ when triton imports, else the
+               chunked PyTorch version
 
 The hardware is asked through functions the tests replace (torch.cuda.get_device_capability,
 torch.backends.mps.is_available, cpu_has_native_bf16, compile_problem); TINYSTORIES_CPU_BF16=0 or 1
@@ -20,34 +20,50 @@ import contextlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from .config import COMPILE_AUTO_MIN_STEPS
 from .errors import BadInput
+from .registry import AUTO_HEAD_LOSSES, HEAD_LOSSES, HeadLoss
 
 
+@dataclass(frozen=True)
 class Distributed:
-    """Where this process sits: rank, world size, device. One process without torchrun."""
+    """Where this process sits: rank, world size, device. Distributed(device) is one process without
+    torchrun; from_environment joins the torchrun job this process was started in, if any."""
+    device: torch.device
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
 
-    def __init__(self, device_flag: str):
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device_flag: str) -> "Distributed":
+        """torchrun's WORLD_SIZE, RANK and LOCAL_RANK (one process without them), the device for
+        --device (the local rank's GPU under torchrun), and the process group when there are several."""
         env = os.environ
-        self.world = int(env.get("WORLD_SIZE", "1"))
-        self.rank = int(env.get("RANK", "0"))
-        self.local_rank = int(env.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        if self.enabled:
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world > 1:
             missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in env]
             if missing:
-                raise BadInput(f"WORLD_SIZE={self.world} but {', '.join(missing)} not set: start with torchrun")
-        self.device = pick_device(device_flag, self.local_rank if self.enabled else None)
-        if self.enabled:
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend=backend)
-        self.master = self.rank == 0
+                raise BadInput(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start with torchrun")
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        device = pick_device(device_flag, local_rank if world > 1 else None)
+        if world > 1:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(device, world, int(env.get("RANK", "0")), local_rank)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over the ranks (identity on one process)."""
@@ -135,8 +151,7 @@ def capability_text(device: torch.device) -> str:
 
 
 def resolve_precision(flag: str, device: torch.device) -> str:
-    """'fp32', 'bf16' or 'fp16' (autocast; fp16 with loss scaling). auto: bf16 on CUDA 8.0+ and on CPUs
-    with native bf16, fp16 on CUDA 7.x, fp32 elsewhere (older GPUs, other CPUs, MPS)."""
+    """'fp32', 'bf16' or 'fp16' (autocast; fp16 with loss scaling); auto as config.PRECISION_POLICY says."""
     if flag == "auto":
         if device.type == "cuda":
             capability = cuda_capability(device)
@@ -224,28 +239,38 @@ def use_cuda_graphs(flag: str, device: torch.device, distributed: bool, precisio
     return flag == "on" or (flag == "auto" and device.type == "cuda" and not distributed and precision != "fp16")
 
 
-def select_head_loss(flag: str, device: torch.device, precision: str = "fp32"):
-    """The output layer + loss implementation for --head-loss. auto: the Triton kernel on CUDA with
-    compute capability 8.0+ when triton imports, else the chunked PyTorch version (Triton 3 lists 8.0+
-    as supported; on 7.x it compiles, bf16 excepted, so --head-loss triton is allowed there but never
-    chosen by auto: it has not been run on such a GPU). plain: the reference formulation."""
-    from .kernels.fused_ce import fused_head_loss
-    from .model import plain_head_loss
+def select_head_loss(flag: str, device: torch.device, precision: str = "fp32") -> HeadLoss:
+    """The registry's output layer + loss for --head-loss (registry.HEAD_LOSSES): the one named, or for
+    auto the first of AUTO_HEAD_LOSSES that auto allows on this device and that can run here (the
+    Triton kernel on CUDA 8.0+ when triton imports, else the chunked PyTorch version). BadInput when
+    the one named cannot run here."""
+    if flag != "auto":
+        head = HEAD_LOSSES[flag]
+        problem = head_loss_problem(head, device, precision)
+        if problem:
+            others = [name for name in ("auto", *HEAD_LOSSES) if name != flag]
+            raise BadInput(problem.format(flag=f"--head-loss {flag}", use=f"use {', '.join(others[:-1])} or {others[-1]}"))
+        return head
+    for name in AUTO_HEAD_LOSSES:
+        head = HEAD_LOSSES[name]
+        auto_here = head.auto_capability is None or (device.type == "cuda" and cuda_capability(device) >= head.auto_capability)
+        if auto_here and head_loss_problem(head, device, precision) is None:
+            return head
+    raise AssertionError("AUTO_HEAD_LOSSES ends with one that runs anywhere")
 
-    if flag == "plain":
-        return plain_head_loss
-    if flag == "chunked" or (flag == "auto" and (device.type != "cuda" or cuda_capability(device) < (8, 0))):
-        return fused_head_loss
-    if device.type != "cuda":
-        raise BadInput("--head-loss triton needs a CUDA device (use auto, chunked or plain)")
-    needed = (8, 0) if precision == "bf16" else (7, 0)
-    if cuda_capability(device) < needed:
-        raise BadInput(f"--head-loss triton{' with bf16' if precision == 'bf16' else ''} needs compute capability "
-                       f"{needed[0]}.{needed[1]} or newer, this GPU has {capability_text(device)} (use auto, chunked or plain)")
+
+def head_loss_problem(head: HeadLoss, device: torch.device, precision: str) -> str | None:
+    """Why `head` cannot run on `device` under `precision` (a message with {flag} and {use} to fill
+    in), or None when it can; loads it, so a missing package is found here."""
+    if head.device is not None and device.type != head.device:
+        return f"{{flag}} needs a {head.device.upper()} device ({{use}})"
+    if device.type == "cuda":
+        needed = head.bf16_capability if precision == "bf16" else head.capability
+        if cuda_capability(device) < needed:
+            return (f"{{flag}}{' with bf16' if precision == 'bf16' else ''} needs compute capability {needed[0]}.{needed[1]} "
+                    f"or newer, this GPU has {capability_text(device)} ({{use}})")
     try:
-        from .kernels.triton_ce import triton_head_loss
+        head.load()
     except ImportError:
-        if flag == "triton":
-            raise BadInput("--head-loss triton: the triton package is not installed") from None
-        return fused_head_loss
-    return triton_head_loss
+        return f"{{flag}}: the {head.package} package is not installed"
+    return None

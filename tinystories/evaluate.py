@@ -112,17 +112,39 @@ def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, device: t
     return EvalResult(targets, float(nats), nbytes)
 
 
+@torch.no_grad()
+def val_loss(model, loader, val_batches: int | str, runtime) -> tuple[float, float | None]:
+    """./train's val loss and bits per byte (None unless whole-file): the mean over the first
+    `val_batches` batches of `loader` (a TokenLoader; on every rank), or for "all" the whole file
+    in windows of loader.T + 1 tokens, scored as `tinystories eval` does, over all ranks."""
+    dist = runtime.dist
+    if val_batches == "all":
+        share = evaluate(model, loader.tokens, loader.T, loader.B, runtime.device, runtime.precision, dist.rank, dist.world)
+        sums = torch.tensor([share.nats, share.targets, share.bytes], dtype=torch.float64, device=runtime.device)
+        nats, targets, nbytes = dist.sum(sums).tolist()
+        return nats / targets, (nats / math.log(2) / nbytes if nbytes else None)
+    loader.position = 0
+    model.eval()
+    total = torch.zeros((), device=runtime.device)
+    batches = min(val_batches, loader.batches_per_epoch())
+    for _ in range(batches):
+        x, y = runtime.to_device(loader.next_batch())
+        with autocast(runtime.device, runtime.precision):
+            total += model(x, y).float()
+    model.train()
+    return dist.mean(total / batches).item(), None
+
+
 def main(args) -> None:
     """`tinystories eval`: score a model file or checkpoint over a whole token file and print the figures."""
     import json
 
-    from . import llmc
-    from .device import pick_device, resolve_precision
     from .errors import BadInput
-    from .formats import read_model, read_tokens
-    from .model import GPT
+    from .formats import read_tokens
+    from .model import read_gpt
+    from .runtime import inference_runtime
 
-    model_file = read_model(args.model)
+    model, model_file = read_gpt(args.model)
     config = model_file.config
     seq_len = args.seq_len or config.block_size
     if seq_len > config.block_size:
@@ -130,9 +152,9 @@ def main(args) -> None:
     tokens = read_tokens(args.tokens, config.vocab_size)
     if tokens.size < 2:
         raise BadInput(f"{args.tokens}: {tokens.size} token, at least 2 are needed to score one")
-    device = pick_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    model = llmc.load_params(GPT(config), model_file.params).to(device)
+    runtime = inference_runtime(args.device, args.precision)
+    device, precision = runtime.device, runtime.precision
+    model.to(device)
     result = evaluate(model, tokens, seq_len, args.batch_size, device, precision, progress=not args.json)
     if args.json:
         print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, seq_len=seq_len,

@@ -23,12 +23,14 @@ Checkpoint = model file + training-state trailer (ours)
     see an ordinary model file (they read exactly the header and the tensors), while the weights
     and the optimizer state live in one file and are replaced by one atomic rename: they can
     never come from two different moments. The trailer:
-        header[0] = 20261123 (state magic), [1] = 1 (version), [2] = metadata length M (bytes),
-        [3] = payload length P (bytes; payload = metadata + tensor data)
+        header[0] = 20261123 (state magic), [1] = 2 (version; 1 is still read), [2] = metadata
+        length M (bytes), [3] = payload length P (bytes; payload = metadata + tensor data)
         M bytes of UTF-8 JSON metadata: free-form training fields plus
             "weights_sha256": sha256 of the model part (header + tensors) it belongs to,
             "payload_sha256": sha256 of the tensor data that follows,
-            "tensors": [{"name", "dtype", "shape"}, ...] in storage order
+            "tensors": [{"name", "dtype", "shape"}, ...] in storage order,
+            "meta_sha256": sha256 of this JSON without this field (keys sorted, json.dumps'
+                defaults), so an edit of any metadata value is found (version 2; version 1 lacks it)
         P - M bytes of raw little-endian tensor data, in that order.
     size == model size + 1024 + P
 """
@@ -51,7 +53,8 @@ HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
 TOKEN_MAGIC, TOKEN_VERSION = 20240520, 1
 MODEL_MAGIC, MODEL_VERSION_FP32, MODEL_VERSION_BF16 = 20240326, 3, 5
-STATE_MAGIC, STATE_VERSION = 20261123, 1
+STATE_MAGIC, STATE_VERSION = 20261123, 2
+STATE_VERSIONS = (1, 2)  # versions read: 1 has no meta_sha256
 STATE_DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8}
 MAX_TOKEN_COUNT = 2**31 - 1  # llm.c stores the count in an int32
 
@@ -332,31 +335,71 @@ def _state_bytes(state: TrainingState, weights_sha256: str) -> bytes:
     data = b"".join(blobs)
     meta = dict(state.meta, weights_sha256=weights_sha256,
                 payload_sha256=hashlib.sha256(data).hexdigest(), tensors=table)
-    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    meta_bytes = json.dumps(dict(meta, meta_sha256=meta_checksum(meta)), sort_keys=True).encode()
     return make_header(STATE_MAGIC, STATE_VERSION, len(meta_bytes), len(meta_bytes) + len(data)) + meta_bytes + data
+
+
+def meta_checksum(meta: dict) -> str:
+    """sha256 of a training state's metadata, less its own meta_sha256 field."""
+    rest = {key: value for key, value in meta.items() if key != "meta_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _bad_state(path, problem: str) -> BadInput:
+    return BadInput(f"{path}: training state is invalid: {problem}")
+
+
+def _parse_state_header(head: bytes, path, trailer_size: int) -> tuple[int, int, int]:
+    """(version, metadata length, payload length) from a trailer's first 1024 bytes, or BadInput."""
+    if trailer_size < HEADER_BYTES:
+        raise _bad_state(path, f"{trailer_size} bytes after the model tensors, too few for a state header")
+    header = np.frombuffer(head[:HEADER_BYTES], dtype="<i4")
+    if header[0] != STATE_MAGIC:
+        raise _bad_state(path, f"unexpected bytes after the model tensors (magic {header[0]}, expected {STATE_MAGIC})")
+    if header[1] not in STATE_VERSIONS:
+        raise _bad_state(path, f"unsupported version {header[1]} (expected {STATE_VERSION})")
+    meta_len, payload_len = int(header[2]), int(header[3])
+    if not (0 < meta_len <= payload_len) or HEADER_BYTES + payload_len != trailer_size:
+        raise _bad_state(path, f"header sizes ({meta_len}, {payload_len}) do not match its {trailer_size} bytes")
+    return int(header[1]), meta_len, payload_len
+
+
+def _parse_meta(raw: bytes, version: int, path) -> dict:
+    """The metadata JSON of a trailer, checked against its meta_sha256 (version 2), or BadInput."""
+    try:
+        meta = json.loads(raw.decode())
+        if not isinstance(meta, dict) or not isinstance(meta["tensors"], list):
+            raise TypeError
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+        raise _bad_state(path, "metadata is not the expected JSON") from None
+    if version >= 2 and meta.get("meta_sha256") != meta_checksum(meta):
+        raise _bad_state(path, "metadata checksum mismatch (corrupt or edited)")
+    return meta
+
+
+def read_state_meta(path) -> dict | None:
+    """The training-state metadata of the checkpoint at `path` (checked against its own checksum;
+    the weights and tensors are not read), or None for a model file without a training state."""
+    header = read_header(path, "model file")
+    config, width = read_model_config(header, path)
+    model_size = HEADER_BYTES + width * config.num_parameters()
+    size = os.path.getsize(path)
+    if size <= model_size:
+        return None
+    with open(path, "rb") as f:
+        f.seek(model_size)
+        head = f.read(HEADER_BYTES)
+        version, meta_len, _ = _parse_state_header(head, path, size - model_size)
+        return _parse_meta(f.read(meta_len), version, path)
 
 
 def _parse_state(trailer: bytes, path, weights_sha256: str) -> TrainingState:
     def bad(problem):
-        return BadInput(f"{path}: training state is invalid: {problem}")
+        return _bad_state(path, problem)
 
-    if len(trailer) < HEADER_BYTES:
-        raise bad(f"{len(trailer)} bytes after the model tensors, too few for a state header")
-    header = np.frombuffer(trailer[:HEADER_BYTES], dtype="<i4")
-    if header[0] != STATE_MAGIC:
-        raise bad(f"unexpected bytes after the model tensors (magic {header[0]}, expected {STATE_MAGIC})")
-    if header[1] != STATE_VERSION:
-        raise bad(f"unsupported version {header[1]} (expected {STATE_VERSION})")
-    meta_len, payload_len = int(header[2]), int(header[3])
-    if not (0 < meta_len <= payload_len) or HEADER_BYTES + payload_len != len(trailer):
-        raise bad(f"header sizes ({meta_len}, {payload_len}) do not match its {len(trailer)} bytes")
-    try:
-        meta = json.loads(trailer[HEADER_BYTES : HEADER_BYTES + meta_len].decode())
-        table = meta["tensors"]
-        if not isinstance(meta, dict) or not isinstance(table, list):
-            raise TypeError
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
-        raise bad("metadata is not the expected JSON") from None
+    version, meta_len, payload_len = _parse_state_header(trailer, path, len(trailer))
+    meta = _parse_meta(trailer[HEADER_BYTES : HEADER_BYTES + meta_len], version, path)
+    table = meta["tensors"]
     if meta.get("weights_sha256") != weights_sha256:
         raise bad("it belongs to other weights (weights checksum differs)")
     data = trailer[HEADER_BYTES + meta_len :]

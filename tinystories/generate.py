@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import llmc, tokenizer
+from . import tokenizer
 from .config import GenerateConfig
-from .device import AUTOCAST_DTYPES, pick_device, resolve_precision
+from .device import AUTOCAST_DTYPES
 from .errors import BadInput
-from .formats import read_model
-from .model import GPT, KVCache
+from .model import GPT, KVCache, read_gpt
+from .runtime import inference_runtime
 from .tokenizer import EOT
 
 
@@ -72,6 +72,17 @@ def generate_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, gene
     return list(stream_tokens(model, prompt_ids, max_new_tokens, generator, temperature, top_k, top_p))
 
 
+def sample_story(model: GPT, seed: int, max_tokens: int) -> str:
+    """A story sampled at temperature 1 after an EOT (what ./train prints every -s steps), at most
+    max_tokens tokens (and the block size) long."""
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    ids = generate_tokens(model, [EOT], min(max_tokens, model.config.block_size), generator)
+    model.train(was_training)
+    return tokenizer.decode(ids)
+
+
 def text_pieces(token_ids: Iterable[int]) -> Iterator[str]:
     """Decode ids to text piece by piece as they arrive. A character whose UTF-8 bytes span several
     tokens comes out whole once its last byte arrives; the pieces join to tokenizer.decode(ids)."""
@@ -86,19 +97,17 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     """A model or checkpoint file (its training state is ignored), ready for sampling in `dtype`."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: model file not found (write one with create_model.py or ./train -c; choose it with -e)")
-    model_file = read_model(path)
+    model, model_file = read_gpt(path)
     if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
         raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
                        f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
-    model = llmc.load_params(GPT(model_file.config), model_file.params)
     return model.to(device=device, dtype=dtype).eval()
 
 
 def main(cfg: GenerateConfig) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
-    device = pick_device(cfg.device)
-    dtype = AUTOCAST_DTYPES.get(resolve_precision(cfg.precision, device), torch.float32)
-    model = load_model(cfg.model, device, dtype)
+    runtime = inference_runtime(cfg.device, cfg.precision)
+    model = load_model(cfg.model, runtime.device, AUTOCAST_DTYPES.get(runtime.precision, torch.float32))
     prompt_ids = [EOT] + tokenizer.encode(cfg.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:

@@ -8,7 +8,7 @@ in it, `{i}` stands for the layer.
 
 Everything else is derived from the table, by name: the shapes of a model file's tensors
 (formats.model_tensor_shapes), the parameter count (GPTConfig.num_parameters), moving weights in
-and out of a GPT (model_params, load_params) and the Hugging Face state dict (hf.py).
+and out of a GPT (model_params, load_params; model.read_gpt) and the Hugging Face state dict (hf.py).
 
 This module imports nothing at the top, so that config.py can count parameters with it while the
 command line starts without torch.
@@ -79,3 +79,4 @@ def load_params(model, params: dict):
         state.update(split(parameter, params[name], model.config.n_layer))
     model.load_state_dict({p: torch.tensor(value, dtype=torch.float32) for p, value in state.items()})
     return model
+

@@ -5,6 +5,7 @@ Records: {"step", "train_loss", "lr", "grad_norm", "ms_per_step", "tokens_per_s"
 "time"} per logged step; {"step", "val_loss", "tokens"} per validation (plus "val_bits_per_byte"
 with --val-batches all); {"step", "sample"} per printed sample (its text).
 
+    Console           what ./train prints: a line per record, and the run's other events
     MetricsLog        the JSON-lines log (-c or --metrics), every record as it is
     TensorBoardSink   --tensorboard DIR: event files through torch.utils.tensorboard (tb extra)
     WandbSink         --wandb PROJECT[/RUN]: a Weights & Biases run (wandb extra)
@@ -16,7 +17,9 @@ the re-run tail's records are dropped there; resuming is exact, so they equal th
 """
 import importlib
 import json
+import math
 import os
+import sys
 
 from .errors import BadInput
 from .formats import atomic_write
@@ -67,7 +70,11 @@ class MetricsLog:
             f.write(b"".join(kept))
 
     def write(self, record: dict) -> None:
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
+        try:
+            os.write(self.fd, (json.dumps(record) + "\n").encode())
+        except OSError as e:  # a full disk, most likely: stop the run with one line
+            raise BadInput(f"{self.path}: cannot write the metrics log ({e.strerror}); stopping "
+                           f"(the lines before are kept, and so is the last checkpoint on disk)") from None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -103,6 +110,8 @@ class TensorBoardSink:
     def __init__(self, folder: str, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise BadInput(f"--tensorboard {folder}: is a file, expected a folder for the event files")
         self.writer = SummaryWriter(folder, purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict) -> None:
@@ -155,12 +164,73 @@ class Sinks:
             sink.close()
 
 
-def open_sinks(cfg, path: str | None, run_id: str, resume_step: int | None, config: dict) -> Sinks:
-    """Rank 0's sinks: the JSON-lines log at `path` (if any), TensorBoard, W&B, as the flags ask.
-    `config` is what W&B records as the run's configuration."""
-    sinks = [MetricsLog(path, resume_step)] if path else []
+def open_sinks(cfg, console: "Console", path: str | None, run_id: str, resume_step: int | None, config: dict) -> Sinks:
+    """Rank 0's sinks: the console, the JSON-lines log at `path` (if any), TensorBoard, W&B, as the flags
+    ask. `config` is what W&B records as the run's configuration. The log, which a fresh run empties,
+    opens last: a sink that cannot start stops the run before anything is written."""
+    sinks = [console]
     if cfg.tensorboard:
         sinks.append(TensorBoardSink(cfg.tensorboard, resume_step))
     if cfg.wandb:
         sinks.append(WandbSink(cfg.wandb, run_id, config))
+    if path:
+        sinks.insert(1, MetricsLog(path, resume_step))
     return Sinks(sinks)
+
+
+class Console:
+    """What ./train prints: a line per train, val and sample record, and the run's other events. Only
+    rank 0 prints (Console(total_steps, enabled=False) elsewhere)."""
+
+    def __init__(self, total_steps: int, enabled: bool = True):
+        self.total_steps, self.enabled = total_steps, enabled
+
+    def print(self, text: str, error: bool = False) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+    def write(self, record: dict) -> None:
+        at = f"step {record['step']:5d}/{self.total_steps}"
+        if "train_loss" in record:
+            loss, norm = record["train_loss"], record["grad_norm"]
+            note = "" if math.isfinite(loss) and math.isfinite(norm) else "  (non-finite: update skipped)"
+            self.print(f"{at} | loss {loss:.6f} | norm {norm:.4f} | lr {record['lr']:.2e} | "
+                       f"{record['ms_per_step']:.1f} ms | {record['tokens_per_s']:,.0f} tok/s{note}")
+        elif "val_loss" in record:
+            bpb = record.get("val_bits_per_byte")
+            self.print(f"{at} | val loss {record['val_loss']:.6f}" + ("" if bpb is None else f" | val bits per byte {bpb:.6f}"))
+        elif "sample" in record:
+            self.print(f"sample at step {record['step']}:\n{record['sample']}\n---")
+
+    def started(self, cfg, runtime, config, seq_len: int, loader) -> None:
+        """The run's model, runtime, batch and train data."""
+        c, tokens_per_step = config, cfg.batch_size * seq_len * cfg.grad_accum
+        self.print(f"model {cfg.model}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, block {c.block_size}, "
+                   f"{c.num_parameters(padded=False):,} parameters")
+        self.print(f"device {runtime.device} x {runtime.dist.world} process(es), precision {runtime.precision}, "
+                   f"head loss {runtime.head_loss.name}{', compiled' if runtime.compile else ''}"
+                   f"{', CUDA graph' if runtime.cuda_graphs else ''}; "
+                   f"batch {cfg.batch_size} x {seq_len} tokens x {cfg.grad_accum} accumulation = {tokens_per_step:,} tokens/step")
+        self.print(f"train {cfg.train_tokens}: {loader.tokens.size:,} tokens "
+                   f"({loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
+
+    def resumed(self, state, changed: list[str]) -> None:
+        self.print(f"resuming run {state.run_id} at step {state.step} (data position {state.data_position:,})")
+        if changed:
+            self.print(f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the checkpoint's; "
+                       f"resuming at its data position anyway (losses will not match an uninterrupted run)", error=True)
+
+    def saved(self, path: str, step: int) -> None:
+        self.print(f"saved checkpoint {path} at step {step}")
+
+    def saved_best(self, path: str, val_loss: float) -> None:
+        self.print(f"saved best checkpoint {path} (val loss {val_loss:.6f})")
+
+    def not_saved(self, path: str, step: int) -> None:
+        self.print(f"note: not saving {path} at step {step}: the weights give a non-finite loss; it keeps its last save")
+
+    def stopped(self, reason: str, step: int) -> None:
+        self.print(f"stopped by {reason} at step {step}")
+
+    def close(self) -> None:
+        pass

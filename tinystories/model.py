@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import llmc
 from .config import GPTConfig
+from .formats import ModelFile, read_model
 
 
 class KVCache:
@@ -87,7 +89,10 @@ def plain_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """head_loss computes the output layer + loss from the final hidden states (see plain_head_loss); the
+    trainer passes a fused version (registry.HEAD_LOSSES) that computes the same numbers faster."""
+
+    def __init__(self, config: GPTConfig, head_loss=plain_head_loss):
         super().__init__()
         config.validate()
         self.config = config
@@ -95,7 +100,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # (T, C)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
-        self.head_loss = plain_head_loss  # swapped for a fused version by the trainer's speed switches
+        self.head_loss = head_loss
 
     def init_weights(self, seed: int, zero_proj: bool = False) -> None:
         """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, N(0, 0.02 / sqrt(2 L)) for the
@@ -148,3 +153,10 @@ class GPT(nn.Module):
         """Logits (B, V) of the token after idx (B, t), which continues what the cache holds."""
         x = self.hidden(idx, cache)[:, -1, :]  # (B, C)
         return F.linear(x, self.head_weight()).float()
+
+
+def read_gpt(path, head_loss=plain_head_loss) -> "tuple[GPT, ModelFile]":
+    """The GPT in the llm.c model file or checkpoint at `path` (fp32, on the CPU), and the file it came
+    from, training state included: the one way train, eval and generate load a model."""
+    model_file = read_model(path)
+    return llmc.load_params(GPT(model_file.config, head_loss), model_file.params), model_file

@@ -18,7 +18,7 @@ attention's c_attn (q, k and v stacked, (3C, C)). The weights of a parameter gro
 the c_attn, attention c_proj, c_fc and MLP c_proj of all layers) are stacked and updated as one batch,
 so a step is a few dozen kernels, not a dozen per weight.
 
-Like the trainer's fused AdamW, a step takes `found_inf` (set before step(); 1 = a non-finite loss
+Like the trainer's fused AdamW, a step takes `found_inf` (step(found_inf); 1 = a non-finite loss
 or gradient): then neither the weights nor the momentum change. Everything stays on the device and
 the learning rate may be a device tensor, so a CUDA graph can record the step.
 """
@@ -26,6 +26,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .config import TrainConfig
+from .optim import Part, Roles, adamw_part
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
@@ -68,14 +71,16 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             if len({p.shape for p in group["params"]}) > 1:
                 raise ValueError("Muon: the parameters of a group must have one shape")
-        self.found_inf = None  # a 0-d float tensor; 1 skips the step
 
     @torch.no_grad()
-    def step(self):
+    def step(self, found_inf: torch.Tensor | None = None):
+        """One update of every parameter with a gradient; found_inf (0-d float, 1 = a bad step) keeps
+        the weights and the momentum as they are."""
+        keep = None if found_inf is None else found_inf == 0  # 0-d bool on the device
         stacks = [self._momentum(group, params) for group in self.param_groups
                   if (params := [p for p in group["params"] if p.grad is not None])]
         for stack, o in zip(stacks, orthogonalise_batches([stack.matrices() for stack in stacks])):
-            self._apply(stack, o.reshape(stack.weights.shape).to(stack.weights.dtype))
+            self._apply(stack, o.reshape(stack.weights.shape).to(stack.weights.dtype), keep)
 
     def _momentum(self, group: dict, params: list[torch.Tensor]) -> "Stack":
         """The group's weights, momentum and gradients stacked; the new momentum and the update."""
@@ -85,23 +90,32 @@ class Muon(torch.optim.Optimizer):
         new_momentum = momentum.lerp(grads, 1 - mu)  # (n, rows, cols)
         return Stack(group, params, buffers, weights, momentum, new_momentum, grads.lerp(new_momentum, mu))
 
-    def _apply(self, stack: "Stack", o: torch.Tensor) -> None:
-        """Write the group's new weights and momentum from o (n, rows, cols), unless found_inf says
-        the step is bad."""
+    def _apply(self, stack: "Stack", o: torch.Tensor, keep: torch.Tensor | None) -> None:
+        """Write the group's new weights and momentum from o (n, rows, cols), unless `keep` is False."""
         group, weights, lr = stack.group, stack.weights, stack.group["lr"]
         rows, cols = stack.matrices().shape[1:]
         new_weights = weights - (lr * 0.2 * math.sqrt(max(rows, cols))) * o
         if group["weight_decay"]:
             new_weights -= (lr * group["weight_decay"]) * weights
-        keep = self._keep(weights.device)
-        torch._foreach_copy_(stack.params, torch.where(keep, new_weights, weights).unbind())
-        torch._foreach_copy_(stack.buffers, torch.where(keep, stack.new_momentum, stack.momentum).unbind())
+        if keep is not None:
+            new_weights = torch.where(keep, new_weights, weights)
+            new_momentum = torch.where(keep, stack.new_momentum, stack.momentum)
+        else:
+            new_momentum = stack.new_momentum
+        torch._foreach_copy_(stack.params, new_weights.unbind())
+        torch._foreach_copy_(stack.buffers, new_momentum.unbind())
 
-    def _keep(self, device) -> torch.Tensor:
-        """True unless found_inf says this step is bad (a 0-d bool tensor on the device)."""
-        if self.found_inf is None:
-            return torch.ones((), dtype=torch.bool, device=device)
-        return self.found_inf == 0
+
+def muon_parts(roles: Roles, cfg: TrainConfig) -> list[Part]:
+    """--optimizer muon: Muon for the blocks' weight matrices, one group per shape (c_attn's q, k, v
+    split in 3; c_proj, c_fc, ...), and AdamW for the embeddings and the rest."""
+    by_shape = {}
+    for p in roles.matrices:
+        by_shape.setdefault(p.shape, []).append(p)
+    groups = [roles.matrix_group(params, split=3 if shape[0] == 3 * shape[1] else 1) for shape, params in by_shape.items()]
+    muon = Muon(groups, lr=roles.matrix_lr, momentum=cfg.muon_momentum)
+    return [Part(muon, {"momentum_buffer": "muon_m"}, "Muon momentum", skips_bad_steps=True),
+            adamw_part([roles.embedding_group(), roles.other_group()], roles)]
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The optimizer and the learning-rate schedule of a training run.
 
-AdamW (fused: one kernel per update, on CPU and CUDA; foreach on MPS) with weight decay on matrices
+--optimizer names an entry of registry.OPTIMIZERS: a builder of Parts (a torch optimizer and what
+the trainer and the checkpoint need of it) from the model's parameter Roles. AdamW (fused: one kernel per update, on CPU and CUDA; foreach on MPS) with weight decay on matrices
 and embeddings only, as GPT-2 did, or Muon (muon.py) for the blocks' matrices with AdamW for the
 rest; embeddings, matrices and the rest may each have their own peak rate. The LR warms up
 linearly, then stays constant or decays (cosine or linear) to min_lr_ratio x the peak at the last
@@ -8,90 +9,139 @@ step, or stays constant and decays linearly over the last `cooldown` fraction of
 (warmup-stable-decay, wsd). Every group follows the same schedule, scaled to its own peak.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 
+from . import registry
 from .config import TrainConfig
-from .muon import Muon
 
 
-def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """The model's parameters by role: the token and position embeddings (the token embedding is also
-    the output head), the blocks' weight matrices, and the rest (biases, LayerNorms)."""
-    groups = {"embeddings": [], "matrices": [], "others": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            role = "embeddings" if name.startswith(("wte", "wpe")) else "matrices" if p.dim() >= 2 else "others"
-            groups[role].append(p)
-    return groups
+class Roles:
+    """The model's parameters by role, and torch parameter groups of them at each role's peak rate: the
+    token and position embeddings (the token embedding is also the output head; at --embed-lr), the
+    blocks' weight matrices (at --matrix-lr), and the rest, biases and LayerNorms (at -l). Weight
+    decay applies to embeddings and matrices only (GPT-2 practice). capturable (CUDA): the rates are
+    device tensors, so a CUDA graph can record the update; set them with set_learning_rate."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False):
+        self.embeddings, self.matrices, self.others = [], [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                role = self.embeddings if name.startswith(("wte", "wpe")) else self.matrices if p.dim() >= 2 else self.others
+                role.append(p)
+        self.cfg, self.capturable = cfg, capturable
+        self.device = self.embeddings[0].device
+        self.matrix_lr = cfg.matrix_lr or cfg.learning_rate
+
+    def group(self, params: list, peak_lr: float, weight_decay: float, **options) -> dict:
+        """A torch parameter group at `peak_lr`; lr_scale is its peak over -l's, which the schedule scales."""
+        lr = torch.tensor(peak_lr, device=self.device) if self.capturable else peak_lr
+        return {"params": params, "lr": lr, "lr_scale": peak_lr / self.cfg.learning_rate, "weight_decay": weight_decay,
+                **options}
+
+    def embedding_group(self) -> dict:
+        return self.group(self.embeddings, self.cfg.embed_lr or self.cfg.learning_rate, self.cfg.weight_decay)
+
+    def matrix_group(self, params: list | None = None, **options) -> dict:
+        return self.group(self.matrices if params is None else params, self.matrix_lr, self.cfg.weight_decay, **options)
+
+    def other_group(self) -> dict:
+        return self.group(self.others, self.cfg.learning_rate, 0.0)
+
+
+@dataclass
+class Part:
+    """One torch optimizer over some of the parameters, and what the trainer and the checkpoint need of it."""
+    optimizer: torch.optim.Optimizer  # its step takes found_inf (0-d float, 1 = a bad step)
+    moments: dict[str, str]  # the state it saves: state key -> checkpoint tensor prefix
+    state_name: str  # what that state is called in messages ("AdamW moments")
+    skips_bad_steps: bool  # step(found_inf) skips a bad update on the device by itself
+    counts_steps: bool = False  # its state holds a step count per parameter (AdamW's bias correction)
+
+
+class SkippingAdamW(torch.optim.AdamW):
+    """AdamW whose step takes found_inf: fused AdamW skips the update on the device when it is 1 (it
+    reads the found_inf attribute, the protocol torch's GradScaler uses)."""
+
+    def step(self, found_inf: torch.Tensor | None = None):
+        self.found_inf = found_inf
+        return super().step()
+
+
+def adamw_part(groups: list[dict], roles: Roles) -> Part:
+    """AdamW over `groups`: fused (one kernel per update) where its found_inf input works, which lets
+    the step skip a bad update on the device; foreach elsewhere (see fused_skips_bad_steps)."""
+    cfg, fused = roles.cfg, fused_skips_bad_steps(roles.device)
+    adamw = SkippingAdamW(groups, lr=groups[0]["lr"], betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused,
+                          foreach=not fused, capturable=roles.capturable)
+    return Part(adamw, {"exp_avg": "adam_m", "exp_avg_sq": "adam_v"}, "AdamW moments", skips_bad_steps=fused, counts_steps=True)
+
+
+def adamw_parts(roles: Roles, cfg: TrainConfig) -> list[Part]:
+    """--optimizer adamw: AdamW for every parameter."""
+    return [adamw_part([roles.matrix_group(), roles.embedding_group(), roles.other_group()], roles)]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, capturable: bool = False) -> "Optimizers":
-    """AdamW for every parameter (--optimizer adamw), or Muon for the blocks' matrices and AdamW for
-    the rest (muon). The embeddings run at --embed-lr, the matrices at --matrix-lr, the rest at -l;
-    weight decay applies to embeddings and matrices only (GPT-2 practice). AdamW is fused (one kernel
-    per update) where its found_inf input works, which lets the step skip a bad update on the device;
-    foreach elsewhere (see fused_skips_bad_steps). capturable (CUDA): the step count and the learning
-    rates live on the device, so a CUDA graph can record the update; set the rates with
-    set_learning_rate."""
-    groups = parameter_groups(model)
-    device = groups["embeddings"][0].device
-
-    def group(params, peak_lr, weight_decay, **options):
-        lr = torch.tensor(peak_lr, device=device) if capturable else peak_lr
-        return {"params": params, "lr": lr, "lr_scale": peak_lr / cfg.learning_rate, "weight_decay": weight_decay,
-                **options}
-
-    embeddings = group(groups["embeddings"], cfg.embed_lr or cfg.learning_rate, cfg.weight_decay)
-    others = group(groups["others"], cfg.learning_rate, 0.0)
-    matrix_lr = cfg.matrix_lr or cfg.learning_rate
-    fused = fused_skips_bad_steps(device)
-    adamw_groups = [embeddings, others]
-    parts = []
-    if cfg.optimizer == "muon":
-        by_shape = {}  # one Muon group per weight shape: c_attn (q, k, v: split in 3), c_proj, c_fc, ...
-        for p in groups["matrices"]:
-            by_shape.setdefault(p.shape, []).append(p)
-        parts.append(Muon([group(params, matrix_lr, cfg.weight_decay, split=3 if shape[0] == 3 * shape[1] else 1)
-                           for shape, params in by_shape.items()],
-                          lr=matrix_lr, momentum=cfg.muon_momentum))
-    else:
-        adamw_groups.insert(0, group(groups["matrices"], matrix_lr, cfg.weight_decay))
-    parts.append(torch.optim.AdamW(adamw_groups, lr=adamw_groups[0]["lr"], betas=(cfg.beta1, cfg.beta2),
-                                   eps=cfg.eps, fused=fused, foreach=not fused, capturable=capturable))
-    return Optimizers(parts)
+    """The optimizer --optimizer names (registry.OPTIMIZERS) over the model's parameters (see Roles)."""
+    build = registry.load(registry.OPTIMIZERS[cfg.optimizer])
+    return Optimizers(build(Roles(model, cfg, capturable), cfg))
 
 
 class Optimizers:
     """One or more torch optimizers over disjoint parameters, stepped as one: what the trainer,
     GradScaler.unscale_ and the checkpoint use."""
 
-    def __init__(self, parts: list[torch.optim.Optimizer]):
+    def __init__(self, parts: list[Part]):
         self.parts = parts
 
     @property
     def param_groups(self) -> list[dict]:
-        return [g for part in self.parts for g in part.param_groups]
+        return [g for part in self.parts for g in part.optimizer.param_groups]
 
     @property
     def state(self) -> dict:
-        return {p: s for part in self.parts for p, s in part.state.items()}
+        return {p: s for part in self.parts for p, s in part.optimizer.state.items()}
 
     @property
     def skips_bad_steps_on_device(self) -> bool:
-        """Whether step(found_inf) skips a bad update by itself (fused AdamW, Muon); otherwise the
-        caller must not call step() for a bad one."""
-        return all(isinstance(part, Muon) or part.defaults["fused"] for part in self.parts)
+        """Whether step(found_inf) skips a bad update by itself; otherwise the caller must not call
+        step() for a bad one."""
+        return all(part.skips_bad_steps for part in self.parts)
 
     def step(self, found_inf: torch.Tensor | None = None) -> None:
         """Update every parameter; found_inf (0-d float, 1 = bad step) skips it on the device."""
         for part in self.parts:
-            part.found_inf = found_inf
-            part.step()
+            part.optimizer.step(found_inf=found_inf)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for part in self.parts:
-            part.zero_grad(set_to_none=set_to_none)
+            part.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_tensors(self, names: dict) -> dict[str, torch.Tensor]:
+        """The state every part saves, as checkpoint tensors "<prefix>.<parameter name>" (names: id(p) -> name)."""
+        return {f"{part.moments[key]}.{names[id(p)]}": value for part in self.parts
+                for p, state in part.optimizer.state.items() for key, value in state.items() if key in part.moments}
+
+    def load_state_tensors(self, saved, names: dict, step: int) -> list[str]:
+        """Put the checkpoint tensors back: saved(key, p) gives the tensor "<prefix>.<name>" of parameter p,
+        or None. `step` is the run's step (AdamW's step count). Returns what is missing, as "<state name>
+        of <parameter>" (nothing is expected to be missing after step 0)."""
+        missing = []
+        for part in self.parts:
+            params = [p for g in part.optimizer.param_groups for p in g["params"]]
+            restored = {}
+            for i, p in enumerate(params):
+                moments = {key: saved(f"{prefix}.{names[id(p)]}", p) for key, prefix in part.moments.items()}
+                if None in moments.values():
+                    missing.append(f"{part.state_name} of {names[id(p)]}")
+                    continue
+                restored[i] = {"step": torch.tensor(float(step)), **moments} if part.counts_steps else moments
+            full = part.optimizer.state_dict()
+            full["state"] = restored
+            part.optimizer.load_state_dict(full)
+        return missing
 
 
 def fused_skips_bad_steps(device: torch.device) -> bool:

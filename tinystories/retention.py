@@ -8,7 +8,8 @@ For -c <name>.bin (or any other name: then <name> is the whole of it):
     <name>.best.bin      when validation runs: the checkpoint of the lowest val loss so far, written
                          at the step of that validation; its training state says which
                          (best_val_step, best_val_loss)
-Every file appears by an atomic rename, so a kill at any moment leaves each one complete and valid
+Only files of its own run (by the run id in their training state) are counted and deleted: another
+run's step files under the same name are left alone. Every file appears by an atomic rename, so a kill at any moment leaves each one complete and valid
 (or absent). A kill between a publish and the deletions leaves one step file too many; the next
 save deletes it.
 """
@@ -18,25 +19,30 @@ import re
 import shutil
 import tempfile
 
+from .checkpoint import run_id_or_none
 from .formats import atomic_write, fsync_folder
 
 
 class Retention:
-    def __init__(self, path: str, keep: int):
-        self.path, self.keep = path, keep
+    def __init__(self, path: str, keep: int, run_id: str):
+        self.path, self.keep, self.run_id = path, keep, run_id
         self.stem = path[: -len(".bin")] if path.endswith(".bin") else path
         self.best_path = f"{self.stem}.best.bin"
 
     def step_path(self, step: int) -> str:
         return f"{self.stem}.step{step}.bin"
 
-    def step_files(self) -> list[tuple[int, str]]:
-        """(step, path) of the step files on disk, oldest first."""
+    def step_files(self, any_run: bool = False) -> list[tuple[int, str]]:
+        """(step, path) of this run's step files on disk (any_run: of every run), oldest first."""
         folder, name = os.path.split(os.path.abspath(self.stem))
         pattern = re.compile(re.escape(name) + r"\.step(\d+)\.bin")
         found = [(int(m.group(1)), os.path.join(folder, entry))
                  for entry in os.listdir(folder) if (m := pattern.fullmatch(entry))]
-        return sorted(found)
+        return sorted((step, path) for step, path in found if any_run or run_id_or_none(path) == self.run_id)
+
+    def files(self) -> list[str]:
+        """Every file this run may write: -c, the best file and the step files (of any run) on disk."""
+        return [self.path, self.best_path, *(path for _, path in self.step_files(any_run=True))]
 
     def remove_stale_temp_files(self) -> None:
         """Delete the temp files of step/best files that a kill left mid-write (only the run that
