@@ -71,6 +71,12 @@ def with_float(data: bytes, offset: int, value: float) -> bytes:
     return data[:offset] + np.float32(value).tobytes() + data[offset + 4:]
 
 
+def edited(data: bytes, old: bytes, new: bytes) -> bytes:
+    """data with its one occurrence of `old` replaced by `new` (of the same length)."""
+    assert data.count(old) == 1 and len(old) == len(new), old
+    return data.replace(old, new)
+
+
 def flip(data: bytes, offset: int) -> bytes:
     return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:]
 
@@ -162,7 +168,13 @@ CASES = [
          locked="bad", skip=AS_ROOT),
     # the training-state trailer
     case("state-wrong-magic", "train", "-e {bad}", ["{bad}", "unexpected bytes after the model"], bad=state_field(0, 7)),
-    case("state-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported version"], bad=state_field(1, 2)),
+    case("state-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported version"], bad=state_field(1, 3)),
+    case("state-metadata-step-edited", "train", "-e {bad}", ["{bad}", "metadata checksum mismatch"],
+         bad=lambda d: edited(raw(d, "ck.bin"), b'"step": 1,', b'"step": 7,')),
+    case("state-metadata-position-edited", "train", "-e {bad}", ["{bad}", "metadata checksum mismatch"],
+         bad=lambda d: edited(raw(d, "ck.bin"), b'"data_position": 64,', b'"data_position": 94,')),
+    case("checkpoint-of-another-run-at-c", "train", "-c {bad}", ["-c {bad}", "another run", "-e {bad}", "--overwrite"],
+         bad=lambda d: raw(d, "ck.bin")),
     case("state-sizes-forged", "train", "-e {bad}", ["{bad}", "header sizes"], bad=state_field(3, 2**31 - 1)),
     case("state-of-other-weights", "train", "-e {bad}", ["{bad}", "belongs to other weights"],
          bad=lambda d: flip(raw(d, "ck.bin"), 4000)),
@@ -218,6 +230,11 @@ CASES = [
     case("train-lr-negative", "train", "-l -1", ["-l/--lr", "positive"]),
     case("train-lr-infinite", "train", "-l inf", ["-l", "inf"]),
     case("train-beta1-above-1", "train", "--beta1 2", ["--beta1", "2"]),
+    *[case(f"train-{flag[2:]}-{value}", "train", f"{flag} {value}", [flag, value, "finite"])
+      for flag in ("--weight-decay", "--grad-clip", "--min-lr-ratio", "--eps", "--embed-lr", "--matrix-lr")
+      for value in ("inf", "nan")],
+    case("train-seed-beyond-int64", "train", "--seed 99999999999999999999999", ["--seed", "int64"]),
+    case("train-tensorboard-is-a-file", "train", "--tensorboard {afile}", ["--tensorboard {afile}", "is a file"]),
     case("train-beta2-negative", "train", "--beta2 -1", ["--beta2", "-1"]),
     case("train-device-bogus", "train", "--device bogus", ["--device", "bogus"]),
     case("train-device-cuda-absent", "train", "--device cuda", ["--device cuda", "CUDA"], skip=HAS_CUDA),

@@ -1,5 +1,6 @@
 """Stopping ./train with signals: SIGINT or SIGTERM finish the current step, save a checkpoint at the
-step reached and exit 0, and that checkpoint resumes; a second SIGINT exits at once with 130 and
+step reached and exit with 128 + the signal's number (130, 143: as shells report it, so a script can
+tell an unfinished run from a finished one), and that checkpoint resumes; a second SIGINT exits at once with 130 and
 leaves the previous checkpoint loadable (the final save it interrupts never replaces it).
 
 Each test runs the real command in a subprocess; signals are sent only after the step lines (or,
@@ -120,7 +121,7 @@ def test_stop_signal_saves_and_resumes(files, tmp_path, start, signum):
     run = start(["-m", "tinystories", "train", *train_args(files, ck, "-n", "100000")])
     run.wait_for("stdout", r"^step +\d+/100000 \| loss", count=3)
     run.proc.send_signal(signum)
-    assert run.wait() == 0, run.text("stderr")
+    assert run.wait() == 128 + signum, run.text("stderr")
     out = run.text("stdout")
     stopped = re.search(rf"stopped by {signum.name} at step (\d+)", out)
     assert stopped, out

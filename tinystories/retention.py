@@ -37,7 +37,7 @@ class Retention:
         folder, name = os.path.split(os.path.abspath(self.stem))
         pattern = re.compile(re.escape(name) + r"\.step(\d+)\.bin")
         found = [(int(m.group(1)), os.path.join(folder, entry))
-                 for entry in os.listdir(folder) if (m := pattern.fullmatch(entry))]
+                 for entry in (os.listdir(folder) if os.path.isdir(folder) else []) if (m := pattern.fullmatch(entry))]
         return sorted((step, path) for step, path in found if any_run or run_id_or_none(path) == self.run_id)
 
     def files(self) -> list[str]:
