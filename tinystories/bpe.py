@@ -11,10 +11,10 @@ tokenizer.json (the `tokenizers` library's own file)
     spells its bytes in GPT-2's byte alphabet (`byte_alphabet`), except the special token, which
     stands for its own UTF-8 text.
 
-Training is deterministic: `tokenizers` counts words, then merges the most frequent pair, ties
-broken by the pair's ids, and the first 257 ids (the special token, then the 256 byte characters)
-are sorted, so the same stories in any order give the same merges and the same file, byte for
-byte (tested). It runs on all cores.
+Training is deterministic: `tokenizers` counts words, then repeatedly merges the most frequent
+pair, ties broken by the pair's ids; the special token is id 0, the 256 byte characters get ids
+1..256 in sorted order and each merge the next id. So the same stories, in any order and in any
+process, give the same merges and the same file, byte for byte (tested). It runs on all cores.
 """
 import json
 import os
