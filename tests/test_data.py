@@ -11,28 +11,29 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_cli
 
-from tinystories import data, sources, synthetic
+from tinystories import bpe, data, sources, synthetic, tokenizer
 from tinystories.cli import prepare_parser
 from tinystories.config import PrepareConfig
-from tinystories.formats import read_tokens
+from tinystories.formats import read_token_header, read_tokens
 from tinystories.tokenizer import EOT, gpt2_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("val", "train")
 
 
-def reference_tokens(split_shards: list[list[str]]) -> list[int]:
+def reference_tokens(split_shards: list[list[str]], bpe_tokenizer=None) -> list[int]:
     """llm.c's tokenization of one split: shard i shuffled with random.Random(1337 + i), then
-    EOT + encode_ordinary(story.strip()) for every story."""
-    enc, tokens = gpt2_encoding(), []
+    EOT + encode_ordinary(story.strip()) for every story (with `bpe_tokenizer`: its EOT and encode)."""
+    eot, encode = (EOT, gpt2_encoding().encode_ordinary) if bpe_tokenizer is None else (bpe_tokenizer.eot, bpe_tokenizer.encode)
+    tokens = []
     for i, stories in enumerate(split_shards):
         stories = list(stories)
         random.Random(1337 + i).shuffle(stories)
         for story in stories:
-            tokens.append(EOT)
-            tokens.extend(enc.encode_ordinary(story.strip()))
+            tokens.append(eot)
+            tokens.extend(encode(story.strip()))
     return tokens
 
 
@@ -41,9 +42,10 @@ def chunks(stories: list[str], size: int) -> list[list[str]]:
 
 
 def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
-    """data.prepare in this process; returns the output folder."""
-    args = prepare_parser().parse_args([*flags, "--out-dir", str(out), "--tokenizer-file",
-                                        str(out / "gpt2_tokenizer.bin"), "--workers", str(workers)])
+    """data.prepare in this process; returns the output folder (the GPT-2 tokenizer file is written
+    there too; with --vocab-size that is the default)."""
+    tokenizer_file = [] if "--vocab-size" in flags else ["--tokenizer-file", str(out / "gpt2_tokenizer.bin")]
+    args = prepare_parser().parse_args([*flags, "--out-dir", str(out), *tokenizer_file, "--workers", str(workers)])
     data.prepare(PrepareConfig(**vars(args)))
     return out
 
@@ -172,6 +174,48 @@ def test_synthetic_source_is_labelled_and_seeded(tmp_path, capsys):
     assert split_tokens(out, "val") == reference_tokens([stories[::50]])
     assert list(synthetic.stories(5, 50)) == list(synthetic.stories(5, 50)) != list(synthetic.stories(6, 50))
     assert len(set(stories)) == 200 and all(s.endswith(".") for s in stories)
+
+
+# ----------------------------------------------------------------------------- --vocab-size
+
+def test_vocab_size_trains_a_bpe_on_the_train_split(tmp_path, head_stories, monkeypatch):
+    monkeypatch.setattr(sources, "CHUNK_STORIES", 120)
+    stories = head_stories[:400]
+    out = run_prepare(tmp_path / "out", "--source", str(write_text(tmp_path / "s.txt", stories)), "--vocab-size", "512")
+    assert sorted(p.name for p in out.iterdir()) == ["SOURCE.txt", "TinyStories_train.bin", "TinyStories_val.bin",
+                                                     "tokenizer.bin", "tokenizer.json"]
+    val = [s for i, s in enumerate(stories) if i % 50 == 0]
+    train = [s for i, s in enumerate(stories) if i % 50 != 0]
+    expected = bpe.train((s.strip() for s in train), 512).to_str()  # the train split only
+    assert (out / "tokenizer.json").read_text() == expected
+    bpe_tokenizer = tokenizer.load_bpe(out / "tokenizer.json")
+    assert split_tokens(out, "val") == reference_tokens(chunks(val, 120), bpe_tokenizer)
+    assert split_tokens(out, "train") == reference_tokens(chunks(train, 120), bpe_tokenizer)
+    for split in SPLITS:
+        assert read_token_header(out / f"TinyStories_{split}.bin").tokenizer == bpe_tokenizer.record
+        assert tokenizer.for_token_file(out / f"TinyStories_{split}.bin").fingerprint == bpe_tokenizer.fingerprint
+    assert tokenizer.read_tokenizer_file(out / "tokenizer.bin") == bpe_tokenizer.pieces
+    assert f"byte-level BPE of 512 tokens trained on the train split" in (out / "SOURCE.txt").read_text()
+
+
+def test_vocab_size_runs_are_byte_identical(tmp_path, head_stories):
+    source = write_text(tmp_path / "s.txt", head_stories[:300])
+    one = output_bytes(run_prepare(tmp_path / "one", "--source", str(source), "--vocab-size", "600"))
+    result = run_cli("prepare", "--source", source, "--vocab-size", "600", "--out-dir", tmp_path / "two", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert output_bytes(tmp_path / "two") == one  # another process (hash maps seeded afresh), 2 workers
+
+
+@pytest.mark.parametrize("value", ["256", "65537", "0", "-5", "x", "1e3"])
+def test_bad_vocab_size_is_one_line(value):
+    assert_one_line_error(run_cli("prepare", "--source", "synthetic", "--vocab-size", value), "--vocab-size")
+
+
+def test_vocab_size_larger_than_the_text_allows_is_one_line(tmp_path):
+    result = run_cli("prepare", "--source", "synthetic", "--synthetic-stories", "300", "--vocab-size", "60000",
+                     "--out-dir", tmp_path / "out")
+    assert_one_line_error(result, "--vocab-size 60000", "only enough distinct pairs")
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- bad input, via the CLI

@@ -4,7 +4,8 @@ import pytest
 
 from tinystories.loader import TokenLoader
 from tinystories.errors import BadInput
-from tinystories.formats import HEADER_BYTES, TokenFileWriter, read_tokens, write_tokens
+from tinystories.formats import (HEADER_BYTES, TokenFileWriter, TokenHeader, TokenizerRecord, read_token_header,
+                                 read_tokens, write_tokens)
 
 
 def test_round_trip_and_exact_bytes(tmp_path):
@@ -17,6 +18,24 @@ def test_round_trip_and_exact_bytes(tmp_path):
     assert data == expected_header.tobytes() + tokens.astype("<u2").tobytes()
     assert len(data) == HEADER_BYTES + 2 * 6
     assert np.array_equal(read_tokens(path), tokens)
+    assert read_token_header(path) == TokenHeader(6, None)  # all zero after the count: GPT-2
+
+
+def test_header_records_the_tokenizer(tmp_path):
+    digest = bytes(range(100, 132))
+    record = TokenizerRecord(vocab_size=4096, eot=7, sha256=digest.hex())
+    tokens = np.array([7, 4095, 0, 12], dtype=np.uint16)
+    with TokenFileWriter(tmp_path / "t.bin", record) as w:
+        w.write(tokens[:2])
+        w.write(tokens[2:])
+    data = (tmp_path / "t.bin").read_bytes()
+    header = np.frombuffer(data[:HEADER_BYTES], "<i4")
+    assert list(header[:5]) == [20240520, 1, 4, 4096, 7]
+    assert data[20:52] == digest and not header[13:].any()
+    assert read_token_header(tmp_path / "t.bin") == TokenHeader(4, record)
+    assert np.array_equal(read_tokens(tmp_path / "t.bin", 4096), tokens)
+    write_tokens(tmp_path / "again.bin", tokens, record)
+    assert (tmp_path / "again.bin").read_bytes() == data
 
 
 def test_streamed_writes_equal_one_write(tmp_path):
@@ -48,6 +67,9 @@ def forge(path, header_values, body: bytes):
     ([20240520, 1, 4], np.array([1, 2, 3], "<u2").tobytes(), "truncated or corrupt"),
     ([20240520, 1, 2], np.array([1, 2, 3], "<u2").tobytes(), "truncated or corrupt"),
     ([20240520, 1, 0], b"", "holds no tokens"),
+    ([20240520, 1, 3, 0, 5], np.array([1, 2, 3], "<u2").tobytes(), "bad tokenizer record"),
+    ([20240520, 1, 3, 70_000, 5], np.array([1, 2, 3], "<u2").tobytes(), "bad tokenizer record"),
+    ([20240520, 1, 3, 512, 512], np.array([1, 2, 3], "<u2").tobytes(), "bad tokenizer record"),
 ])
 def test_bad_token_files_are_rejected(tmp_path, header, body, problem):
     path = forge(tmp_path / "bad.bin", header, body)

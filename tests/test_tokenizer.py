@@ -1,4 +1,5 @@
 """The offline GPT-2 encoding against an independent BPE, and the llm.c tokenizer file."""
+import hashlib
 import json
 
 import numpy as np
@@ -79,6 +80,17 @@ def test_tokenizer_file_holds_every_token(tokenizer_file):
     assert stored[50256] == b"<|endoftext|>"
     ids = tokenizer.encode("Once upon a time, Lily saw a café.")
     assert b"".join(stored[i] for i in ids).decode() == "Once upon a time, Lily saw a café."  # as llm.c decodes
+
+
+def test_gpt2_tokenizer_is_tiktoken_exactly(head_stories, tokenizer_file):
+    enc, gpt2 = tokenizer.gpt2_encoding(), tokenizer.gpt2()
+    for text in head_stories[:200] + TRICKY + ["a <|endoftext|> b"]:
+        assert gpt2.encode(text) == enc.encode_ordinary(text)
+    ids = np.random.default_rng(0).integers(0, 50257, 5000).tolist()
+    assert gpt2.decode(ids) == enc.decode(ids) == tokenizer.Tokenizer.decode(gpt2, ids)  # the generic decode agrees
+    assert all(gpt2.token_bytes(i) == enc.decode_single_token_bytes(i) for i in range(0, 50257, 7))
+    assert (gpt2.vocab_size, gpt2.eot, gpt2.record) == (50257, 50256, None)  # None: llm.c's header, unchanged
+    assert gpt2.fingerprint == hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
 
 
 def test_tokenizer_file_rejects_wrong_magic_and_truncation(tokenizer_file, tmp_path):

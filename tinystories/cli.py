@@ -50,7 +50,17 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
+def bpe_vocab_size(text: str) -> int:
+    from .bpe import MAX_VOCAB, MIN_VOCAB
+
+    value = int(text)
+    if not MIN_VOCAB <= value <= MAX_VOCAB:
+        raise argparse.ArgumentTypeError(f"must be {MIN_VOCAB}..{MAX_VOCAB} (the 256 bytes and <|endoftext|> "
+                                         f"at least; token files hold uint16 ids), got {text}")
+    return value
+
+
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float, bpe_vocab_size):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 
@@ -58,10 +68,10 @@ for _f in (positive_int, non_negative_int, positive_float, non_negative_float):
 
 def prepare_parser() -> Parser:
     p = Parser(prog="prepare_data.py", description=(
-        "Download TinyStories and tokenize it with GPT-2 BPE into llm.c token files "
-        "(TinyStories_train.bin, TinyStories_val.bin) and write gpt2_tokenizer.bin. Each shard is "
+        "Download TinyStories and tokenize it with GPT-2 BPE (or, with --vocab-size, a BPE trained on it) into "
+        "llm.c token files (TinyStories_train.bin, TinyStories_val.bin) and write its llm.c tokenizer file. Each shard is "
         "shuffled with random.Random(1337 + shard index), each story stripped and preceded by the EOT "
-        "token 50256, as llm.c does; two runs give byte-identical files."))
+        "token (50256 in GPT-2), as llm.c does; two runs give byte-identical files."))
     p.add_argument("--source", default="hf", help=(
         "where stories come from: 'hf' (default) downloads the Hugging Face archive "
         "TinyStories_all_data.tar.gz (cached under --cache-dir, resumed if interrupted); a local path to that "
@@ -75,8 +85,15 @@ def prepare_parser() -> Parser:
         "then train. By default the val split is the first shard (archive, JSON folder) or a held-out part "
         "of the source"))
     p.add_argument("--out-dir", default="data/tinystories", help="folder for the token files and SOURCE.txt (default: %(default)s)")
-    p.add_argument("--tokenizer-file", default="gpt2_tokenizer.bin",
-                   help="where to write the llm.c tokenizer file (default: %(default)s)")
+    p.add_argument("--tokenizer-file", default=None, help=(
+        "where to write the llm.c tokenizer file (default: gpt2_tokenizer.bin; with --vocab-size, "
+        "<out-dir>/tokenizer.bin)"))
+    p.add_argument("--vocab-size", type=bpe_vocab_size, default=None, metavar="N", help=(
+        "instead of GPT-2's tokenizer, train a byte-level BPE of N tokens (257..65536: the 256 bytes, "
+        "<|endoftext|> and N - 257 merges; at most 65536 as token files hold uint16 ids) on the train "
+        "split with Hugging Face tokenizers, deterministically; write it as <out-dir>/tokenizer.json and as "
+        "an llm.c tokenizer file, and encode both splits with it (each story preceded by its <|endoftext|> "
+        "id). The token files' headers record it. Default: GPT-2's tokenizer"))
     p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
     p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
     p.add_argument("--sha256", default=None, help=(

@@ -200,7 +200,8 @@ class PrepareConfig:
     source: str  # hf, synthetic or a local path
     val_source: str | None
     out_dir: str
-    tokenizer_file: str
+    tokenizer_file: str | None  # None: gpt2_tokenizer.bin, or <out_dir>/tokenizer.bin with vocab_size
+    vocab_size: int | None  # None: GPT-2's tokenizer; else train a byte-level BPE of this many tokens
     cache_dir: str
     url: str
     sha256: str | None

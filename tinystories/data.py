@@ -1,10 +1,14 @@
 """Story sources -> llm.c token files: `python prepare_data.py`.
 
     source --> splits (val, train), each a sequence of shards of stories  (sources.py, download.py)
+           --> [--vocab-size N: a byte-level BPE of N tokens trained on the train split's stripped
+               stories (bpe.py), one pass over the train split before the other two]
            --> per shard: shuffle with random.Random(1337 + shard index within its split),
                then for each story: EOT (50256), encode_ordinary(story.strip())
-           --> <out-dir>/TinyStories_val.bin, TinyStories_train.bin (llm.c token files, see formats.py),
-               <out-dir>/SOURCE.txt (where the stories came from) and the llm.c tokenizer file
+               (with --vocab-size: the BPE's EOT id and its encoding)
+           --> <out-dir>/TinyStories_val.bin, TinyStories_train.bin (llm.c token files, see formats.py;
+               with --vocab-size their headers record the tokenizer), <out-dir>/SOURCE.txt (where the
+               stories came from), the llm.c tokenizer file, and with --vocab-size <out-dir>/tokenizer.json
 
 Memory: one shard is held at a time (plus the next one, loaded in the background while the
 current one is tokenized); tokens stream to the output file. Splits are never held whole.
@@ -28,12 +32,13 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from . import bpe
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
-from .tokenizer import EOT, gpt2_encoding, write_tokenizer_file
+from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
 SHUFFLE_SEED = 1337
 BATCH_STORIES = 256  # stories per task sent to a tokenizer process
@@ -43,25 +48,34 @@ LOCAL_ALTERNATIVES = ("use a local copy with --source PATH (TinyStories_all_data
 
 # ----------------------------------------------------------------------------- tokenize
 
+_tokenizer: Tokenizer | None = None  # encode_stories' tokenizer in this process (set by use_tokenizer)
+
+
+def use_tokenizer(tokenizer: Tokenizer) -> None:
+    global _tokenizer
+    _tokenizer = tokenizer
+
+
 def encode_stories(stories: list[str]) -> np.ndarray:
-    """(n,) uint16 tokens: for each story, EOT then encode_ordinary(story.strip())."""
-    enc = gpt2_encoding()
+    """(n,) uint16 tokens: for each story, EOT then encode_ordinary(story.strip()), with the
+    tokenizer of use_tokenizer."""
     ids = []
     for story in stories:
-        ids.append(EOT)
-        ids.extend(enc.encode_ordinary(story.strip()))
+        ids.append(_tokenizer.eot)
+        ids.extend(_tokenizer.encode(story.strip()))
     return np.array(ids, dtype=np.uint16)
 
 
 @contextlib.contextmanager
-def story_encoder(workers: int):
+def story_encoder(workers: int, tokenizer: Tokenizer | None = None):
     """Yields encode(stories) -> iterator of token arrays, in story order, over `workers` processes
-    (batches of BATCH_STORIES stories; with one worker, in this process)."""
-    gpt2_encoding()  # built once here (~1 s): forked workers inherit it, others build it at start
+    (batches of BATCH_STORIES stories; with one worker, in this process), with `tokenizer` (GPT-2's
+    by default, built once here (~1 s): forked workers inherit it, spawned ones rebuild it)."""
+    use_tokenizer(tokenizer or gpt2())
     if workers == 1:
         yield lambda stories: map(encode_stories, batched(stories, BATCH_STORIES))
         return
-    with multiprocessing.Pool(workers, initializer=gpt2_encoding) as pool:
+    with multiprocessing.Pool(workers, initializer=use_tokenizer, initargs=(_tokenizer,)) as pool:
         yield lambda stories: pool.imap(encode_stories, batched(stories, BATCH_STORIES))
 
 
@@ -101,15 +115,16 @@ class SplitStats:
     tokens: int = 0
 
 
-def write_split(split_shards: Iterator[Shard], path: Path, encode, name: str, source_label: str) -> SplitStats:
+def write_split(split_shards: Iterator[Shard], path: Path, encode, tokenizer: Tokenizer, name: str,
+                source_label: str) -> SplitStats:
     """Tokenize a split shard by shard into the llm.c token file `path` (written atomically)."""
     stats, start = SplitStats(), time.time()
-    with TokenFileWriter(path) as writer, progress(desc=name, unit="tok", unit_scale=True) as bar:
+    with TokenFileWriter(path, tokenizer.record) as writer, progress(desc=name, unit="tok", unit_scale=True) as bar:
         for shard in prefetch(split_shards):
             random.Random(SHUFFLE_SEED + shard.index).shuffle(shard.stories)
             for tokens in encode(shard.stories):
                 writer.write(tokens)
-                stats.stories += int(np.count_nonzero(tokens == EOT))
+                stats.stories += int(np.count_nonzero(tokens == tokenizer.eot))
                 bar.update(tokens.size)
                 bar.set_postfix_str(f"{stats.stories / max(time.time() - start, 1e-9):,.0f} stories/s", refresh=False)
             stats.shards += 1
@@ -198,33 +213,51 @@ def staged(paths: list[Path]):
                 temp.unlink()
 
 
-def source_note(label: str, rule: str, val: SplitStats, train: SplitStats) -> str:
+def source_note(label: str, rule: str, val: SplitStats, train: SplitStats, tokenizer: Tokenizer) -> str:
     """SOURCE.txt: where the token files came from (plain text, no timestamps: runs compare equal)."""
+    what = tokenizer.name
+    if isinstance(tokenizer, BPETokenizer):
+        what += f" trained on the train split ({bpe.FILE_NAME}; sha256 of its llm.c tokenizer file {tokenizer.fingerprint})"
     return (f"source: {label}\nsplit: {rule}\n"
             f"val: {val.shards} shards, {val.stories} stories, {val.tokens} tokens\n"
             f"train: {train.shards} shards, {train.stories} stories, {train.tokens} tokens\n"
-            f"tokens: GPT-2 BPE (tiktoken gpt2), EOT {EOT} before every story; each shard shuffled with "
+            f"tokens: {what}, EOT {tokenizer.eot} before every story; each shard shuffled with "
             f"random.Random({SHUFFLE_SEED} + shard index within its split)\n")
+
+
+def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int) -> BPETokenizer:
+    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories."""
+    start = time.time()
+    stories = (story.strip() for shard in prefetch(train_shards) for story in shard.stories)
+    tokenizer = BPETokenizer(bpe.train(stories, vocab_size), bpe.FILE_NAME)
+    print(f"tokenizer: {tokenizer.name}, trained on the train split in {time.time() - start:.1f} s")
+    return tokenizer
 
 
 def prepare(cfg: PrepareConfig) -> None:
     """python prepare_data.py: see the module docstring."""
     out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
-    tokenizer_file = check_output_file(cfg.tokenizer_file, "--tokenizer-file")
+    default_tokenizer_file = out_dir / "tokenizer.bin" if cfg.vocab_size else "gpt2_tokenizer.bin"
+    tokenizer_file = check_output_file(cfg.tokenizer_file or default_tokenizer_file, "--tokenizer-file")
     source = open_source(cfg)
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
+    print(f"source: {source.label}\nsplit: {rule}")
+    tokenizer = train_tokenizer(splits(source, val_source)[1], cfg.vocab_size) if cfg.vocab_size else gpt2()
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
-    print(f"source: {source.label}\nsplit: {rule}")
     val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
-    note_file = out_dir / "SOURCE.txt"
-    with story_encoder(cfg.workers) as encode, staged([val_file, train_file, tokenizer_file, note_file]) as temps:
-        val = write_split(val_shards, temps[0], encode, "val", source.label)
-        train = write_split(train_shards, temps[1], encode, "train", source.label)
-        write_tokenizer_file(temps[2])
+    note_file, json_file = out_dir / "SOURCE.txt", out_dir / bpe.FILE_NAME
+    outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])
+    with story_encoder(cfg.workers, tokenizer) as encode, staged(outputs) as temps:
+        val = write_split(val_shards, temps[0], encode, tokenizer, "val", source.label)
+        train = write_split(train_shards, temps[1], encode, tokenizer, "train", source.label)
+        write_tokenizer_file(temps[2], tokenizer)
         with atomic_write(temps[3]) as f:
-            f.write(source_note(source.label, rule, val, train).encode())
+            f.write(source_note(source.label, rule, val, train, tokenizer).encode())
+        if cfg.vocab_size:
+            bpe.write(temps[4], tokenizer.hf)
     synthetic_note = " from SYNTHETIC stories (not TinyStories)" if source.synthetic else ""
+    json_note = f" and {json_file}" if cfg.vocab_size else ""
     print(f"wrote {val_file} ({val.tokens:,} tokens, {val.stories:,} stories) and {train_file} "
-          f"({train.tokens:,} tokens, {train.stories:,} stories){synthetic_note}; tokenizer {tokenizer_file}")
+          f"({train.tokens:,} tokens, {train.stories:,} stories){synthetic_note}; tokenizer {tokenizer_file}{json_note}")

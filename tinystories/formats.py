@@ -8,7 +8,12 @@ any instant leaves either the old complete file or the new complete one. Nothing
 All headers are 256 little-endian int32 values (1024 bytes); unused entries are 0.
 
 Token file (llm.c `dev/data/*.bin`)
-    header[0] = 20240520 (magic), [1] = 1 (version), [2] = token count N
+    header[0] = 20240520 (magic), [1] = 1 (version), [2] = token count N,
+    [3:13] = the tokenizer that made the tokens (ours; llm.c reads only [0:3]):
+        all 0: GPT-2 (llm.c's own files, and ours from GPT-2: byte for byte llm.c's)
+        else:  [3] = vocab size V (1..65536), [4] = EOT id (< V),
+               [5:13] = the sha256 of the tokenizer's llm.c tokenizer file (tokenizer.py), its 32
+                        bytes as they are (header bytes 20..51)
     then N tokens as uint16.               size == 1024 + 2 * N
 
 Model file (llm.c `gpt2_124M.bin` style)
@@ -57,6 +62,7 @@ STATE_MAGIC, STATE_VERSION = 20261123, 2
 STATE_VERSIONS = (1, 2)  # versions read: 1 has no meta_sha256
 STATE_DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8}
 MAX_TOKEN_COUNT = 2**31 - 1  # llm.c stores the count in an int32
+MAX_TOKEN_VOCAB = 1 << 16  # token ids are uint16
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -148,22 +154,46 @@ def read_header(path, what: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- token files
 
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """The tokenizer a token file's header names, header[3:13] (see the module docstring).
+    GPT-2 has none: its files keep llm.c's header, zero after the count."""
+    vocab_size: int
+    eot: int
+    sha256: str  # hex digest of the tokenizer's llm.c tokenizer file
+
+    def header_values(self) -> list[int]:
+        return [self.vocab_size, self.eot, *np.frombuffer(bytes.fromhex(self.sha256), dtype="<i4").tolist()]
+
+
+@dataclass(frozen=True)
+class TokenHeader:
+    count: int
+    tokenizer: TokenizerRecord | None  # None: GPT-2
+
+
+def _token_header(count: int, tokenizer: TokenizerRecord | None) -> bytes:
+    return make_header(TOKEN_MAGIC, TOKEN_VERSION, count, *(tokenizer.header_values() if tokenizer else ()))
+
+
 class TokenFileWriter:
-    """Stream uint16 tokens into an llm.c token file, atomically.
+    """Stream uint16 tokens into an llm.c token file, atomically; `tokenizer` is recorded in the
+    header (None: GPT-2, llm.c's header exactly).
 
         with TokenFileWriter(path) as w:
             w.write(np.array([...], dtype=np.uint16))
     The header's count is patched in at the end; the file appears under `path` only when complete.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, tokenizer: TokenizerRecord | None = None):
         self.path = os.fspath(path)
+        self.tokenizer = tokenizer
         self.count = 0
 
     def __enter__(self):
         self._ctx = atomic_write(self.path)
         self._file = self._ctx.__enter__()
-        self._file.write(make_header(TOKEN_MAGIC, TOKEN_VERSION, 0))
+        self._file.write(_token_header(0, self.tokenizer))
         return self
 
     def write(self, tokens) -> None:
@@ -180,20 +210,20 @@ class TokenFileWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self._file.seek(0)
-            self._file.write(make_header(TOKEN_MAGIC, TOKEN_VERSION, self.count))
+            self._file.write(_token_header(self.count, self.tokenizer))
             self._file.seek(0, os.SEEK_END)
         return self._ctx.__exit__(exc_type, exc, tb)
 
 
-def write_tokens(path, tokens) -> None:
+def write_tokens(path, tokens, tokenizer: TokenizerRecord | None = None) -> None:
     """A whole token array at once, for the tests and benchmarks (prepare_data.py streams with TokenFileWriter)."""
-    with TokenFileWriter(path) as w:
+    with TokenFileWriter(path, tokenizer) as w:
         w.write(tokens)
 
 
-def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
-    """Memory-map an llm.c token file as a read-only uint16 array, after validating magic, version,
-    size, and (when vocab_size is given) that every id is below vocab_size."""
+def read_token_header(path) -> TokenHeader:
+    """The count and the tokenizer record of an llm.c token file, after validating magic, version,
+    size (1024 + 2 * count) and the record."""
     header = read_header(path, "token file")
     if header[0] != TOKEN_MAGIC:
         raise BadInput(f"{path}: not an llm.c token file (magic {header[0]}, expected {TOKEN_MAGIC})")
@@ -206,6 +236,23 @@ def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
                        f"but the file has {size} bytes (truncated or corrupt)")
     if count == 0:
         raise BadInput(f"{path}: token file holds no tokens")
+    return TokenHeader(count, _tokenizer_record(header, path))
+
+
+def _tokenizer_record(header: np.ndarray, path) -> TokenizerRecord | None:
+    fields = header[3:13]
+    if not fields.any():
+        return None
+    vocab_size, eot = int(fields[0]), int(fields[1])
+    if not (0 < vocab_size <= MAX_TOKEN_VOCAB and 0 <= eot < vocab_size):
+        raise BadInput(f"{path}: bad tokenizer record in the header (vocab size {vocab_size}, EOT id {eot})")
+    return TokenizerRecord(vocab_size, eot, fields[2:].astype("<i4").tobytes().hex())
+
+
+def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
+    """Memory-map an llm.c token file as a read-only uint16 array, after validating its header
+    (read_token_header) and, when vocab_size is given, that every id is below vocab_size."""
+    count = read_token_header(path).count
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
     if vocab_size is not None:
         _check_token_range(path, tokens, vocab_size)

