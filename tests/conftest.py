@@ -2,9 +2,13 @@
 
 Fixtures here (shared_data, head_stories, workdir) reach every test module without an import; the
 plain helpers and constants are imported `from conftest import ...`."""
+import io
+import json
 import os
+import random
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,8 @@ import pytest
 import torch
 
 from tinystories import formats, plot, tokenizer
-from tinystories.cli import train_parser
+from tinystories.cli import prepare_parser, train_parser
+from tinystories.config import PrepareConfig
 
 if not torch.cuda.is_available():
     # Triton decides at its first import whether to compile or interpret; other packages
@@ -77,6 +82,11 @@ def run_cli(*args, cwd=REPO, check=False) -> subprocess.CompletedProcess:
 def train(*args, check=True) -> subprocess.CompletedProcess:
     """`python -m tinystories train ARGS` through run; a failure fails the test unless check=False."""
     return run_cli("train", *args, check=check)
+
+
+def run_prepare_data(*flags: str) -> subprocess.CompletedProcess:
+    """The original's command, python prepare_data.py FLAGS, unchecked, within 5 minutes."""
+    return run("prepare_data.py", *flags, check=False, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -150,6 +160,51 @@ def metrics_log(path) -> list[dict]:
 def logged(path, field: str) -> dict[int, object]:
     """{step: value} of `field` in the records of metrics_log(path) that have it."""
     return {r["step"]: r[field] for r in metrics_log(path) if field in r}
+
+
+# ----------------------------------------------------------------------------- prepare (test_data, test_download)
+
+def reference_tokens(split_shards: list[list[str]]) -> list[int]:
+    """llm.c's tokenization of one split: shard i shuffled with random.Random(1337 + i), then
+    EOT + encode_ordinary(story.strip()) for every story."""
+    enc, tokens = tokenizer.gpt2_encoding(), []
+    for i, stories in enumerate(split_shards):
+        stories = list(stories)
+        random.Random(1337 + i).shuffle(stories)
+        for story in stories:
+            tokens.append(tokenizer.EOT)
+            tokens.extend(enc.encode_ordinary(story.strip()))
+    return tokens
+
+
+def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
+    """data.prepare in this process; returns the output folder."""
+    from tinystories import data  # imports huggingface_hub: only for the tests that prepare
+
+    args = prepare_parser().parse_args([*flags, "--out-dir", str(out), "--tokenizer-file",
+                                        str(out / "gpt2_tokenizer.bin"), "--workers", str(workers)])
+    data.prepare(PrepareConfig(**vars(args)))
+    return out
+
+
+def split_tokens(out: Path, split: str) -> list[int]:
+    return formats.read_tokens(out / f"TinyStories_{split}.bin").tolist()
+
+
+def shard_json(stories: list[str]) -> bytes:
+    """A shard as in the Hugging Face archive: objects with a "story" and other fields."""
+    items = [{"story": s, "instruction": {"prompt": "Write a story.", "words": ["a", "b"]}, "summary": "x",
+              "source": "GPT-4"} for s in stories]
+    return json.dumps(items).encode()
+
+
+def write_archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
 
 
 # ----------------------------------------------------------------------------- numbers
