@@ -103,8 +103,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 # ----------------------------------------------------------------------------- training runs
 
-TINY_RUN = {"train_tokens": "train.bin", "val_tokens": "val.bin", "batch_size": 2, "seq_len": 32,
-            "sample_every": 0, "val_every": 0, "learning_rate": "1e-3"}
+TINY_RUN = {"batch_size": 2, "seq_len": 32, "sample_every": 0, "val_every": 0, "learning_rate": "1e-3"}
 
 
 def train_flags(folder: Path, **settings) -> list[str]:
@@ -114,7 +113,7 @@ def train_flags(folder: Path, **settings) -> list[str]:
     follow in keyword order, each as its first option string (-b, --device, -e). None leaves a flag
     out; True writes a switch alone."""
     option = {action.dest: action.option_strings[0] for action in train_parser()._actions}
-    chosen = {**TINY_RUN, "train_tokens": folder / "train.bin", "val_tokens": folder / "val.bin", **settings}
+    chosen = {"train_tokens": folder / "train.bin", "val_tokens": folder / "val.bin", **TINY_RUN, **settings}
     flags = []
     for name, value in chosen.items():
         if value is not None:
