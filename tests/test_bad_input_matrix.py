@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from conftest import train_flags
 
 from tinystories import cli, formats, llmc, tokenizer
 from tinystories.config import GPTConfig, TrainConfig
@@ -311,8 +312,8 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
         places[locked].chmod(0o500 if places[locked].is_dir() else 0)
     argv = args.format(**places).split()
     if command == "train":
-        argv = ["-e", str(inputs / "model.bin"), "-i", str(inputs / "train.bin"), "-j", str(inputs / "val.bin"),
-                "-c", str(places["ck"]), "-n", "1", "-b", "2", "-t", "32", "-s", "0", "-v", "0", "--device", "cpu", *argv]
+        argv = [*train_flags(inputs, learning_rate=None, model=inputs / "model.bin", checkpoint=places["ck"],
+                             max_steps=1, device="cpu"), *argv]
     before, inputs_before = snapshot(tmp_path), snapshot(inputs)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -360,8 +361,8 @@ def read_only_folder(tmp_path):
 
 def run_train(inputs, capsys, *extra) -> str:
     """./train for one step in-process; the single stderr line of its exit-2 failure."""
-    argv = ["-e", str(inputs / "model.bin"), "-i", str(inputs / "train.bin"), "-n", "1", "-b", "2", "-t", "32",
-            "-s", "0", "-v", "0", "--device", "cpu", *map(str, extra)]
+    argv = [*train_flags(inputs, val_tokens=None, learning_rate=None, model=inputs / "model.bin", max_steps=1,
+                         device="cpu"), *map(str, extra)]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         cli.run(cli.train_main, argv)

@@ -1,15 +1,12 @@
 """--config FILE.toml: keys are long flag names with '_', values checked like the command line's,
 flags given on the command line win, bad keys and values are one line and exit 2."""
-from pathlib import Path
-
 import pytest
+from conftest import REPO
 
 from tinystories import cli
 from tinystories.config import TrainConfig
 from tinystories.config_file import parse_with_config
 from tinystories.errors import BadInput
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(tmp_path, text: str, *argv):
@@ -75,7 +72,7 @@ def test_value_out_of_range_in_a_file_is_checked_like_the_flag(tmp_path, capsys)
 
 @pytest.mark.parametrize("name", ["quickstart.toml", "cpu.toml"])
 def test_shipped_configs_parse(name):
-    args = parse_with_config(cli.train_parser(), ["--config", str(ROOT / "configs" / name)])
+    args = parse_with_config(cli.train_parser(), ["--config", str(REPO / "configs" / name)])
     cfg = TrainConfig(**vars(args))
     if name == "quickstart.toml":  # the original's -n 10000 -b 32 -t 256 -l 1e-3 -v 500 -s 500
         quick = TrainConfig(**vars(cli.train_parser().parse_args(

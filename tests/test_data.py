@@ -1,68 +1,27 @@
 """prepare_data.py end to end: every local source kind against llm.c's recipe written out plainly,
 determinism, labelling of synthetic stories, and every kind of bad input through the real CLI."""
-import io
 import json
-import random
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import (assert_one_line_error, reference_tokens, run_cli, run_prepare, run_prepare_data, shard_json,
+                      split_tokens, write_archive)
 
 from tinystories import bpe, data, sources, synthetic, tokenizer
-from tinystories.cli import prepare_parser
-from tinystories.config import PrepareConfig
-from tinystories.formats import read_token_header, read_tokens
-from tinystories.tokenizer import EOT, gpt2_encoding
+from tinystories.formats import read_token_header
+from tinystories.tokenizer import EOT
 
-REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("val", "train")
-
-
-def reference_tokens(split_shards: list[list[str]], bpe_tokenizer=None) -> list[int]:
-    """llm.c's tokenization of one split: shard i shuffled with random.Random(1337 + i), then
-    EOT + encode_ordinary(story.strip()) for every story (with `bpe_tokenizer`: its EOT and encode)."""
-    eot, encode = (EOT, gpt2_encoding().encode_ordinary) if bpe_tokenizer is None else (bpe_tokenizer.eot, bpe_tokenizer.encode)
-    tokens = []
-    for i, stories in enumerate(split_shards):
-        stories = list(stories)
-        random.Random(1337 + i).shuffle(stories)
-        for story in stories:
-            tokens.append(eot)
-            tokens.extend(encode(story.strip()))
-    return tokens
 
 
 def chunks(stories: list[str], size: int) -> list[list[str]]:
     return [stories[i : i + size] for i in range(0, len(stories), size)]
 
 
-def run_prepare(out: Path, *flags: str, workers: int = 1) -> Path:
-    """data.prepare in this process; returns the output folder (the GPT-2 tokenizer file is written
-    there too; with --vocab-size that is the default)."""
-    tokenizer_file = [] if "--vocab-size" in flags else ["--tokenizer-file", str(out / "gpt2_tokenizer.bin")]
-    args = prepare_parser().parse_args([*flags, "--out-dir", str(out), *tokenizer_file, "--workers", str(workers)])
-    data.prepare(PrepareConfig(**vars(args)))
-    return out
-
-
-def split_tokens(out: Path, split: str) -> list[int]:
-    return read_tokens(out / f"TinyStories_{split}.bin").tolist()
-
-
 def output_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-
-
-def shard_json(stories: list[str]) -> bytes:
-    """A shard as in the Hugging Face archive: objects with a "story" and other fields."""
-    items = [{"story": s, "instruction": {"prompt": "Write a story.", "words": ["a", "b"]}, "summary": "x",
-              "source": "GPT-4"} for s in stories]
-    return json.dumps(items).encode()
 
 
 @pytest.fixture
@@ -75,15 +34,6 @@ def write_json_folder(folder: Path, shards: list[list[str]]) -> Path:
     for i, stories in enumerate(shards):
         (folder / f"data{i:02d}.json").write_bytes(shard_json(stories))
     return folder
-
-
-def write_archive(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
 
 
 def write_text(path: Path, stories: list[str]) -> Path:
@@ -219,12 +169,6 @@ def test_vocab_size_larger_than_the_text_allows_is_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad input, via the CLI
-
-def run_prepare_data(*flags: str) -> subprocess.CompletedProcess:
-    """The original's command, python prepare_data.py FLAGS."""
-    return subprocess.run([sys.executable, str(REPO / "prepare_data.py"), *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
 
 def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str], list[str]]:
     """(flags, fragments the one error line must contain) for each kind of bad input."""

@@ -6,7 +6,6 @@ means to fp32 rounding: the ranks' gradients are averaged in another order than 
 A torchrun starts three processes that each import torch, so the torchrun tests are marked slow and
 share two rounds of launches (fixtures `fresh` and `resumed`), each round run side by side.
 """
-import json
 import os
 import re
 import shutil
@@ -16,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY, logged, metrics_log, run, train_flags
 
 from tinystories import formats
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LOSS_RTOL = 1e-5
@@ -43,7 +41,7 @@ def environment(**extra) -> dict:
 
 def run_together(*commands: list[str], check=True) -> list[subprocess.CompletedProcess]:
     """Run the commands side by side (each torchrun picks its own free port); wait for all."""
-    procs = [subprocess.Popen(c, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen(c, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for c in commands]
     results = []
     for c, p in zip(commands, procs):
@@ -61,24 +59,14 @@ def workdir(tmp_path_factory):
     rng = np.random.default_rng(0)
     formats.write_tokens(d / "train.bin", rng.integers(0, 256, 6000).astype(np.uint16))
     formats.write_tokens(d / "val.bin", rng.integers(0, 256, 1000).astype(np.uint16))
-    subprocess.run([sys.executable, "create_model.py", "-o", d / "model.bin", *TINY], cwd=ROOT, check=True,
-                   capture_output=True)
+    run("create_model.py", "-o", d / "model.bin", *TINY)
     return d
 
 
 def flags(d: Path, *extra) -> list:
     # fp32: the comparisons are to fp32 rounding; under bf16 autocast a different per-rank batch
     # shape rounds differently (the default on CPUs with native bf16)
-    return ["-i", d / "train.bin", "-j", d / "val.bin", "-b", "4", "-t", "32", "-s", "0", "-l", "1e-3",
-            "--precision", "fp32", *extra]
-
-
-def metrics(checkpoint: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(f"{checkpoint}.metrics.jsonl").read_text().splitlines()]
-
-
-def series(checkpoint: Path, key: str) -> dict[int, float]:
-    return {r["step"]: r[key] for r in metrics(checkpoint) if key in r}
+    return [*train_flags(d, batch_size=4, val_every=None, precision="fp32"), *extra]
 
 
 def assert_same_series(a: dict, b: dict, steps) -> None:
@@ -129,10 +117,10 @@ def resumed(fresh, workdir):
 @pytest.mark.slow
 def test_two_ranks_train_as_one_process(fresh):
     (one, _), (two, _) = fresh["one"], fresh["two"]
-    assert_same_series(series(one, "train_loss"), series(two, "train_loss"), range(1, 11))
+    assert_same_series(logged(one, "train_loss"), logged(two, "train_loss"), range(1, 11))
     # the gradient norm is taken after DDP's all-reduce: a sum instead of a mean would double it
-    assert_same_series(series(one, "grad_norm"), series(two, "grad_norm"), range(1, 11))
-    assert series(one, "train_loss")[10] < series(one, "train_loss")[1] - 0.1  # it learns
+    assert_same_series(logged(one, "grad_norm"), logged(two, "grad_norm"), range(1, 11))
+    assert logged(one, "train_loss")[10] < logged(one, "train_loss")[1] - 0.1  # it learns
     assert_same_weights(one, two)
     assert formats.read_model(two).state.meta["world_size"] == 2
 
@@ -141,15 +129,15 @@ def test_two_ranks_train_as_one_process(fresh):
 def test_grad_accumulation_across_ranks(fresh):
     """--grad-accum 2: the first micro-step of each step runs under DDP's no_sync."""
     (one, _), (two, _) = fresh["one_accum"], fresh["two_accum"]
-    assert_same_series(series(one, "train_loss"), series(two, "train_loss"), range(1, 7))
-    assert_same_series(series(one, "grad_norm"), series(two, "grad_norm"), range(1, 7))
+    assert_same_series(logged(one, "train_loss"), logged(two, "train_loss"), range(1, 7))
+    assert_same_series(logged(one, "grad_norm"), logged(two, "grad_norm"), range(1, 7))
     assert_same_weights(one, two)
 
 
 @pytest.mark.slow
 def test_val_loss_is_the_mean_over_ranks(fresh):
     (one, _), (two, _) = fresh["one"], fresh["two"]
-    assert_same_series(series(one, "val_loss"), series(two, "val_loss"), [0, 5, 10])
+    assert_same_series(logged(one, "val_loss"), logged(two, "val_loss"), [0, 5, 10])
 
 
 @pytest.mark.slow
@@ -162,7 +150,7 @@ def test_only_rank_0_prints_and_writes(fresh, workdir):
     assert sum(line.startswith("model ") for line in lines) == 1
     assert sum(line.startswith("saved checkpoint") for line in lines) == 1
     assert "device cpu x 2 process(es)" in ranks.stdout
-    assert [r["step"] for r in metrics(two) if "train_loss" in r] == list(range(1, 11))  # one writer
+    assert [r["step"] for r in metrics_log(two) if "train_loss" in r] == list(range(1, 11))  # one writer
     assert sorted(p.name for p in workdir.glob("two.*")) == ["two.best.bin", "two.bin", "two.bin.metrics.jsonl"]  # no temp files
 
 
@@ -174,12 +162,12 @@ def test_checkpoint_resumes_on_another_number_of_ranks(fresh, resumed):
         assert "note:" not in err  # the world size may change freely
     on_one, on_two, one_to_two = (resumed[name][0] for name in ("on_one", "on_two", "one_to_two"))
     # 2 ranks resuming on 2 ranks is bitwise the uninterrupted 2-rank run
-    assert series(on_two, "train_loss") == series(fresh["two"][0], "train_loss")
-    assert series(on_two, "val_loss") == series(fresh["two"][0], "val_loss")
+    assert logged(on_two, "train_loss") == logged(fresh["two"][0], "train_loss")
+    assert logged(on_two, "val_loss") == logged(fresh["two"][0], "val_loss")
     # on another number of ranks, the same to fp32 rounding
     for moved, stayed in ((on_one, on_two), (one_to_two, fresh["one"][0])):
-        assert_same_series(series(moved, "train_loss"), series(stayed, "train_loss"), range(1, 11))
-        assert_same_series(series(moved, "val_loss"), series(stayed, "val_loss"), [0, 5, 10])
+        assert_same_series(logged(moved, "train_loss"), logged(stayed, "train_loss"), range(1, 11))
+        assert_same_series(logged(moved, "val_loss"), logged(stayed, "val_loss"), [0, 5, 10])
         assert_same_weights(moved, stayed)
 
 
@@ -224,7 +212,7 @@ def test_batch_not_divisible_by_world_size(workdir):
 
 def test_missing_rendezvous_variables(workdir):
     """WORLD_SIZE without torchrun's other variables: one line, exit 2, before any network wait."""
-    result = subprocess.run(command(1, *flags(workdir, "-e", workdir / "model.bin", "-n", "2")), cwd=ROOT,
+    result = subprocess.run(command(1, *flags(workdir, "-e", workdir / "model.bin", "-n", "2")), cwd=REPO,
                             env=environment(WORLD_SIZE="2", RANK="0"), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2

@@ -6,12 +6,11 @@ NaN is injected by patching GPT.forward (the loss of chosen steps times NaN); in
 parameter's gradient by an identity op whose backward returns inf (the loss stays finite).
 """
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
-from conftest import write_tiny_run
+from conftest import metrics_log, write_tiny_run
 import torch
 
 from tinystories import cli, formats
@@ -95,8 +94,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def metrics(checkpoint) -> dict[int, dict]:
-    lines = open(str(checkpoint) + ".metrics.jsonl").read().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if "train_loss" in r}
+    return {r["step"]: r for r in metrics_log(checkpoint) if "train_loss" in r}
 
 
 def test_isolated_nan_steps_are_skipped_and_counted(files, tmp_path, monkeypatch):

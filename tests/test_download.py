@@ -6,9 +6,8 @@ import socket
 import threading
 
 import pytest
-from conftest import assert_one_line_error
-from test_data import (reference_tokens, run_prepare, run_prepare_data, shard_json, split_tokens,
-                       write_archive)
+from conftest import (assert_one_line_error, reference_tokens, run_prepare, run_prepare_data, shard_json,
+                      split_tokens, write_archive)
 
 NAME = "TinyStories_all_data.tar.gz"
 REPO_ID, REVISION, COMMIT = "roneneldan/TinyStories", "main", "c0ffee" * 6 + "c0ff"

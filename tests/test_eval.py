@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli, story_tokens, train, train_flags
 
 from tinystories import evaluate, formats, llmc, tokenizer
 from tinystories.config import GPTConfig
 from tinystories.model import GPT
-from test_train import assert_one_line_error, base_args, run, story_tokens, train, workdir  # noqa: F401
 
 
 def loaded(path) -> GPT:
@@ -66,37 +66,35 @@ def test_bits_per_byte_counts_multibyte_tokens_once():
 
 def test_eval_command_json_and_text(workdir, tmp_path):
     model = workdir / "model.bin"
-    out = run("-m", "tinystories", "eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json").stdout
+    out = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json", check=True).stdout
     figures = json.loads(out)
     tokens = formats.read_tokens(workdir / "val.bin")
     want_loss, want_bpb = reference(loaded(model), np.asarray(tokens), 32)
     assert abs(figures["loss"] - want_loss) < 1e-6 and abs(figures["bits_per_byte"] - want_bpb) < 1e-6
     assert figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
-    text = run("-m", "tinystories", "eval", "-e", model, "-i", workdir / "val.bin", "-t", "32").stdout
+    text = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", check=True).stdout
     assert f"loss {figures['loss']:.6f}" in text and f"bits per byte {figures['bits_per_byte']:.6f}" in text
 
 
 def test_eval_bad_input(workdir, tmp_path):
-    result = run("-m", "tinystories", "eval", "-e", workdir / "model.bin", "-i", tmp_path / "none.bin", check=False)
+    result = run_cli("eval", "-e", workdir / "model.bin", "-i", tmp_path / "none.bin")
     assert_one_line_error(result, "none.bin: file not found")
-    result = run("-m", "tinystories", "eval", "-e", workdir / "model.bin", "-i", workdir / "val.bin", "-t", "65",
-                 check=False)
+    result = run_cli("eval", "-e", workdir / "model.bin", "-i", workdir / "val.bin", "-t", "65")
     assert_one_line_error(result, "-t/--seq-len 65 exceeds")
 
 
 def test_val_batches_all_is_the_eval_figure(workdir, tmp_path):
     """./train --val-batches all prints, at the end, what eval gives for the final checkpoint."""
     ck = tmp_path / "ck.bin"
-    out = train("-e", workdir / "model.bin", "-c", ck, "-n", "3", *base_args(workdir, "-v", "3"),
+    out = train("-e", workdir / "model.bin", "-c", ck, "-n", "3", *train_flags(workdir, val_every=3),
                 "--val-batches", "all", "--precision", "fp32").stdout
     last = [line for line in out.splitlines() if line.startswith("step") and "val loss" in line][-1].split()
-    figures = json.loads(run("-m", "tinystories", "eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32",
-                             "--json").stdout)
+    figures = json.loads(run_cli("eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32", "--json", check=True).stdout)
     assert last[:2] == ["step", "3/3"]
     assert last[2:5] == ["|", "val", "loss"] and last[-5:-1] == ["val", "bits", "per", "byte"]
     assert abs(float(last[5]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
     meta = formats.read_model(ck).state.meta
     assert abs(meta["last_val_loss"] - figures["loss"]) < 1e-6 and meta["last_val_step"] == 3
     assert abs(meta["last_val_bits_per_byte"] - figures["bits_per_byte"]) < 1e-6
-    assert train("-e", workdir / "model.bin", "-n", "1", *base_args(workdir), "--val-batches", "none",
+    assert train("-e", workdir / "model.bin", "-n", "1", *train_flags(workdir), "--val-batches", "none",
                  check=False).returncode == 2

@@ -1,11 +1,11 @@
 """Sampling (temperature, top-k, top-p), KV-cached generation against a full-recompute reference,
 streamed decoding, and ./generate end to end (reproducible seeds, one-line errors)."""
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run
 
 from tinystories import cli, llmc, tokenizer
 from tinystories.config import GPTConfig
@@ -15,7 +15,6 @@ from tinystories.generate import generate_tokens, sample_next, text_pieces
 from tinystories.model import GPT
 from tinystories.tokenizer import EOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "1", "--heads", "2", "--channels", "16", "--block-size", "64"]
 
 
@@ -23,8 +22,7 @@ TINY = ["--layers", "1", "--heads", "2", "--channels", "16", "--block-size", "64
 def model_path(tmp_path_factory) -> Path:
     """A tiny random model (block size 64, GPT-2 vocabulary) written by create_model.py."""
     path = tmp_path_factory.mktemp("generate") / "model.bin"
-    subprocess.run([sys.executable, str(REPO / "create_model.py"), "-o", str(path), *TINY],
-                   check=True, capture_output=True)
+    run("create_model.py", "-o", path, *TINY)
     return path
 
 

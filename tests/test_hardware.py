@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run, train_flags
 
 from tinystories import device as dev
 from tinystories import formats
@@ -18,7 +19,6 @@ from tinystories.model import plain_head_loss
 from tinystories.optim import fused_skips_bad_steps
 from tinystories.train import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 CUDA, MPS, CPU = torch.device("cuda", 0), torch.device("mps"), torch.device("cpu")
 
 
@@ -191,9 +191,8 @@ def tiny(tmp_path_factory):
     """A model with a 256-token vocabulary (fast steps) and a token file."""
     d = tmp_path_factory.mktemp("hardware")
     formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, 256, 4000).astype(np.uint16))
-    subprocess.run([sys.executable, "create_model.py", "-o", d / "model.bin", "--layers", "1", "--heads", "2",
-                    "--channels", "16", "--block-size", "16", "--vocab-size", "256"], cwd=ROOT, check=True,
-                   capture_output=True)
+    run("create_model.py", "-o", d / "model.bin", "--layers", "1", "--heads", "2", "--channels", "16",
+        "--block-size", "16", "--vocab-size", "256")
     return d
 
 
@@ -201,10 +200,10 @@ def train_without_a_compiler(d: Path, *flags) -> subprocess.CompletedProcess:
     """./train with CXX naming a compiler that does not exist (inductor's only other candidate, a
     conda-installed g++, is off unless TORCH_INDUCTOR_INSTALL_GXX is set)."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "TORCH_INDUCTOR_INSTALL_GXX"}
-    return subprocess.run([sys.executable, "-m", "tinystories", "train", "-e", d / "model.bin", "-i", d / "train.bin",
-                           "-j", d / "train.bin", "-b", "2", "-t", "16", "-v", "0", "-s", "0", "--device", "cpu",
-                           "--log-every", "50", *map(str, flags)],
-                          cwd=ROOT, env={**env, "CXX": "/nonexistent/g++"}, capture_output=True, text=True)
+    argv = [*train_flags(d, model=d / "model.bin", val_tokens=d / "train.bin", seq_len=16, learning_rate=None,
+                         device="cpu", log_every=50), *map(str, flags)]
+    return subprocess.run([sys.executable, "-m", "tinystories", "train", *argv],
+                          cwd=REPO, env={**env, "CXX": "/nonexistent/g++"}, capture_output=True, text=True)
 
 
 def test_without_a_compiler_auto_runs_eagerly_and_on_is_refused(tiny):

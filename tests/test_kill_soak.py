@@ -11,7 +11,6 @@ Each life is forked from a process that has already imported torch (multiprocess
 so a life costs no import time; each runs the real command line, tinystories.cli.main(["train", ...]).
 The final resume is a plain `python -m tinystories train` subprocess.
 """
-import json
 import multiprocessing
 import os
 import random
@@ -22,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY, logged, metrics_log, train_flags
 
 from tinystories import cli, formats
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, KILLS, KEEP = 40, 20, 2
-TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]
 WAIT = 180  # seconds: a guard against hangs only
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(["tinystories.cli", "tinystories.train"])
@@ -56,16 +54,14 @@ def files(tmp_path_factory):
 
 def command(files, ck: Path) -> list[str]:
     start = ck if ck.exists() else files / "model.bin"
-    return ["-e", str(start), "-c", str(ck), "-k", "1", "-n", str(STEPS), "-i", str(files / "train.bin"),
-            "-b", "2", "-t", "32", "-l", "1e-3", "-v", "3", "-j", str(files / "val.bin"), "--val-batches", "4",
-            "--keep", str(KEEP), "-s", "0", "--device", "cpu"]
+    return train_flags(files, model=start, checkpoint=ck, checkpoint_every=1, max_steps=STEPS, val_every=3,
+                       val_batches=4, keep=KEEP, device="cpu")
 
 
 def losses(ck: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in Path(str(ck) + ".metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if "train_loss" in r]
+    steps = [r["step"] for r in metrics_log(ck) if "train_loss" in r]
     assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    return logged(ck, "train_loss")
 
 
 def temp_files(ck: Path) -> list[str]:
@@ -171,7 +167,7 @@ def test_kill_soak(files, tmp_path):
             break  # the run finished before this kill
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    final = subprocess.run([sys.executable, "-m", "tinystories", "train", *command(files, ck)], cwd=ROOT,
+    final = subprocess.run([sys.executable, "-m", "tinystories", "train", *command(files, ck)], cwd=REPO,
                            capture_output=True, text=True, timeout=WAIT, env=env)
     assert final.returncode == 0, final.stderr
     assert list(tmp_path.glob("ck.*.tmp")) == [], "stale temp files were left beside the checkpoints"

@@ -2,20 +2,17 @@
 format round trip (fp32 and bf16), the loss at initialisation, learning, and the KV cache."""
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from conftest import REPO, rel_err, run
 
 from tinystories import llmc
 from tinystories.config import GPTConfig
 from tinystories.formats import HEADER_BYTES, make_header, read_model, write_model
 from tinystories.model import GPT, KVCache
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT = GPTConfig()  # 4 layers, 4 heads, 128 channels, block 256, vocab 50257
 SMALL = GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=64)
 SMALL_VOCAB = GPTConfig(block_size=32, vocab_size=1000, n_layer=3, n_head=3, n_embd=48)  # Vp = 1024
@@ -115,8 +112,7 @@ def test_matches_huggingface_gpt2_logits_loss_and_gradients(config, seed):
 # ----------------------------------------------------------------------------- create_model.py
 
 def create_model(*flags, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "create_model.py"), *flags], cwd=cwd,
-                          capture_output=True, text=True, check=True)
+    return run(REPO / "create_model.py", *flags, cwd=cwd)
 
 
 def stored_values(L: int, H: int, C: int, T: int, V: int) -> int:

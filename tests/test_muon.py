@@ -1,11 +1,11 @@
 """--optimizer muon and the recipe options: Muon against a slow reference, bad steps, exact resume,
 per-group learning rates, --recipe layering and create_model.py --zero-init-proj."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY, logged, run, train, train_flags
 
 from tinystories import formats, llmc
 from tinystories.cli import train_parser
@@ -14,7 +14,6 @@ from tinystories.config_file import parse_with_config
 from tinystories.model import GPT
 from tinystories.muon import NS_COEFFICIENTS, orthogonalise
 from tinystories.optim import make_optimizer, set_learning_rate
-from test_train import TINY, base_args, losses, run, train, workdir  # noqa: F401
 
 TINY_CONFIG = GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=16)
 
@@ -135,11 +134,11 @@ def test_resume_with_muon_is_exact(workdir, tmp_path):
     """A 6-step Muon run saved at step 3 (straight.step3.bin) and resumed from there ends exactly
     where the run that went on did: losses, weights, AdamW moments and Muon momentum."""
     flags = ["--optimizer", "muon", "--matrix-lr", "2e-2", "--embed-lr", "3e-3", "--lr-decay", "wsd", "-n", "6",
-             *base_args(workdir)]
+             *train_flags(workdir)]
     straight, split = tmp_path / "straight.bin", tmp_path / "split.bin"
     train("-e", workdir / "model.bin", "-c", straight, "-k", "3", "--keep", "2", *flags)
     train("-e", tmp_path / "straight.step3.bin", "-c", split, *flags)
-    a, b = losses(Path(f"{straight}.metrics.jsonl")), losses(Path(f"{split}.metrics.jsonl"))
+    a, b = logged(straight, "train_loss"), logged(split, "train_loss")
     assert sorted(a) == list(range(1, 7)) and b == {step: a[step] for step in (4, 5, 6)}
     fa, fb = formats.read_model(straight), formats.read_model(split)
     assert "muon_m.h.0.attn.c_attn.weight" in fa.state.tensors and "adam_m.h.0.attn.c_attn.bias" in fa.state.tensors
@@ -149,7 +148,7 @@ def test_resume_with_muon_is_exact(workdir, tmp_path):
     for name in fa.state.tensors:
         np.testing.assert_array_equal(fa.state.tensors[name], fb.state.tensors[name])
     # resuming a Muon checkpoint with AdamW is refused in one line
-    result = train("-e", straight, "-n", "8", *base_args(workdir), check=False)
+    result = train("-e", straight, "-n", "8", *train_flags(workdir), check=False)
     assert result.returncode == 2 and "trained with --optimizer muon" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -181,7 +180,7 @@ def test_recipe_values_sit_under_the_config_file_and_the_command_line(tmp_path):
 def test_the_fast_config_file_is_the_fast_recipe():
     from dataclasses import replace
 
-    from_file = parse(["--config", str(Path(__file__).resolve().parents[1] / "configs" / "fast.toml")])
+    from_file = parse(["--config", str(REPO / "configs" / "fast.toml")])
     assert replace(from_file, config=None) == replace(parse(["--recipe", "fast"]), recipe="none")
 
 

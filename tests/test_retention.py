@@ -1,25 +1,24 @@
 """--keep N and <name>.best.bin: which files a run keeps, what they hold, and that resuming
 remembers the best val loss."""
-import json
 import os
 from pathlib import Path
+
+from conftest import assert_one_line_error, logged, train, train_flags
 
 from tinystories import formats, retention
 from tinystories.cli import train_parser
 from tinystories.config import TrainConfig
 from tinystories.train import Trainer
-from test_train import assert_one_line_error, base_args, train, workdir  # noqa: F401
 
 
 def val_losses(ck: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in Path(f"{ck}.metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["val_loss"] for r in lines if "val_loss" in r}
+    return logged(ck, "val_loss")
 
 
 def test_keep_and_best(workdir, tmp_path):
     ck = tmp_path / "ck.bin"
     train("-e", workdir / "model.bin", "-c", ck, "-n", "6", "-k", "2", "--keep", "2",
-          *base_args(workdir, "-v", "3", "--val-batches", "2"))
+          *train_flags(workdir, val_every=3, val_batches=2))
     assert sorted(os.listdir(tmp_path)) == ["ck.best.bin", "ck.bin", "ck.bin.metrics.jsonl", "ck.step4.bin", "ck.step6.bin"]
     assert formats.read_model(tmp_path / "ck.step4.bin").state.meta["step"] == 4
     assert (tmp_path / "ck.step6.bin").read_bytes() == ck.read_bytes()
@@ -31,7 +30,7 @@ def test_keep_and_best(workdir, tmp_path):
     assert (last["best_val_step"], last["best_val_loss"]) == (best_step, vals[best_step])
     assert (last["last_val_step"], last["last_val_loss"]) == (6, vals[6])
     # a resumed run starts from the best so far, not from nothing
-    args = train_parser().parse_args(["-e", str(ck), "-c", str(ck), "-n", "8", *map(str, base_args(workdir, "-v", "3"))])
+    args = train_parser().parse_args(["-e", str(ck), "-c", str(ck), "-n", "8", *train_flags(workdir, val_every=3)])
     trainer = Trainer(TrainConfig(**vars(args)))
     assert trainer.state.results["best_val_loss"] == vals[best_step] and trainer.state.step == 6
     trainer.sinks.close()
@@ -59,5 +58,5 @@ def test_stale_temp_files_of_kept_files_are_removed(tmp_path):
 
 
 def test_keep_needs_a_checkpoint(workdir):
-    result = train("-e", workdir / "model.bin", "-n", "1", "--keep", "2", *base_args(workdir), check=False)
+    result = train("-e", workdir / "model.bin", "-n", "1", "--keep", "2", *train_flags(workdir), check=False)
     assert_one_line_error(result, "--keep 2: needs -c")

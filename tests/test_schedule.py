@@ -1,15 +1,14 @@
 """--lr-decay wsd (warmup-stable-decay): the schedule's values, and a resumed run that matches an
 uninterrupted one."""
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import metrics_log, train, train_flags
 
 from tinystories import formats
 from tinystories.config import TrainConfig
 from tinystories.optim import learning_rate
-from test_train import base_args, train, workdir  # noqa: F401
 
 
 def rates(total: int, **settings) -> list[float]:
@@ -25,20 +24,19 @@ def test_wsd_values():
     assert rates(4, cooldown=0.01) == pytest.approx([1, 1, 1, 0.1])
 
 
-def records(path: Path) -> dict[int, tuple[float, float]]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return {r["step"]: (r["train_loss"], r["lr"]) for r in lines if "train_loss" in r}
+def records(ck: Path) -> dict[int, tuple[float, float]]:
+    return {r["step"]: (r["train_loss"], r["lr"]) for r in metrics_log(ck) if "train_loss" in r}
 
 
 def test_wsd_resume_matches_an_uninterrupted_run(workdir, tmp_path):
     """A 6-step run saved at step 3 (kept as straight.step3.bin) and resumed from there logs the same
     losses and rates for steps 4-6 as the run that went on, and ends with the same weights."""
-    flags = ["--lr-decay", "wsd", "--cooldown", "0.5", "--warmup", "1", "-n", "6", *base_args(workdir)]
+    flags = ["--lr-decay", "wsd", "--cooldown", "0.5", "--warmup", "1", "-n", "6", *train_flags(workdir)]
     straight, resumed = tmp_path / "straight.bin", tmp_path / "resumed.bin"
     train("-e", workdir / "model.bin", "-c", straight, "-k", "3", "--keep", "2", *flags)
     out = train("-e", tmp_path / "straight.step3.bin", "-c", resumed, *flags).stdout
     assert "at step 3" in out
-    a, b = records(Path(f"{straight}.metrics.jsonl")), records(Path(f"{resumed}.metrics.jsonl"))
+    a, b = records(straight), records(resumed)
     assert sorted(a) == list(range(1, 7)) and b == {step: a[step] for step in (4, 5, 6)}
     # the rate logged after step s is the one step s used (-l 1e-3)
     assert [lr for _, lr in a.values()] == pytest.approx([1e-3 * r for r in rates(6, warmup_steps=1, cooldown=0.5)])

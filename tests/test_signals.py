@@ -6,22 +6,19 @@ leaves the previous checkpoint loadable (the final save it interrupts never repl
 Each test runs the real command in a subprocess; signals are sent only after the step lines (or,
 for the second SIGINT, the final save) have been seen, so nothing depends on timing.
 """
-import json
 import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import write_tiny_run
+from conftest import REPO, metrics_log, train_flags, write_tiny_run
 
 from tinystories import formats
 from tinystories.config import GPTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = GPTConfig(block_size=32, vocab_size=512, n_layer=2, n_head=2, n_embd=32)
 WAIT = 180  # seconds: only a guard against a hang, never reached by a working trainer
 
@@ -50,15 +47,15 @@ def files(tmp_path_factory):
 
 
 def train_args(files, ck, *extra):
-    return ["-e", str(ck if ck.exists() else files / "model.bin"), "-c", str(ck), "-i", str(files / "train.bin"),
-            "-b", "2", "-t", "16", "-v", "0", "-s", "0", "--device", "cpu", *extra]
+    return [*train_flags(files, model=ck if ck.exists() else files / "model.bin", checkpoint=ck, val_tokens=None,
+                         seq_len=16, learning_rate=None, device="cpu"), *extra]
 
 
 class Training:
     """A training subprocess whose stdout and stderr lines are collected as they arrive."""
 
     def __init__(self, argv):
-        self.proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines = {"stdout": [], "stderr": []}
         self.arrivals = queue.Queue()
@@ -111,8 +108,7 @@ def start():
 
 
 def train_steps(ck) -> list[int]:
-    lines = Path(str(ck) + ".metrics.jsonl").read_text().splitlines()
-    return [r["step"] for r in map(json.loads, lines) if "train_loss" in r]
+    return [r["step"] for r in metrics_log(ck) if "train_loss" in r]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -130,7 +126,7 @@ def test_stop_signal_saves_and_resumes(files, tmp_path, start, signum):
     assert formats.read_model(ck).state.meta["step"] == step
     assert train_steps(ck) == list(range(1, step + 1))
     resumed = subprocess.run([sys.executable, "-m", "tinystories", "train", *train_args(files, ck, "-n", str(step + 2))],
-                             cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+                             cwd=REPO, capture_output=True, text=True, timeout=WAIT)
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {step} " in resumed.stdout
     assert formats.read_model(ck).state.meta["step"] == step + 2

@@ -6,13 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, assert_one_line_error, metrics_log, train, train_flags
 
 from tinystories import formats
-from test_train import ROOT, assert_one_line_error, base_args, train, workdir  # noqa: F401
-
-
-def jsonl(ck: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(f"{ck}.metrics.jsonl").read_text().splitlines()]
 
 
 def field(records: list[dict], name: str) -> dict[int, object]:
@@ -38,11 +34,11 @@ def scalars(events, tag: str) -> dict[int, float]:
 def test_tensorboard_events_and_resume(workdir, tmp_path):
     pytest.importorskip("tensorboard")
     ck, tb = tmp_path / "ck.bin", tmp_path / "tb"
-    flags = [*base_args(workdir, "-v", "2", "-s", "3", "-g", "4", "--val-batches", "2"), "--tensorboard", tb]
+    flags = [*train_flags(workdir, val_every=2, sample_every=3, sample_length=4, val_batches=2), "--tensorboard", tb]
     train("-e", workdir / "model.bin", "-c", ck, "-n", "3", "-k", "2", "--keep", "2", *flags)
     # resume from the save at step 2: the first run's step-3 events are the interrupted tail
     train("-e", tmp_path / "ck.step2.bin", "-c", ck, "-n", "4", *flags)
-    records, events = jsonl(ck), event_data(tb)
+    records, events = metrics_log(ck), event_data(tb)
     train_records = [r for r in records if "train_loss" in r]
     for tag, name in (("train/loss", "train_loss"), ("train/lr", "lr"), ("train/grad_norm", "grad_norm"),
                       ("train/tokens", "tokens"), ("val/loss", "val_loss")):
@@ -96,13 +92,13 @@ def test_wandb_offline_run_and_resume(workdir, tmp_path, monkeypatch):
     for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
         monkeypatch.setenv(name, value)
     ck = tmp_path / "ck.bin"
-    flags = [*base_args(workdir, "-v", "2", "-s", "2", "-g", "4", "--val-batches", "2"), "--wandb", "stories/first"]
+    flags = [*train_flags(workdir, val_every=2, sample_every=2, sample_length=4, val_batches=2), "--wandb", "stories/first"]
     train("-e", workdir / "model.bin", "-c", ck, "-n", "2", *flags)
     run_id = formats.read_model(ck).state.meta["run_id"]
     train("-e", ck, "-c", ck, "-n", "3", *flags)
     folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(folders) == 2
-    records = jsonl(ck)
+    records = metrics_log(ck)
     (first, first_history), (second, second_history) = wandb_run(folders[0]), wandb_run(folders[1])
     assert first.run_id == second.run_id == run_id  # the resumed run continues the same W&B run
     assert (first.project, first.display_name) == ("stories", "first")
@@ -122,12 +118,12 @@ def test_missing_extra_is_one_line_before_training(workdir, tmp_path, flag, modu
     ck = tmp_path / "ck.bin"
     code = (f"import sys; sys.modules[{module!r}] = None; from tinystories import cli; "
             f"cli.main(sys.argv[1:])")
-    args = ["train", "-e", workdir / "model.bin", "-c", ck, "-n", "1", *base_args(workdir), flag, tmp_path / "x"]
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    args = ["train", "-e", workdir / "model.bin", "-c", ck, "-n", "1", *train_flags(workdir), flag, tmp_path / "x"]
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True)
     assert_one_line_error(result, f"{flag} needs the '{extra}' extra: pip install -e '.[{extra}]'")
     assert result.stdout == "" and not ck.exists()
 
 
 def test_bad_wandb_spec(workdir):
-    result = train("-e", workdir / "model.bin", "-n", "1", *base_args(workdir), "--wandb", "a/b/c", check=False)
+    result = train("-e", workdir / "model.bin", "-n", "1", *train_flags(workdir), "--wandb", "a/b/c", check=False)
     assert_one_line_error(result, "--wandb a/b/c: expected PROJECT or PROJECT/RUN")

@@ -1,83 +1,30 @@
 """The trainer end to end through ./train: exact resume, falling loss, checkpoints, bad input."""
 import dataclasses
-import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import TINY, assert_one_line_error, logged, run, train, train_flags
 import torch
 
-from tinystories import formats, tokenizer
+from tinystories import formats
 from tinystories.cli import train_parser
 from tinystories.config import TrainConfig
 from tinystories.device import compile_problem
 from tinystories.errors import BadInput
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]
-
-
-def run(*args, check=True, cwd=ROOT):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def train(*args, check=True):
-    return run("-m", "tinystories", "train", *args, check=check)
-
-
-def story_tokens(limit_stories=400) -> np.ndarray:
-    """Tokens of real TinyStories text (EOT before each story), or synthetic-looking text without it."""
-    path = SHARED / "tinystories_v1_train_head.txt"
-    if path.exists():
-        stories = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
-    else:
-        stories = [f"Once upon a time there was a cat number {i}. The cat was happy." for i in range(2000)]
-    ids = []
-    for story in stories[:limit_stories]:
-        ids += [tokenizer.EOT] + tokenizer.encode(story)
-    return np.array(ids, dtype=np.uint16)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny model and train/val token files from real stories."""
-    d = tmp_path_factory.mktemp("train")
-    tokens = story_tokens()
-    cut = len(tokens) // 10
-    formats.write_tokens(d / "val.bin", tokens[:cut])
-    formats.write_tokens(d / "train.bin", tokens[cut:])
-    run("create_model.py", "-o", d / "model.bin", *TINY)
-    return d
-
-
-def base_args(d, *extra):
-    return ["-i", d / "train.bin", "-j", d / "val.bin", "-b", "2", "-t", "32", "-s", "0", "-v", "0",
-            "-l", "1e-3", *extra]
-
-
-def losses(metrics: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
-
 
 def test_resume_is_exact(workdir, tmp_path):
     """N steps, stop, resume for M more == N + M steps without a stop, loss for loss (bitwise)."""
     straight = tmp_path / "straight.bin"
-    train("-e", workdir / "model.bin", "-c", straight, "-n", "6", *base_args(workdir))
+    train("-e", workdir / "model.bin", "-c", straight, "-n", "6", *train_flags(workdir))
     split = tmp_path / "split.bin"
-    train("-e", workdir / "model.bin", "-c", split, "-n", "3", *base_args(workdir))
-    out = train("-e", split, "-c", split, "-n", "6", *base_args(workdir)).stdout
+    train("-e", workdir / "model.bin", "-c", split, "-n", "3", *train_flags(workdir))
+    out = train("-e", split, "-c", split, "-n", "6", *train_flags(workdir)).stdout
     assert "resuming run" in out and "at step 3" in out
-    a, b = losses(Path(str(straight) + ".metrics.jsonl")), losses(Path(str(split) + ".metrics.jsonl"))
+    a, b = logged(straight, "train_loss"), logged(split, "train_loss")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert a == b
     # and the final weights and optimizer moments agree exactly
@@ -92,7 +39,7 @@ def test_resume_is_exact(workdir, tmp_path):
 def test_checkpoint_is_an_llmc_model_file(workdir, tmp_path):
     """The checkpoint starts with an ordinary llm.c model file; ./generate-style readers use it."""
     ck = tmp_path / "ck.bin"
-    train("-e", workdir / "model.bin", "-c", ck, "-n", "2", *base_args(workdir))
+    train("-e", workdir / "model.bin", "-c", ck, "-n", "2", *train_flags(workdir))
     config = formats.read_model(workdir / "model.bin").config
     model_size = 1024 + 4 * config.num_parameters()
     raw = ck.read_bytes()
@@ -104,13 +51,13 @@ def test_checkpoint_is_an_llmc_model_file(workdir, tmp_path):
     # a model file holding just the weights part starts a fresh run
     plain = tmp_path / "plain.bin"
     plain.write_bytes(raw[:model_size])
-    out = train("-e", plain, "-n", "1", *base_args(workdir)).stdout
+    out = train("-e", plain, "-n", "1", *train_flags(workdir)).stdout
     assert "resuming" not in out
 
 
 def test_loss_falls_on_real_text(workdir, tmp_path):
     out = train("-e", workdir / "model.bin", "-n", "60",
-                *base_args(workdir, "-v", "60", "--val-batches", "4", "-b", "4", "-l", "3e-3")).stdout
+                *train_flags(workdir, val_every=60, val_batches=4, batch_size=4, learning_rate="3e-3")).stdout
     vals = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "val loss" in line]
     assert len(vals) == 2
     assert abs(vals[0] - np.log(50257)) < 0.3  # random init: uniform over the vocabulary
@@ -120,14 +67,14 @@ def test_loss_falls_on_real_text(workdir, tmp_path):
 def test_state_from_another_model_is_refused(workdir, tmp_path):
     """A training state spliced onto other weights must not load."""
     ck = tmp_path / "ck.bin"
-    train("-e", workdir / "model.bin", "-c", ck, "-n", "1", *base_args(workdir))
+    train("-e", workdir / "model.bin", "-c", ck, "-n", "1", *train_flags(workdir))
     other = tmp_path / "other.bin"
     run("create_model.py", "-o", other, *TINY, "--seed", "7")
     config = formats.read_model(other).config
     model_size = 1024 + 4 * config.num_parameters()
     spliced = tmp_path / "spliced.bin"
     spliced.write_bytes(other.read_bytes() + ck.read_bytes()[model_size:])
-    result = train("-e", spliced, "-c", spliced, "-n", "2", *base_args(workdir), check=False)
+    result = train("-e", spliced, "-c", spliced, "-n", "2", *train_flags(workdir), check=False)
     assert result.returncode == 2
     assert "belongs to other weights" in result.stderr
 
@@ -146,7 +93,7 @@ def test_bad_model_file(workdir, tmp_path, case):
     bad.write_bytes(bad_model_files(workdir)[case])
     ck = tmp_path / "ck.bin"
     ck.write_bytes(b"previous checkpoint")
-    result = train("-e", bad, "-c", ck, "-n", "1", *base_args(workdir), check=False)
+    result = train("-e", bad, "-c", ck, "-n", "1", *train_flags(workdir), check=False)
     assert_one_line_error(result, str(bad))
     assert ck.read_bytes() == b"previous checkpoint"
 
@@ -168,7 +115,7 @@ def test_bad_inputs(workdir, tmp_path):
         (["--device", "tpu", *model], "--device"),
     ]
     for extra, needle in cases:
-        args = ["-i", d / "train.bin", "-j", d / "val.bin", "-s", "0", "-v", "0", "-n", "1", *extra]
+        args = [*train_flags(d, batch_size=None, seq_len=None, learning_rate=None, max_steps=1), *extra]
         assert_one_line_error(train(*args, check=False), needle)
 
 
@@ -176,7 +123,7 @@ def test_bad_inputs(workdir, tmp_path):
 def test_unwritable_checkpoint_folder_user(workdir, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    result = train("-e", workdir / "model.bin", "-c", locked / "ck.bin", "-n", "1", *base_args(workdir), check=False)
+    result = train("-e", workdir / "model.bin", "-c", locked / "ck.bin", "-n", "1", *train_flags(workdir), check=False)
     assert_one_line_error(result, "not writable")
 
 
@@ -184,7 +131,7 @@ def test_unwritable_checkpoint_folder(workdir, tmp_path):
     """A checkpoint path whose folder is really a file cannot be written: clear error, nothing lost."""
     blocker = tmp_path / "afile"
     blocker.write_text("keep me")
-    result = train("-e", workdir / "model.bin", "-c", blocker / "ck.bin", "-n", "1", *base_args(workdir), check=False)
+    result = train("-e", workdir / "model.bin", "-c", blocker / "ck.bin", "-n", "1", *train_flags(workdir), check=False)
     assert_one_line_error(result, "ck.bin")
     assert blocker.read_text() == "keep me"
 
@@ -199,15 +146,15 @@ def test_compiled_run_is_deterministic_with_the_flag(workdir, tmp_path):
     for name in ("a", "b"):
         metrics = tmp_path / f"{name}.jsonl"
         train("-e", workdir / "model.bin", "-n", "6", "--compile", "on", "--deterministic", "--metrics", metrics,
-              *base_args(workdir))
-        runs.append(losses(metrics))
+              *train_flags(workdir))
+        runs.append(logged(metrics, "train_loss"))
     assert sorted(runs[0]) == list(range(1, 7))
     assert runs[0] == runs[1]
 
 
 def test_periodic_samples_are_printed(workdir):
     """-s N prints a decoded sample every N steps; -g caps its length in tokens."""
-    out = train("-e", workdir / "model.bin", "-n", "2", *base_args(workdir, "-s", "1", "-g", "8")).stdout
+    out = train("-e", workdir / "model.bin", "-n", "2", *train_flags(workdir, sample_every=1, sample_length=8)).stdout
     assert out.count("sample at step") == 2
     assert "sample at step 1:" in out and "sample at step 2:" in out
 

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from conftest import rel_err
 
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -52,10 +53,6 @@ def loss_and_grads(loss_fn, h, weight, targets, autocast: bool, grad_scale=1.0):
     return loss.detach(), h.grad, weight.grad
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.mark.parametrize("N, C, V, chunk_rows", [
     (37, 32, 1000, 16),  # ragged last chunk; padded_V 1024, one vocabulary tile
     (37, 32, 5000, 10),  # four chunks reusing one buffer; two tiles, the second past padded_V (5056)
@@ -79,8 +76,8 @@ def test_bf16_autocast_matches_plain_and_float64(device):
     exact = loss_and_grads(plain_head_loss, h.double(), weight.double(), targets, autocast=False)
     assert fused[1].dtype == fused[2].dtype == torch.float32  # gradients in the parameters' dtype
     for ours, same_precision, float64 in zip(fused, plain, exact):
-        assert relative_error(ours, same_precision) < 1e-2
-        assert relative_error(ours, float64) < 2e-2
+        assert rel_err(ours, same_precision) < 1e-2
+        assert rel_err(ours, float64) < 2e-2
 
 
 def test_ignored_targets_count_for_nothing(device):
@@ -132,4 +129,4 @@ def test_real_size_bf16_on_cuda():
     fused = loss_and_grads(triton_ce.triton_head_loss, h, weight, targets, autocast=True)
     plain = loss_and_grads(plain_head_loss, h, weight, targets, autocast=True)
     for ours, reference in zip(fused, plain):
-        assert relative_error(ours, reference) < 1e-2
+        assert rel_err(ours, reference) < 1e-2
