@@ -11,13 +11,15 @@ current one is tokenized); tokens stream to the output file. Splits are never he
 
 Nothing half-written: all outputs are first written beside their targets under temporary names
 (`<name>.staged`, each itself via an atomic temp file), and renamed into place together only after
-every one is complete; on any error they are removed and the previous files stay as they were.
+every one is complete; on any error (or Ctrl-C) they are removed and the previous files stay as they
+were. A run that is killed outright leaves them behind; the next run removes them.
 """
 import contextlib
-import multiprocessing
+import multiprocessing.pool
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -31,7 +33,7 @@ from tqdm import tqdm
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
-from .formats import TokenFileWriter, atomic_write
+from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import EOT, gpt2_encoding, write_tokenizer_file
 
@@ -61,8 +63,19 @@ def story_encoder(workers: int):
     if workers == 1:
         yield lambda stories: map(encode_stories, batched(stories, BATCH_STORIES))
         return
-    with multiprocessing.Pool(workers, initializer=gpt2_encoding) as pool:
+    with tokenizer_pool(workers) as pool:  # leaving the block (an error, Ctrl-C) terminates the workers
         yield lambda stories: pool.imap(encode_stories, batched(stories, BATCH_STORIES))
+
+
+def tokenizer_pool(workers: int) -> multiprocessing.pool.Pool:
+    """`workers` processes that ignore SIGINT. A Ctrl-C at a terminal reaches the whole process group;
+    only this process acts on it (it stops the pool), so the workers neither print tracebacks nor die
+    holding tasks this process would wait for. They inherit the ignored signal from the fork or spawn."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.Pool(workers, initializer=gpt2_encoding)
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def prefetch(items: Iterator) -> Iterator:
@@ -186,8 +199,11 @@ def hf_source(cfg: PrepareConfig) -> Source:
 @contextlib.contextmanager
 def staged(paths: list[Path]):
     """Yields a temp path beside each of `paths`; when the block succeeds they are all renamed into
-    place, otherwise removed (so the previous files stay)."""
+    place, otherwise removed (so the previous files stay). A killed run's leftovers (its `.staged` files
+    and their atomic_write temp files) go first."""
     temps = [p.with_name(p.name + ".staged") for p in paths]
+    for temp in temps:
+        remove_stale_temp_files(temp)
     try:
         yield temps
         for temp, path in zip(temps, paths):
