@@ -266,6 +266,13 @@ def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str],
     if kind == "empty text file":
         (tmp / "empty.txt").write_text("\n<|endoftext|>\n\n")
         return ["--source", str(tmp / "empty.txt")], ["empty.txt", "val split is empty"]
+    if kind == "empty val source":
+        (tmp / "empty.txt").write_text("\n")
+        txt = write_text(tmp / "s.txt", stories[:10])
+        return ["--source", str(txt), "--val-source", str(tmp / "empty.txt")], ["empty.txt: the val split is empty"]
+    if kind == "source is a pipe":
+        os.mkfifo(tmp / "fifo.txt")
+        return ["--source", str(tmp / "fifo.txt")], ["--source", "fifo.txt", "not a regular file"]
     if kind == "one story":
         return ["--source", str(write_text(tmp / "one.txt", stories[:1]))], ["one.txt", "train split is empty"]
     if kind == "one shard":
@@ -282,7 +289,7 @@ def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str],
 
 BAD_INPUTS = ["missing path", "missing val path", "unknown kind", "folder without shards", "corrupt archive",
               "truncated archive", "shard without story", "bad train shard after val", "empty text file",
-              "one story", "one shard", "unwritable out dir"]
+              "empty val source", "source is a pipe", "one story", "one shard", "unwritable out dir"]
 
 
 @pytest.mark.parametrize("kind", BAD_INPUTS)

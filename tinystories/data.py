@@ -236,7 +236,7 @@ def prepare(cfg: PrepareConfig) -> None:
     val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
     note_file = out_dir / "SOURCE.txt"
     with story_encoder(cfg.workers) as encode, staged([val_file, train_file, tokenizer_file, note_file]) as temps:
-        val = write_split(val_shards, temps[0], encode, "val", source.label)
+        val = write_split(val_shards, temps[0], encode, "val", (val_source or source).label)
         train = write_split(train_shards, temps[1], encode, "train", source.label)
         write_tokenizer_file(temps[2])
         with atomic_write(temps[3]) as f:
