@@ -111,7 +111,7 @@ def tokenizer_bytes(vocab=3, version=2, magic=tokenizer.TOKENIZER_MAGIC, pieces=
 
 def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None):
     """One malformed input. `args` and `needles` may use {bad} (a file holding bad(d) bytes),
-    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile};
+    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile}, {fifo};
     `locked` names the one of them made unreadable (a file) or unwritable (a folder)."""
     marks = [pytest.mark.skipif(True, reason=skip)] if skip else []
     return pytest.param((command, args, needles, bad, env or {}, locked), id=id, marks=marks)
@@ -158,6 +158,8 @@ CASES = [
     case("model-is-a-folder", "train", "-e {folder}", ["{folder}", "folder"]),
     case("model-missing", "train", "-e {missing}", ["{missing}", "not found"]),
     case("model-is-a-token-file", "train", "-e {train}", ["{train}", "not an llm.c model file"]),
+    case("model-is-a-pipe", "train", "-e {fifo}", ["{fifo}", "not a regular file"]),
+    case("model-is-a-device", "train", "-e /dev/zero", ["/dev/zero", "not a regular file"]),
     case("model-unreadable", "train", "-e {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "model.bin"),
          locked="bad", skip=AS_ROOT),
     # the training-state trailer
@@ -193,6 +195,7 @@ CASES = [
     case("tokens-is-a-folder", "train", "-i {folder}", ["{folder}", "folder"]),
     case("tokens-missing", "train", "-i {missing}", ["{missing}", "not found"]),
     case("tokens-is-a-model-file", "train", "-i {model}", ["{model}", "not an llm.c token file"]),
+    case("tokens-is-a-pipe", "train", "-i {fifo}", ["{fifo}", "not a regular file"]),
     case("tokens-unreadable", "train", "-i {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "train.bin"),
          locked="bad", skip=AS_ROOT),
     case("val-tokens-id-out-of-range", "train", "-v 1 -j {bad}", ["{bad}", "outside the vocabulary"],
@@ -207,6 +210,11 @@ CASES = [
          bad=tokenizer_bytes(pieces=(b"a", b"", b"d"))),
     case("tokenizer-trailing-bytes", "tokenizer", "{bad}", ["{bad}", "unexpected bytes"], bad=tokenizer_bytes(tail=b"xyz")),
     case("tokenizer-empty", "tokenizer", "{bad}", ["{bad}", "too short"], bad=lambda d: b""),
+    # --config files
+    case("config-is-a-pipe", "train", "--config {fifo}", ["--config {fifo}", "not a regular file"]),
+    case("config-is-a-device", "train", "--config /dev/zero", ["--config /dev/zero", "not a regular file"]),
+    case("config-is-a-folder", "train", "--config {folder}", ["--config {folder}", "folder"]),
+    case("config-too-large", "train", "--config {bad}", ["--config {bad}", "too large"], bad=lambda d: b"#" * (2 << 20)),
     # train flags
     case("train-seq-len-over-block", "train", "-t 65", ["-t/--seq-len 65", "block size"]),
     case("train-batch-0", "train", "-b 0", ["-b/--batch-size", "positive"]),
@@ -243,6 +251,7 @@ CASES = [
     case("generate-top-p-above-1", "generate", "-e {gpt2vocab} --top-p 1.5", ["--top-p", "1.5"]),
     case("generate-temperature-negative", "generate", "-e {gpt2vocab} --temperature -1", ["--temperature"]),
     case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
+    case("generate-model-is-a-pipe", "generate", "-e {fifo}", ["{fifo}", "not a regular file"]),
     case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
     case("generate-model-is-a-token-file", "generate", "-e {train}", ["{train}", "not an llm.c model file"]),
     # create_model.py
@@ -285,9 +294,11 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
     (tmp_path / "ck.bin").write_bytes(SENTINEL)
     (tmp_path / "afile").write_text("a plain file")
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer forever
     places = {"bad": tmp_path / "bad.bin", "ck": tmp_path / "ck.bin", "model": inputs / "model.bin",
               "gpt2vocab": inputs / "gpt2vocab.bin", "train": inputs / "train.bin", "val": inputs / "val.bin",
-              "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile"}
+              "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile",
+              "fifo": tmp_path / "fifo"}
     if bad is not None:
         places["bad"].write_bytes(bad(inputs))
     if locked:
