@@ -235,6 +235,7 @@ CASES = [
     case("train-precision-bogus", "train", "--precision fp8", ["--precision", "fp8"]),
     case("train-lr-decay-bogus", "train", "--lr-decay step", ["--lr-decay", "step"]),
     case("train-unknown-flag", "train", "--bogus 1", ["--bogus"]),
+    case("train-abbreviated-flag", "train", "--co 0.5", ["unrecognized arguments: --co"]),  # --config or --cooldown?
     case("train-checkpoint-is-a-folder", "train", "-c {folder}", ["-c {folder}", "folder"]),
     case("train-checkpoint-folder-missing", "train", "-c {missing}/ck.bin", ["-c {missing}/ck.bin", "does not exist"]),
     case("train-checkpoint-folder-is-a-file", "train", "-c {afile}/ck.bin", ["-c {afile}/ck.bin", "does not exist"]),
@@ -250,6 +251,11 @@ CASES = [
     case("generate-top-p-0", "generate", "-e {gpt2vocab} --top-p 0", ["--top-p"]),
     case("generate-top-p-above-1", "generate", "-e {gpt2vocab} --top-p 1.5", ["--top-p", "1.5"]),
     case("generate-temperature-negative", "generate", "-e {gpt2vocab} --temperature -1", ["--temperature"]),
+    case("generate-temperature-infinite", "generate", "-e {gpt2vocab} --temperature inf", ["--temperature", "inf"]),
+    case("generate-seed-over-64-bits", "generate", "-e {gpt2vocab} -s 99999999999999999999999",
+         ["-s/--seed", "99999999999999999999999"]),
+    case("generate-seed-negative", "generate", "-e {gpt2vocab} -s -1", ["-s/--seed", "-1"]),
+    case("generate-abbreviated-flag", "generate", "-e {gpt2vocab} --temp 0.5", ["unrecognized arguments: --temp"]),
     case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
     case("generate-model-is-a-pipe", "generate", "-e {fifo}", ["{fifo}", "not a regular file"]),
     case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
@@ -257,6 +263,7 @@ CASES = [
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
     case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
+    case("create-seed-over-64-bits", "create", "-o {ck} --seed 99999999999999999999999", ["--seed", "2**64"]),
     case("create-output-folder-missing", "create", "-o {missing}/m.bin --layers 1 --channels 8 --heads 1",
          ["{missing}/m.bin", "does not exist"]),
     case("create-output-is-a-folder", "create", "-o {folder} --layers 1 --channels 8 --heads 1", ["{folder}"]),

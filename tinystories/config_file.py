@@ -39,7 +39,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str,
 def config_path(parser: argparse.ArgumentParser, argv) -> str | None:
     """The --config value in argv, read with a parser that knows only that flag."""
     option = long_options(parser)[FLAG[2:].replace("-", "_")]
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(*option.option_strings, dest="config", default=None)
     known, _ = pre.parse_known_args(argv)
     return known.config
