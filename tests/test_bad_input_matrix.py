@@ -259,6 +259,9 @@ CASES = [
     case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
     case("generate-model-is-a-pipe", "generate", "-e {fifo}", ["{fifo}", "not a regular file"]),
     case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
+    case("generate-weights-overflow", "generate", "-e {bad} -n 5 -s 0", ["{bad}", "NaN or infinite logits", "diverged"],
+         bad=lambda d: formats.model_bytes(GPT2_VOCAB, {name: np.full(shape, 3e38, np.float32)
+                                                        for name, shape in formats.model_tensor_shapes(GPT2_VOCAB)})),
     case("generate-model-is-a-token-file", "generate", "-e {train}", ["{train}", "not an llm.c model file"]),
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
