@@ -266,6 +266,10 @@ CASES = [
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
     case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
+    case("create-huge-model", "create", "-o {ck} --layers 100 --channels 100000 --heads 1",
+         ["12,005,186,200,000 parameters", "GiB of memory"]),
+    case("create-block-size-over-int32", "create", "-o {ck} --block-size 3000000000", ["block_size 3,000,000,000", "llm.c header"]),
+    case("create-padded-vocab-over-int32", "create", "-o {ck} --vocab-size 2147483600", ["vocab_size 2,147,483,600", "llm.c header"]),
     case("create-seed-over-64-bits", "create", "-o {ck} --seed 99999999999999999999999", ["--seed", "2**64"]),
     case("create-output-folder-missing", "create", "-o {missing}/m.bin --layers 1 --channels 8 --heads 1",
          ["{missing}/m.bin", "does not exist"]),

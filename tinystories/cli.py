@@ -146,6 +146,7 @@ def create_main(argv=None) -> None:
                        n_head=args.heads, n_embd=args.channels)
     try:
         config.validate()
+        config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(str(e)) from None
     model = GPT(config)
