@@ -1,6 +1,7 @@
 """Hugging Face export/import against transformers itself (logits, tokenizer, pipeline), round trips
 through transformers-made folders, llm.c bf16 files in, and our model files checked the way llm.c's
 C reader checks them. Everything offline (HF_HUB_OFFLINE=1)."""
+import errno
 import json
 import os
 from pathlib import Path
@@ -212,6 +213,41 @@ def test_export_replaces_only_previous_exports(tmp_path, exported):
     hf.export(model_file, out, force=True)
     assert set(os.listdir(out)) == hf.EXPORT_FILES
     assert os.listdir(tmp_path) == ["out"], "no temp folders left behind"
+
+
+def test_export_never_replaces_the_current_folder_or_the_model_file(tmp_path, exported):
+    """-o . (the current folder, a rename cannot move it) and a folder holding -e are refused even with
+    --force: one line, nothing changed, no hidden temp folder left beside them."""
+    here = tmp_path / "here"
+    here.mkdir()
+    result = run_cli("export", "-e", str(exported[1]), "-o", ".", "--force", cwd=here)
+    assert_one_line_error(result, ".: replacing this folder would remove the current folder")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.bin").write_bytes(exported[1].read_bytes())
+    result = run_cli("export", "-e", "run/model.bin", "-o", "run", "--force", cwd=tmp_path)
+    assert_one_line_error(result, "run: replacing this folder would remove the model file run/model.bin")
+    assert sorted(os.listdir(tmp_path)) == ["here", "run"] and os.listdir(here) == []
+    assert (run / "model.bin").read_bytes() == exported[1].read_bytes() and os.listdir(run) == ["model.bin"]
+
+
+def test_export_that_cannot_move_the_old_folder_keeps_it(tmp_path, exported, monkeypatch):
+    """A rename that fails (a mount point: EBUSY) is one line; the old folder stays, no temp folder remains."""
+    out = tmp_path / "out"
+    hf.export(exported[1], out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    rename = os.rename
+
+    def busy(source, target):
+        if os.path.abspath(source) == str(out):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        rename(source, target)
+
+    monkeypatch.setattr(hf.os, "rename", busy)
+    with pytest.raises(BadInput, match="out: cannot put the new folder in place: Device or resource busy"):
+        hf.export(exported[1], out)
+    assert os.listdir(tmp_path) == ["out"]
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
 def test_small_vocab_exports_without_tokenizer(tmp_path):

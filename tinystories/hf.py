@@ -30,7 +30,8 @@ The tokenizer files are written only for the GPT-2 vocabulary (vocab size 50257)
 
 The folder is built in a hidden temp folder beside the target and renamed into place, so the target
 is either absent, the old folder, or the complete new one. An existing target is replaced only when it
-is empty or holds nothing but files that export writes; anything else needs `force=True`.
+is empty or holds nothing but files that export writes; anything else needs `force=True`. A target that
+is or holds the current folder or the model file is never replaced.
 
 Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a sharded
 model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
@@ -181,11 +182,12 @@ def export(model_path, folder, force: bool = False) -> list[str]:
     """Write the Hugging Face folder for a model file or checkpoint (training state is ignored).
     Returns the names of the files written."""
     folder = os.path.normpath(os.fspath(folder))
-    _check_replaceable(folder, force)
-    files = export_files(model_path, os.path.basename(folder))
-    parent = os.path.dirname(os.path.abspath(folder))
+    target = os.path.abspath(folder)  # "." has a name only as an absolute path
+    _check_replaceable(folder, model_path, force)
+    files = export_files(model_path, os.path.basename(target))
+    parent = os.path.dirname(target)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise BadInput(f"{folder}: cannot create a folder in {parent}: {e.strerror}") from None
     try:
@@ -193,39 +195,56 @@ def export(model_path, folder, force: bool = False) -> list[str]:
         for name, data in files.items():
             with atomic_write(os.path.join(tmp, name)) as f:
                 f.write(data)
-        _move_into_place(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _move_into_place(tmp, target)
+    except OSError as e:
+        raise BadInput(f"{folder}: cannot put the new folder in place: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
     return sorted(files)
 
 
-def _check_replaceable(folder: str, force: bool) -> None:
+def _check_replaceable(folder: str, model_path, force: bool) -> None:
+    """BadInput unless `folder` is absent or may be replaced: a folder holding only files that export
+    writes (any files with force), and neither the current folder nor the model file."""
     if not os.path.exists(folder):
         return
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: exists and is not a folder")
+    for inside, what in ((os.getcwd(), "the current folder"), (os.fspath(model_path), f"the model file {model_path}")):
+        if _holds(folder, inside):
+            raise BadInput(f"{folder}: replacing this folder would remove {what}; export into a new folder")
     foreign = sorted(set(os.listdir(folder)) - EXPORT_FILES)
     if foreign and not force:
         raise BadInput(f"{folder}: folder holds files that export does not write ({', '.join(foreign[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}); choose a new folder or pass --force to replace it")
 
 
+def _holds(folder: str, path: str) -> bool:
+    """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder
+
+
 def _move_into_place(tmp: str, folder: str) -> None:
-    """Rename the finished temp folder to `folder`, replacing an old one (renamed aside, then deleted)."""
+    """Rename the finished temp folder to `folder` (absolute), replacing an old one: renamed aside into
+    a hidden folder, deleted once the new one is in place, renamed back if that fails."""
     if not os.path.exists(folder):
         os.rename(tmp, folder)
         return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".old",
-                           dir=os.path.dirname(os.path.abspath(folder)))
-    os.rename(folder, os.path.join(old, "folder"))
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".old", dir=os.path.dirname(folder))
+    aside = os.path.join(old, "folder")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        os.rmdir(old)
+        raise
     try:
         os.rename(tmp, folder)
     except BaseException:
-        os.rename(os.path.join(old, "folder"), folder)
+        os.rename(aside, folder)
+        os.rmdir(old)
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- import
