@@ -40,11 +40,15 @@ The config must be model_type "gpt2" with a tanh GELU, n_inner null or 4 C, Laye
 attention scaling and no cross-attention (fields it leaves out take GPT2Config's defaults); the
 weights must be exactly the tensors above (names with or without `transformer.`; old files'
 attention-mask buffers are skipped), finite, with the config's shapes; an untied lm_head.weight
-is accepted only when it equals wte.
+is accepted only when it equals wte. The config's sizes are checked before anything is allocated:
+against the llm.c header's int32 and this machine's memory (GPTConfig), and n_layer against the layers
+the safetensors files hold.
 """
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -53,7 +57,7 @@ import numpy as np
 from . import llmc
 from .config import GPTConfig
 from .errors import BadInput
-from .formats import atomic_write, current_umask, read_model, write_model
+from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
 from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -67,6 +71,8 @@ GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_lay
                  "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                  "add_cross_attention": False, "tie_word_embeddings": True}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation of GELU
+LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a block's tensor: the layer index
+MAX_JSON_BYTES = 16 << 20  # config.json and the safetensors index are kilobytes
 
 
 # ----------------------------------------------------------------------------- tensor layout
@@ -268,11 +274,10 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
 def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
     """GPTConfig of a GPT2Config file (block size = n_positions), and whether it
     declares the head tied. BadInput for anything our model cannot represent exactly."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(read_small_file(path, MAX_JSON_BYTES))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
@@ -300,6 +305,7 @@ def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
                        n_layer=fields["n_layer"], n_head=fields["n_head"], n_embd=C)
     try:
         config.validate()
+        config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(f"{path}: {e}") from None
     return config, fields["tie_word_embeddings"] is not False
@@ -312,8 +318,7 @@ def _safetensors_paths(folder: str) -> list[str]:
         return [single]
     if os.path.isfile(index):
         try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = sorted(set(json.loads(read_small_file(index, MAX_JSON_BYTES))["weight_map"].values()))
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             raise BadInput(f"{index}: not a valid safetensors index (expected a JSON weight_map)") from None
         return [os.path.join(folder, os.path.basename(str(shard))) for shard in shards]
@@ -327,9 +332,13 @@ def _safetensors_paths(folder: str) -> list[str]:
 def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, np.ndarray]:
     """The GPT-2 state dict (names without `transformer.`) as fp32 arrays, after checking that
     exactly the expected tensors are present with the expected shapes and finite values."""
+    paths = _safetensors_paths(folder)
+    layers = len({int(m.group(1)) for path in paths for m in map(LAYER_NAME.match, _tensor_names(path)) if m})
+    if layers != config.n_layer:  # before the expected names are listed: n_layer may be absurd
+        raise BadInput(f"{folder}: config.json gives n_layer {config.n_layer:,}, but the weights hold {layers:,} layers")
     expected = hf_tensor_shapes(config)
     tensors, head = {}, None
-    for path in _safetensors_paths(folder):
+    for path in paths:
         for name, value in _read_safetensors(path, expected, config).items():
             if name == "lm_head.weight":
                 head = (path, value)
@@ -349,34 +358,47 @@ def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, n
     return tensors
 
 
+@contextlib.contextmanager
+def _safetensors_file(path: str):
+    """safe_open(path); a missing or malformed file is BadInput."""
+    from safetensors import SafetensorError, safe_open
+
+    file_size(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except SafetensorError as e:
+        raise BadInput(f"{path}: not a valid safetensors file: {e}") from None
+
+
+def _tensor_names(path: str) -> list[str]:
+    """The names of the tensors in a safetensors file (read from its header only)."""
+    with _safetensors_file(path) as f:
+        return list(f.keys())
+
+
 def _read_safetensors(path: str, expected: dict, config: GPTConfig) -> dict[str, np.ndarray]:
     """Tensors of one safetensors file that belong to the state dict, as fp32, validated before
     each is loaded. Drops the `transformer.` prefix and the attention-mask buffers of old files."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
-    if not os.path.isfile(path):
-        raise BadInput(f"{path}: file not found")
     out = {}
-    try:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                name = key.removeprefix("transformer.")
-                if name.endswith((".attn.bias", ".attn.masked_bias")):
-                    continue  # causal-mask buffers, not weights
-                want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
-                if want is None:
-                    raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != want:
-                    raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")
-                value = f.get_tensor(key)
-                if not value.is_floating_point():
-                    raise BadInput(f"{path}: tensor {key} has dtype {value.dtype}, expected floating point")
-                value = value.to(torch.float32).numpy()
-                if not np.isfinite(value).all():
-                    raise BadInput(f"{path}: tensor {key} holds NaN or infinite values")
-                out[name] = value
-    except SafetensorError as e:
-        raise BadInput(f"{path}: not a valid safetensors file: {e}") from None
+    with _safetensors_file(path) as f:
+        for key in f.keys():
+            name = key.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers, not weights
+            want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
+            if want is None:
+                raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
+            shape = tuple(f.get_slice(key).get_shape())
+            if shape != want:
+                raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")
+            value = f.get_tensor(key)
+            if not value.is_floating_point():
+                raise BadInput(f"{path}: tensor {key} has dtype {value.dtype}, expected floating point")
+            value = value.to(torch.float32).numpy()
+            if not np.isfinite(value).all():
+                raise BadInput(f"{path}: tensor {key} holds NaN or infinite values")
+            out[name] = value
     return out
