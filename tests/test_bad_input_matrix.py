@@ -246,6 +246,10 @@ CASES = [
     case("train-metrics-is-the-model", "train", "-e {bad} --metrics {bad}", ["--metrics {bad}", "-e"],
          bad=lambda d: raw(d, "model.bin")),
     case("train-world-size-without-torchrun", "train", "", ["WORLD_SIZE=2", "torchrun"], env={"WORLD_SIZE": "2"}),
+    case("train-world-size-not-a-number", "train", "", ["WORLD_SIZE='banana'", "integer"], env={"WORLD_SIZE": "banana"}),
+    case("train-world-size-0", "train", "", ["WORLD_SIZE='0'", "1 or more"], env={"WORLD_SIZE": "0"}),
+    case("train-rank-outside-the-world", "train", "", ["RANK='2'", "from 0 to 1"], env={"WORLD_SIZE": "2", "RANK": "2"}),
+    case("train-local-rank-negative", "train", "", ["LOCAL_RANK='-1'", "from 0 to 0"], env={"LOCAL_RANK": "-1"}),
     # generate
     case("generate-tokens-over-block", "generate", "-e {gpt2vocab} -n 1000", ["-n/--tokens", "block size"]),
     case("generate-top-p-0", "generate", "-e {gpt2vocab} --top-p 0", ["--top-p"]),

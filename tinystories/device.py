@@ -33,9 +33,9 @@ class Distributed:
 
     def __init__(self, device_flag: str):
         env = os.environ
-        self.world = int(env.get("WORLD_SIZE", "1"))
-        self.rank = int(env.get("RANK", "0"))
-        self.local_rank = int(env.get("LOCAL_RANK", "0"))
+        self.world = env_int("WORLD_SIZE", 1, 1)
+        self.rank = env_int("RANK", 0, 0, self.world - 1)
+        self.local_rank = env_int("LOCAL_RANK", 0, 0, self.world - 1)
         self.enabled = self.world > 1
         if self.enabled:
             missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in env]
@@ -75,6 +75,22 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    """The integer in environment variable `name` (one torchrun sets), `default` when unset;
+    BadInput naming the variable unless it lies in [low, high]."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise BadInput(f"{name}={text!r}: must be an integer {allowed} (torchrun sets it; unset it to run one process)")
+    return value
 
 
 def pick_device(flag: str, local_rank: int | None = None) -> torch.device:
