@@ -282,6 +282,11 @@ CASES = [
     case("prepare-source-unknown-kind", "prepare", "--source {afile} --out-dir {folder}", ["--source {afile}", "unknown kind"]),
     case("prepare-source-missing", "prepare", "--source {missing} --out-dir {folder}", ["--source {missing}", "no such file"]),
     case("prepare-workers-0", "prepare", "--source synthetic --workers 0 --out-dir {folder}", ["--workers", "positive"]),
+    case("prepare-tokenizer-file-is-a-token-file", "prepare",
+         "--source synthetic --out-dir {folder} --tokenizer-file {folder}/TinyStories_val.bin",
+         ["--tokenizer-file {folder}/TinyStories_val.bin", "TinyStories_val.bin", "another file"]),
+    case("prepare-tokenizer-file-is-the-source", "prepare", "--source {afile} --out-dir {folder} --tokenizer-file {afile}",
+         ["--source {afile}", "would replace it with --tokenizer-file"]),
     case("prepare-out-dir-is-a-file", "prepare", "--source synthetic --out-dir {afile}", ["--out-dir {afile}"]),
 ]
 

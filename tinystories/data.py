@@ -170,6 +170,23 @@ def check_output_file(file: str, flag: str) -> Path:
     return path
 
 
+def check_outputs_apart(cfg: PrepareConfig, tokenizer_file: Path, out_dir_files: list[Path]) -> None:
+    """BadInput when --tokenizer-file is one of the files written into --out-dir, or an output is a
+    local --source or --val-source file (read while the outputs are written, then replaced)."""
+    written = {os.path.realpath(p): f"--out-dir {cfg.out_dir}'s {p.name}" for p in out_dir_files}
+    if os.path.realpath(tokenizer_file) in written:
+        raise BadInput(f"--tokenizer-file {cfg.tokenizer_file}: is {written[os.path.realpath(tokenizer_file)]}; "
+                       "name another file")
+    written[os.path.realpath(tokenizer_file)] = f"--tokenizer-file {cfg.tokenizer_file}"
+    local = [("--val-source", cfg.val_source)]
+    if cfg.source not in ("hf", "synthetic"):
+        local.append(("--source", cfg.source))
+    for flag, spec in local:
+        if spec and os.path.realpath(spec) in written:
+            raise BadInput(f"{flag} {spec}: this run would replace it with {written[os.path.realpath(spec)]}; "
+                           "write the outputs elsewhere")
+
+
 def open_source(cfg: PrepareConfig) -> Source:
     """--source as a Source; 'hf' without network is one line naming the alternatives (or, with
     --fallback-synthetic, a warning and the synthetic source)."""
@@ -227,14 +244,15 @@ def prepare(cfg: PrepareConfig) -> None:
     """python prepare_data.py: see the module docstring."""
     out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
     tokenizer_file = check_output_file(cfg.tokenizer_file, "--tokenizer-file")
+    val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
+    note_file = out_dir / "SOURCE.txt"
+    check_outputs_apart(cfg, tokenizer_file, [val_file, train_file, note_file])
     source = open_source(cfg)
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     print(f"source: {source.label}\nsplit: {rule}")
-    val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
-    note_file = out_dir / "SOURCE.txt"
     with story_encoder(cfg.workers) as encode, staged([val_file, train_file, tokenizer_file, note_file]) as temps:
         val = write_split(val_shards, temps[0], encode, "val", (val_source or source).label)
         train = write_split(train_shards, temps[1], encode, "train", source.label)
