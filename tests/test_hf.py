@@ -392,6 +392,15 @@ def test_import_bad_folders(tmp_path, transformers_folder, change, message):
     assert not (tmp_path / "out.bin").exists()
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_import_never_writes_over_its_own_input(tmp_path, transformers_folder, name):
+    folder = copy_folder(transformers_folder, tmp_path / "gpt2")
+    before = {item.name: item.read_bytes() for item in folder.iterdir()}
+    assert_one_line_error(run_cli("import", "-i", "gpt2", "-o", f"gpt2/{name}", cwd=tmp_path),
+                          f"-o gpt2/{name}: would replace a file of the folder it converts")
+    assert {item.name: item.read_bytes() for item in folder.iterdir()} == before
+
+
 def test_import_refuses_untied_head_and_nan(tmp_path, transformers_folder):
     tensors = load_file(transformers_folder / "model.safetensors")
     untied = copy_folder(transformers_folder, tmp_path / "untied")

@@ -262,6 +262,8 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: not a folder (expected a Hugging Face model folder)"
                        if os.path.exists(folder) else f"{folder}: folder not found")
+    if _is_input_file(folder, os.fspath(output)):
+        raise BadInput(f"-o {output}: would replace a file of the folder it converts; write the model elsewhere")
     config, tied = read_gpt2_config(os.path.join(folder, "config.json"))
     if block_size is not None and block_size > config.block_size:
         raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
@@ -269,6 +271,13 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     config = dataclasses.replace(config, block_size=block_size or config.block_size)
     write_model(output, config, llmc_params(config, tensors))
     return config
+
+
+def _is_input_file(folder: str, output: str) -> bool:
+    """Whether `output` is the folder's config.json or one of its weight files, which import reads."""
+    name = os.path.basename(output)
+    beside = os.path.realpath(os.path.dirname(os.path.abspath(output))) == os.path.realpath(folder)
+    return beside and (name == "config.json" or name.endswith((".safetensors", SAFETENSORS_INDEX)))
 
 
 def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
