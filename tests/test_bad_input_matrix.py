@@ -287,6 +287,8 @@ CASES = [
          ["--tokenizer-file {folder}/TinyStories_val.bin", "TinyStories_val.bin", "another file"]),
     case("prepare-tokenizer-file-is-the-source", "prepare", "--source {afile} --out-dir {folder} --tokenizer-file {afile}",
          ["--source {afile}", "would replace it with --tokenizer-file"]),
+    case("prepare-workers-a-fork-bomb", "prepare", "--source synthetic --workers 100000 --out-dir {folder}",
+         ["--workers 100000", "per core"]),
     case("prepare-out-dir-is-a-file", "prepare", "--source synthetic --out-dir {afile}", ["--out-dir {afile}"]),
 ]
 

@@ -38,6 +38,7 @@ from .sources import Shard, Source, batched, local_source, splits, synthetic_sou
 from .tokenizer import EOT, gpt2_encoding, write_tokenizer_file
 
 SHUFFLE_SEED = 1337
+WORKERS_PER_CORE = 4  # --workers limit: beyond the cores, processes only compete (and each costs memory)
 BATCH_STORIES = 256  # stories per task sent to a tokenizer process
 LOCAL_ALTERNATIVES = ("use a local copy with --source PATH (TinyStories_all_data.tar.gz, a folder of its "
                       "JSON shards, a .txt file or parquet files) or --source synthetic (generated stories, not TinyStories)")
@@ -137,6 +138,14 @@ def write_split(split_shards: Iterator[Shard], path: Path, encode, name: str, so
 
 
 # ----------------------------------------------------------------------------- prepare
+
+def check_workers(workers: int) -> None:
+    """BadInput for more --workers than WORKERS_PER_CORE per core (a typo of a few zeros forks thousands)."""
+    cores = os.cpu_count() or 1
+    if workers > WORKERS_PER_CORE * cores:
+        raise BadInput(f"--workers {workers}: more than {WORKERS_PER_CORE} per core of this machine's {cores} "
+                       f"({WORKERS_PER_CORE * cores}); each is a process, and beyond the cores they only compete")
+
 
 def check_folder(folder: str, flag: str) -> Path:
     """BadInput unless `folder` exists or could be created; nothing is created yet."""
@@ -242,6 +251,7 @@ def source_note(label: str, rule: str, val: SplitStats, train: SplitStats) -> st
 
 def prepare(cfg: PrepareConfig) -> None:
     """python prepare_data.py: see the module docstring."""
+    check_workers(cfg.workers)
     out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
     tokenizer_file = check_output_file(cfg.tokenizer_file, "--tokenizer-file")
     val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
