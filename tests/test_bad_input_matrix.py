@@ -118,7 +118,7 @@ def tokenizer_bytes(vocab=3, version=2, magic=tokenizer.TOKENIZER_MAGIC, pieces=
 
 def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None):
     """One malformed input. `args` and `needles` may use {bad} (a file holding bad(d) bytes),
-    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile};
+    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile}, {fifo};
     `locked` names the one of them made unreadable (a file) or unwritable (a folder)."""
     marks = [pytest.mark.skipif(True, reason=skip)] if skip else []
     return pytest.param((command, args, needles, bad, env or {}, locked), id=id, marks=marks)
@@ -165,6 +165,8 @@ CASES = [
     case("model-is-a-folder", "train", "-e {folder}", ["{folder}", "folder"]),
     case("model-missing", "train", "-e {missing}", ["{missing}", "not found"]),
     case("model-is-a-token-file", "train", "-e {train}", ["{train}", "not an llm.c model file"]),
+    case("model-is-a-pipe", "train", "-e {fifo}", ["{fifo}", "not a regular file"]),
+    case("model-is-a-device", "train", "-e /dev/zero", ["/dev/zero", "not a regular file"]),
     case("model-unreadable", "train", "-e {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "model.bin"),
          locked="bad", skip=AS_ROOT),
     # the training-state trailer
@@ -206,6 +208,7 @@ CASES = [
     case("tokens-is-a-folder", "train", "-i {folder}", ["{folder}", "folder"]),
     case("tokens-missing", "train", "-i {missing}", ["{missing}", "not found"]),
     case("tokens-is-a-model-file", "train", "-i {model}", ["{model}", "not an llm.c token file"]),
+    case("tokens-is-a-pipe", "train", "-i {fifo}", ["{fifo}", "not a regular file"]),
     case("tokens-unreadable", "train", "-i {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "train.bin"),
          locked="bad", skip=AS_ROOT),
     case("val-tokens-id-out-of-range", "train", "-v 1 -j {bad}", ["{bad}", "outside the vocabulary"],
@@ -220,6 +223,11 @@ CASES = [
          bad=tokenizer_bytes(pieces=(b"a", b"", b"d"))),
     case("tokenizer-trailing-bytes", "tokenizer", "{bad}", ["{bad}", "unexpected bytes"], bad=tokenizer_bytes(tail=b"xyz")),
     case("tokenizer-empty", "tokenizer", "{bad}", ["{bad}", "too short"], bad=lambda d: b""),
+    # --config files
+    case("config-is-a-pipe", "train", "--config {fifo}", ["--config {fifo}", "not a regular file"]),
+    case("config-is-a-device", "train", "--config /dev/zero", ["--config /dev/zero", "not a regular file"]),
+    case("config-is-a-folder", "train", "--config {folder}", ["--config {folder}", "folder"]),
+    case("config-too-large", "train", "--config {bad}", ["--config {bad}", "too large"], bad=lambda d: b"#" * (2 << 20)),
     # train flags
     case("train-seq-len-over-block", "train", "-t 65", ["-t/--seq-len 65", "block size"]),
     case("train-batch-0", "train", "-b 0", ["-b/--batch-size", "positive"]),
@@ -245,6 +253,7 @@ CASES = [
     case("train-precision-bogus", "train", "--precision fp8", ["--precision", "fp8"]),
     case("train-lr-decay-bogus", "train", "--lr-decay step", ["--lr-decay", "step"]),
     case("train-unknown-flag", "train", "--bogus 1", ["--bogus"]),
+    case("train-abbreviated-flag", "train", "--co 0.5", ["unrecognized arguments: --co"]),  # --config or --cooldown?
     case("train-checkpoint-is-a-folder", "train", "-c {folder}", ["-c {folder}", "folder"]),
     case("train-checkpoint-folder-missing", "train", "-c {missing}/ck.bin", ["-c {missing}/ck.bin", "does not exist"]),
     case("train-checkpoint-folder-is-a-file", "train", "-c {afile}/ck.bin", ["-c {afile}/ck.bin", "does not exist"]),
@@ -255,17 +264,35 @@ CASES = [
     case("train-metrics-is-the-model", "train", "-e {bad} --metrics {bad}", ["--metrics {bad}", "-e"],
          bad=lambda d: raw(d, "model.bin")),
     case("train-world-size-without-torchrun", "train", "", ["WORLD_SIZE=2", "torchrun"], env={"WORLD_SIZE": "2"}),
+    case("train-world-size-not-a-number", "train", "", ["WORLD_SIZE='banana'", "integer"], env={"WORLD_SIZE": "banana"}),
+    case("train-world-size-0", "train", "", ["WORLD_SIZE='0'", "1 or more"], env={"WORLD_SIZE": "0"}),
+    case("train-rank-outside-the-world", "train", "", ["RANK='2'", "from 0 to 1"], env={"WORLD_SIZE": "2", "RANK": "2"}),
+    case("train-local-rank-negative", "train", "", ["LOCAL_RANK='-1'", "from 0 to 0"], env={"LOCAL_RANK": "-1"}),
     # generate
     case("generate-tokens-over-block", "generate", "-e {gpt2vocab} -n 1000", ["-n/--tokens", "block size"]),
     case("generate-top-p-0", "generate", "-e {gpt2vocab} --top-p 0", ["--top-p"]),
     case("generate-top-p-above-1", "generate", "-e {gpt2vocab} --top-p 1.5", ["--top-p", "1.5"]),
     case("generate-temperature-negative", "generate", "-e {gpt2vocab} --temperature -1", ["--temperature"]),
+    case("generate-temperature-infinite", "generate", "-e {gpt2vocab} --temperature inf", ["--temperature", "inf"]),
+    case("generate-seed-over-64-bits", "generate", "-e {gpt2vocab} -s 99999999999999999999999",
+         ["-s/--seed", "99999999999999999999999"]),
+    case("generate-seed-negative", "generate", "-e {gpt2vocab} -s -1", ["-s/--seed", "-1"]),
+    case("generate-abbreviated-flag", "generate", "-e {gpt2vocab} --temp 0.5", ["unrecognized arguments: --temp"]),
     case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
+    case("generate-model-is-a-pipe", "generate", "-e {fifo}", ["{fifo}", "not a regular file"]),
     case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
+    case("generate-weights-overflow", "generate", "-e {bad} -n 5 -s 0", ["{bad}", "NaN or infinite logits", "diverged"],
+         bad=lambda d: formats.model_bytes(GPT2_VOCAB, {name: np.full(shape, 3e38, np.float32)
+                                                        for name, shape in formats.model_tensor_shapes(GPT2_VOCAB)})),
     case("generate-model-is-a-token-file", "generate", "-e {train}", ["{train}", "not an llm.c model file"]),
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
     case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
+    case("create-huge-model", "create", "-o {ck} --layers 100 --channels 100000 --heads 1",
+         ["12,005,186,200,000 parameters", "GiB of memory"]),
+    case("create-block-size-over-int32", "create", "-o {ck} --block-size 3000000000", ["block_size 3,000,000,000", "llm.c header"]),
+    case("create-padded-vocab-over-int32", "create", "-o {ck} --vocab-size 2147483600", ["vocab_size 2,147,483,600", "llm.c header"]),
+    case("create-seed-over-64-bits", "create", "-o {ck} --seed 99999999999999999999999", ["--seed", "2**64"]),
     case("create-output-folder-missing", "create", "-o {missing}/m.bin --layers 1 --channels 8 --heads 1",
          ["{missing}/m.bin", "does not exist"]),
     case("create-output-is-a-folder", "create", "-o {folder} --layers 1 --channels 8 --heads 1", ["{folder}"]),
@@ -273,6 +300,13 @@ CASES = [
     case("prepare-source-unknown-kind", "prepare", "--source {afile} --out-dir {folder}", ["--source {afile}", "unknown kind"]),
     case("prepare-source-missing", "prepare", "--source {missing} --out-dir {folder}", ["--source {missing}", "no such file"]),
     case("prepare-workers-0", "prepare", "--source synthetic --workers 0 --out-dir {folder}", ["--workers", "positive"]),
+    case("prepare-tokenizer-file-is-a-token-file", "prepare",
+         "--source synthetic --out-dir {folder} --tokenizer-file {folder}/TinyStories_val.bin",
+         ["--tokenizer-file {folder}/TinyStories_val.bin", "TinyStories_val.bin", "another file"]),
+    case("prepare-tokenizer-file-is-the-source", "prepare", "--source {afile} --out-dir {folder} --tokenizer-file {afile}",
+         ["--source {afile}", "would replace it with --tokenizer-file"]),
+    case("prepare-workers-a-fork-bomb", "prepare", "--source synthetic --workers 100000 --out-dir {folder}",
+         ["--workers 100000", "per core"]),
     case("prepare-out-dir-is-a-file", "prepare", "--source synthetic --out-dir {afile}", ["--out-dir {afile}"]),
 ]
 
@@ -303,9 +337,11 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
     (tmp_path / "ck.bin").write_bytes(SENTINEL)
     (tmp_path / "afile").write_text("a plain file")
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer forever
     places = {"bad": tmp_path / "bad.bin", "ck": tmp_path / "ck.bin", "model": inputs / "model.bin",
               "gpt2vocab": inputs / "gpt2vocab.bin", "train": inputs / "train.bin", "val": inputs / "val.bin",
-              "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile"}
+              "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile",
+              "fifo": tmp_path / "fifo"}
     if bad is not None:
         places["bad"].write_bytes(bad(inputs))
     if locked:

@@ -1,6 +1,13 @@
 """prepare_data.py end to end: every local source kind against llm.c's recipe written out plainly,
 determinism, labelling of synthetic stories, and every kind of bad input through the real CLI."""
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +21,7 @@ from tinystories.formats import read_token_header
 from tinystories.tokenizer import EOT
 
 SPLITS = ("val", "train")
+OUTPUTS = ["SOURCE.txt", "TinyStories_train.bin", "TinyStories_val.bin", "gpt2_tokenizer.bin"]
 
 
 def chunks(stories: list[str], size: int) -> list[list[str]]:
@@ -111,7 +119,49 @@ def test_two_runs_are_byte_identical_whatever_the_workers(tmp_path, monkeypatch)
     one = output_bytes(run_prepare(tmp_path / "one", *flags, workers=1))
     two = output_bytes(run_prepare(tmp_path / "two", *flags, workers=2))
     assert one == two
-    assert sorted(one) == ["SOURCE.txt", "TinyStories_train.bin", "TinyStories_val.bin", "gpt2_tokenizer.bin"]
+    assert sorted(one) == OUTPUTS
+
+
+# ----------------------------------------------------------------------------- interrupted runs
+
+def start_long_prepare(out: Path) -> subprocess.Popen:
+    """prepare_data.py with 2 workers on a million synthetic stories (minutes of work), in a process
+    group of its own, once it has begun writing (a temp file beside the outputs)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), "--source", "synthetic",
+                             "--synthetic-stories", "1000000", "--workers", "2", "--out-dir", str(out),
+                             "--tokenizer-file", str(out / "gpt2_tokenizer.bin")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc
+
+
+def test_ctrl_c_stops_at_once_quietly_and_leaves_nothing(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the tokenizer workers included."""
+    proc = start_long_prepare(tmp_path / "out")
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("prepare_data.py still running 10 s after Ctrl-C")
+    assert time.monotonic() - start < 5
+    assert (proc.returncode, err) == (130, "interrupted\n")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_run_after_a_killed_one_removes_its_temp_files(tmp_path):
+    out = tmp_path / "out"
+    proc = start_long_prepare(out)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert [p.name for p in out.iterdir() if ".staged." in p.name]  # what the kill left
+    run_prepare(out, "--source", "synthetic", "--synthetic-stories", "200")
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
 
 
 def test_synthetic_source_is_labelled_and_seeded(tmp_path, capsys):
@@ -208,6 +258,13 @@ def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str],
     if kind == "empty text file":
         (tmp / "empty.txt").write_text("\n<|endoftext|>\n\n")
         return ["--source", str(tmp / "empty.txt")], ["empty.txt", "val split is empty"]
+    if kind == "empty val source":
+        (tmp / "empty.txt").write_text("\n")
+        txt = write_text(tmp / "s.txt", stories[:10])
+        return ["--source", str(txt), "--val-source", str(tmp / "empty.txt")], ["empty.txt: the val split is empty"]
+    if kind == "source is a pipe":
+        os.mkfifo(tmp / "fifo.txt")
+        return ["--source", str(tmp / "fifo.txt")], ["--source", "fifo.txt", "not a regular file"]
     if kind == "one story":
         return ["--source", str(write_text(tmp / "one.txt", stories[:1]))], ["one.txt", "train split is empty"]
     if kind == "one shard":
@@ -224,7 +281,7 @@ def make_bad_input(kind: str, tmp: Path, stories: list[str]) -> tuple[list[str],
 
 BAD_INPUTS = ["missing path", "missing val path", "unknown kind", "folder without shards", "corrupt archive",
               "truncated archive", "shard without story", "bad train shard after val", "empty text file",
-              "one story", "one shard", "unwritable out dir"]
+              "empty val source", "source is a pipe", "one story", "one shard", "unwritable out dir"]
 
 
 @pytest.mark.parametrize("kind", BAD_INPUTS)

@@ -76,6 +76,18 @@ def test_eval_command_json_and_text(workdir, tmp_path):
     assert f"loss {figures['loss']:.6f}" in text and f"bits per byte {figures['bits_per_byte']:.6f}" in text
 
 
+def test_diverged_model_gives_null_in_json_and_says_so_in_text(workdir, tmp_path):
+    """Weights finite but huge (as after a diverged run): the loss is NaN, which JSON cannot hold."""
+    huge = {name: np.full(shape, 3e38, np.float32) for name, shape in formats.model_tensor_shapes(CONFIG)}
+    formats.write_model(tmp_path / "diverged.bin", CONFIG, huge)
+    args = ["-m", "tinystories", "eval", "-e", tmp_path / "diverged.bin", "-i", workdir / "val.bin", "-t", "32"]
+    figures = json.loads(run(*args, "--json").stdout, parse_constant=lambda name: pytest.fail(f"bare {name}"))
+    assert figures["loss"] is figures["perplexity"] is figures["bits_per_byte"] is figures["nats"] is None
+    assert figures["targets"] > 0
+    assert "loss nan: not finite" in run(*args).stdout
+    assert evaluate.EvalResult(targets=1, nats=1000.0, bytes=1).perplexity == math.inf  # exp(1000) overflows
+
+
 def test_eval_bad_input(workdir, tmp_path):
     result = run_cli("eval", "-e", workdir / "model.bin", "-i", tmp_path / "none.bin")
     assert_one_line_error(result, "none.bin: file not found")

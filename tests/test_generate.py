@@ -64,6 +64,21 @@ def test_greedy_settings_all_take_the_most_likely_token(seed):
         assert sample_next(logits, generator, top_p=1e-6) == best
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-300, 5e-324])
+def test_a_temperature_too_small_for_the_logits_is_greedy(temperature):
+    """logits / temperature overflows to infinity: the limit of sampling as the temperature goes to 0."""
+    logits = random_logits(0)
+    generator = torch.Generator().manual_seed(0)
+    for top_k, top_p in [(0, 1.0), (50, 1.0), (0, 0.9)]:
+        assert sample_next(logits, generator, temperature, top_k, top_p) == int(torch.argmax(logits))
+
+
+def test_main_with_a_tiny_temperature_prints_the_greedy_story(model_path, capsys):
+    tiny = run_generate_in_process(capsys, "-e", str(model_path), "-n", "20", "-s", "1", "--temperature", "1e-45")
+    greedy = run_generate_in_process(capsys, "-e", str(model_path), "-n", "20", "-s", "1", "--temperature", "0")
+    assert tiny == greedy and tiny[0] == 0
+
+
 def test_top_k_and_top_p_sample_only_inside_their_sets():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log()

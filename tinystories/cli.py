@@ -8,6 +8,7 @@ exit status 2; no traceback.
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -16,7 +17,12 @@ from .errors import BadInput
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag prints a single line (no usage dump) and exits 2."""
+    """argparse, but a bad flag prints a single line (no usage dump) and exits 2, and a long flag
+    must be spelled out: an abbreviation (--co for --config or --cooldown) is an unknown flag, never
+    a guess."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -38,15 +44,23 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A torch.Generator seed: manual_seed takes 0 .. 2**64 - 1."""
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**64 - 1 = {2**64 - 1}, got {text}")
     return value
 
 
@@ -60,7 +74,7 @@ def bpe_vocab_size(text: str) -> int:
     return value
 
 
-for _f in (positive_int, non_negative_int, positive_float, non_negative_float, bpe_vocab_size):
+for _f in (positive_int, non_negative_int, positive_float, non_negative_float, seed_int, bpe_vocab_size):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
 
@@ -128,7 +142,7 @@ def create_parser() -> Parser:
     p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
     p.add_argument("--block-size", type=positive_int, default=256, help="maximum sequence length (default: %(default)s)")
     p.add_argument("--vocab-size", type=positive_int, default=50257, help="vocabulary size (default: %(default)s, GPT-2)")
-    p.add_argument("--seed", type=int, default=1337, help="initialisation seed (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=1337, help="initialisation seed (default: %(default)s)")
     p.add_argument("--zero-init-proj", action="store_true", help="start the projections into the residual "
                    "stream (attention's and the MLP's c_proj weights) at zero, so every block starts as the identity")
     return p
@@ -145,6 +159,7 @@ def create_main(argv=None) -> None:
                        n_head=args.heads, n_embd=args.channels)
     try:
         config.validate()
+        config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(str(e)) from None
     model = GPT(config)
@@ -195,7 +210,7 @@ def generate_parser() -> Parser:
     a = p.add_argument
     a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
     a("-n", "--tokens", type=positive_int, default=256, help="tokens to generate (at most the block size minus the prompt)")
-    a("-s", "--seed", type=int, default=None, help="random seed; the same seed gives the same story (default: a fresh one, printed)")
+    a("-s", "--seed", type=seed_int, default=None, help="random seed; the same seed gives the same story (default: a fresh one, printed)")
     a("-p", "--prompt", default="", help="text the story starts with (default: a new story after <|endoftext|>)")
     a("--temperature", type=non_negative_float, default=1.0, help="softmax temperature (0 = greedy)")
     a("--top-k", type=non_negative_int, default=0, help="sample only from the k most likely tokens (0 = off)")

@@ -1,11 +1,26 @@
 """Configuration: the model's shape (GPTConfig), a training run's settings (TrainConfig), the
 settings of prepare_data.py and ./generate, and the defaults several modules share."""
 import math
+import os
 from dataclasses import dataclass, field, fields
 
 from . import llmc
 from .errors import BadInput
 from .registry import HEAD_LOSSES, OPTIMIZERS
+
+
+INT32_MAX = 2**31 - 1  # an llm.c header holds each size in an int32
+# create and import hold a model's weights about 4 times at their peak: as built, as the llm.c arrays,
+# and twice as the file's bytes (formats.model_bytes, its tensors' bytes and their join)
+WRITE_COPIES = 4
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory on this machine, or None where the system does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no such sysconf name, or no os.sysconf (Windows)
+        return None
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -26,12 +41,28 @@ class GPTConfig:
         return padded_vocab(self.vocab_size)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first impossible field."""
+        """Raise ValueError naming the first impossible field: every size positive and, padded vocab
+        included, within an llm.c header's int32."""
+        limits = {"vocab_size": INT32_MAX // 128 * 128}  # so that the padded vocab fits too
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            value, limit = getattr(self, name), limits.get(name, INT32_MAX)
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            if value > limit:
+                raise ValueError(f"{name} {value:,} is more than an llm.c header holds (at most {limit:,})")
         if self.n_embd % self.n_head:
             raise ValueError(f"channels ({self.n_embd}) must be divisible by heads ({self.n_head})")
+
+    def check_fits_in_memory(self) -> None:
+        """Raise ValueError when writing a model file of this shape needs more than this machine's
+        memory: the fp32 weights held WRITE_COPIES times over. Asked before anything is allocated, so an
+        absurd size is one line, not a crash or an out-of-memory kill."""
+        size, have = 4 * self.num_parameters(), physical_memory()
+        if have is not None and WRITE_COPIES * size > have:
+            raise ValueError(f"{self.n_layer:,} layers of {self.n_embd:,} channels (vocab {self.vocab_size:,}, "
+                             f"block {self.block_size:,}) are {self.num_parameters():,} parameters, {size / 2**30:,.1f} "
+                             f"GiB in fp32, held {WRITE_COPIES} times over while the file is written: more than this "
+                             f"machine's {have / 2**30:,.1f} GiB of memory")
 
     def num_parameters(self, padded: bool = True) -> int:
         """Values stored in an llm.c model file (padded=True) or used by the model (padded=False)."""

@@ -15,8 +15,10 @@ import argparse
 import tomllib
 
 from .errors import BadInput
+from .formats import read_small_file
 
 FLAG = "--config"
+MAX_BYTES = 1 << 20  # a config file of flag values is a few hundred bytes
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str, dict] | None = None) -> argparse.Namespace:
@@ -37,7 +39,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str,
 def config_path(parser: argparse.ArgumentParser, argv) -> str | None:
     """The --config value in argv, read with a parser that knows only that flag."""
     option = long_options(parser)[FLAG[2:].replace("-", "_")]
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(*option.option_strings, dest="config", default=None)
     known, _ = pre.parse_known_args(argv)
     return known.config
@@ -54,15 +56,10 @@ def long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def read_toml(path: str) -> dict:
+    """The file's table; only a regular file of at most MAX_BYTES is read (not a pipe or a device)."""
+    data = read_small_file(path, MAX_BYTES, f"{FLAG} {path}")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise BadInput(f"{FLAG} {path}: file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{FLAG} {path}: is a folder, expected a TOML file") from None
-    except PermissionError:
-        raise BadInput(f"{FLAG} {path}: file is not readable (permission denied)") from None
+        return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{FLAG} {path}: not valid TOML: {e}") from None
 

@@ -15,13 +15,15 @@ current one is tokenized); tokens stream to the output file. Splits are never he
 
 Nothing half-written: all outputs are first written beside their targets under temporary names
 (`<name>.staged`, each itself via an atomic temp file), and renamed into place together only after
-every one is complete; on any error they are removed and the previous files stay as they were.
+every one is complete; on any error (or Ctrl-C) they are removed and the previous files stay as they
+were. A run that is killed outright leaves them behind; the next run removes them.
 """
 import contextlib
-import multiprocessing
+import multiprocessing.pool
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -36,11 +38,12 @@ from . import bpe
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
-from .formats import TokenFileWriter, atomic_write
+from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
 SHUFFLE_SEED = 1337
+WORKERS_PER_CORE = 4  # --workers limit: beyond the cores, processes only compete (and each costs memory)
 BATCH_STORIES = 256  # stories per task sent to a tokenizer process
 LOCAL_ALTERNATIVES = ("use a local copy with --source PATH (TinyStories_all_data.tar.gz, a folder of its "
                       "JSON shards, a .txt file or parquet files) or --source synthetic (generated stories, not TinyStories)")
@@ -75,8 +78,20 @@ def story_encoder(workers: int, tokenizer: Tokenizer | None = None):
     if workers == 1:
         yield lambda stories: map(encode_stories, batched(stories, BATCH_STORIES))
         return
-    with multiprocessing.Pool(workers, initializer=use_tokenizer, initargs=(_tokenizer,)) as pool:
+    with tokenizer_pool(workers, _tokenizer) as pool:  # leaving the block (an error, Ctrl-C) terminates the workers
         yield lambda stories: pool.imap(encode_stories, batched(stories, BATCH_STORIES))
+
+
+def tokenizer_pool(workers: int, tokenizer) -> multiprocessing.pool.Pool:
+    """`workers` processes that ignore SIGINT. A Ctrl-C at a terminal reaches the whole process group;
+    only this process acts on it (it stops the pool), so the workers neither print tracebacks nor die
+    holding tasks this process would wait for. They inherit the ignored signal from the fork or spawn,
+    and each takes `tokenizer` once."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.Pool(workers, initializer=use_tokenizer, initargs=(tokenizer,))
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def prefetch(items: Iterator) -> Iterator:
@@ -140,6 +155,14 @@ def write_split(split_shards: Iterator[Shard], path: Path, encode, tokenizer: To
 
 # ----------------------------------------------------------------------------- prepare
 
+def check_workers(workers: int) -> None:
+    """BadInput for more --workers than WORKERS_PER_CORE per core (a typo of a few zeros forks thousands)."""
+    cores = os.cpu_count() or 1
+    if workers > WORKERS_PER_CORE * cores:
+        raise BadInput(f"--workers {workers}: more than {WORKERS_PER_CORE} per core of this machine's {cores} "
+                       f"({WORKERS_PER_CORE * cores}); each is a process, and beyond the cores they only compete")
+
+
 def check_folder(folder: str, flag: str) -> Path:
     """BadInput unless `folder` exists or could be created; nothing is created yet."""
     path = Path(folder)
@@ -172,6 +195,23 @@ def check_output_file(file: str, flag: str) -> Path:
     return path
 
 
+def check_outputs_apart(cfg: PrepareConfig, tokenizer_file: Path, out_dir_files: list[Path]) -> None:
+    """BadInput when --tokenizer-file is one of the files written into --out-dir, or an output is a
+    local --source or --val-source file (read while the outputs are written, then replaced)."""
+    written = {os.path.realpath(p): f"--out-dir {cfg.out_dir}'s {p.name}" for p in out_dir_files}
+    if os.path.realpath(tokenizer_file) in written:
+        raise BadInput(f"--tokenizer-file {cfg.tokenizer_file}: is {written[os.path.realpath(tokenizer_file)]}; "
+                       "name another file")
+    written[os.path.realpath(tokenizer_file)] = f"--tokenizer-file {cfg.tokenizer_file}"
+    local = [("--val-source", cfg.val_source)]
+    if cfg.source not in ("hf", "synthetic"):
+        local.append(("--source", cfg.source))
+    for flag, spec in local:
+        if spec and os.path.realpath(spec) in written:
+            raise BadInput(f"{flag} {spec}: this run would replace it with {written[os.path.realpath(spec)]}; "
+                           "write the outputs elsewhere")
+
+
 def open_source(cfg: PrepareConfig) -> Source:
     """--source as a Source; 'hf' without network is one line naming the alternatives (or, with
     --fallback-synthetic, a warning and the synthetic source)."""
@@ -201,8 +241,11 @@ def hf_source(cfg: PrepareConfig) -> Source:
 @contextlib.contextmanager
 def staged(paths: list[Path]):
     """Yields a temp path beside each of `paths`; when the block succeeds they are all renamed into
-    place, otherwise removed (so the previous files stay)."""
+    place, otherwise removed (so the previous files stay). A killed run's leftovers (its `.staged` files
+    and their atomic_write temp files) go first."""
     temps = [p.with_name(p.name + ".staged") for p in paths]
+    for temp in temps:
+        remove_stale_temp_files(temp)
     try:
         yield temps
         for temp, path in zip(temps, paths):
@@ -236,9 +279,13 @@ def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int) -> BPETokeni
 
 def prepare(cfg: PrepareConfig) -> None:
     """python prepare_data.py: see the module docstring."""
+    check_workers(cfg.workers)
     out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
     default_tokenizer_file = out_dir / "tokenizer.bin" if cfg.vocab_size else "gpt2_tokenizer.bin"
     tokenizer_file = check_output_file(cfg.tokenizer_file or default_tokenizer_file, "--tokenizer-file")
+    val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
+    note_file, json_file = out_dir / "SOURCE.txt", out_dir / bpe.FILE_NAME
+    check_outputs_apart(cfg, tokenizer_file, [val_file, train_file, note_file] + ([json_file] if cfg.vocab_size else []))
     source = open_source(cfg)
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
@@ -246,11 +293,9 @@ def prepare(cfg: PrepareConfig) -> None:
     tokenizer = train_tokenizer(splits(source, val_source)[1], cfg.vocab_size) if cfg.vocab_size else gpt2()
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
-    val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
-    note_file, json_file = out_dir / "SOURCE.txt", out_dir / bpe.FILE_NAME
     outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])
     with story_encoder(cfg.workers, tokenizer) as encode, staged(outputs) as temps:
-        val = write_split(val_shards, temps[0], encode, tokenizer, "val", source.label)
+        val = write_split(val_shards, temps[0], encode, tokenizer, "val", (val_source or source).label)
         train = write_split(train_shards, temps[1], encode, tokenizer, "train", source.label)
         write_tokenizer_file(temps[2], tokenizer)
         with atomic_write(temps[3]) as f:

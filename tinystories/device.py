@@ -52,18 +52,18 @@ class Distributed:
         """torchrun's WORLD_SIZE, RANK and LOCAL_RANK (one process without them), the device for
         --device (the local rank's GPU under torchrun), and the process group when there are several."""
         env = os.environ
-        world = int(env.get("WORLD_SIZE", "1"))
+        world = env_int("WORLD_SIZE", 1, 1)
+        rank, local_rank = env_int("RANK", 0, 0, world - 1), env_int("LOCAL_RANK", 0, 0, world - 1)
         if world > 1:
             missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in env]
             if missing:
                 raise BadInput(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start with torchrun")
-        local_rank = int(env.get("LOCAL_RANK", "0"))
         device = pick_device(device_flag, local_rank if world > 1 else None)
         if world > 1:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(device, world, int(env.get("RANK", "0")), local_rank)
+        return cls(device, world, rank, local_rank)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over the ranks (identity on one process)."""
@@ -91,6 +91,22 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    """The integer in environment variable `name` (one torchrun sets), `default` when unset;
+    BadInput naming the variable unless it lies in [low, high]."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise BadInput(f"{name}={text!r}: must be an integer {allowed} (torchrun sets it; unset it to run one process)")
+    return value
 
 
 def pick_device(flag: str, local_rank: int | None = None) -> torch.device:

@@ -38,7 +38,11 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        """exp(loss); infinite where that overflows a float."""
+        try:
+            return math.exp(self.loss)
+        except OverflowError:
+            return math.inf
 
     @property
     def bits_per_byte(self) -> float | None:
@@ -46,8 +50,12 @@ class EvalResult:
         return self.nats / math.log(2) / self.bytes if self.bytes else None
 
     def as_dict(self) -> dict:
-        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
-                "targets": self.targets, "bytes": self.bytes, "nats": self.nats}
+        """The figures for JSON, which has no NaN or infinity: a figure that is not finite (a diverged
+        model's) is None."""
+        figures = {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
+                   "nats": self.nats}
+        return {**{k: v if v is not None and math.isfinite(v) else None for k, v in figures.items()},
+                "targets": self.targets, "bytes": self.bytes}
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -158,9 +166,12 @@ def main(args) -> None:
     result = evaluate(model, tokens, seq_len, args.batch_size, device, precision, progress=not args.json)
     if args.json:
         print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, seq_len=seq_len,
-                              precision=precision)))
+                              precision=precision), allow_nan=False))
         return
-    bpb = "n/a (not the GPT-2 vocabulary)" if result.bits_per_byte is None else f"{result.bits_per_byte:.6f}"
     print(f"{args.model} on {args.tokens}: {result.targets:,} tokens scored ({result.bytes:,} bytes), "
           f"windows of {seq_len + 1} tokens, {precision}")
+    if not math.isfinite(result.loss):
+        print(f"loss {result.loss}: not finite, the model's predictions overflow (as after a diverged run)")
+        return
+    bpb = "n/a (not the GPT-2 vocabulary)" if result.bits_per_byte is None else f"{result.bits_per_byte:.6f}"
     print(f"loss {result.loss:.6f} | perplexity {result.perplexity:.4f} | bits per byte {bpb}")

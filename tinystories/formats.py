@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 
@@ -131,21 +132,39 @@ def make_header(*values: int) -> bytes:
     return header.tobytes()
 
 
-def _file_size(path) -> int:
-    """Size of a regular readable file, or BadInput naming the problem."""
+def file_size(path, where: str | None = None) -> int:
+    """Size of an existing, readable regular file, or BadInput naming `where` (default: the path) and
+    the problem. A pipe or a device is refused before anything opens it: opening a pipe waits for a
+    writer, and a device like /dev/zero never ends."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise BadInput(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise BadInput(f"{path}: is a folder, expected a file")
+    where = where or path
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"{where}: file not found") from None
+    except OSError as e:
+        raise BadInput(f"{where}: cannot read it: {e.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BadInput(f"{where}: is a folder, expected a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"{where}: not a regular file (a pipe or a device), expected a file")
     if not os.access(path, os.R_OK):
-        raise BadInput(f"{path}: file is not readable (permission denied)")
-    return os.path.getsize(path)
+        raise BadInput(f"{where}: file is not readable (permission denied)")
+    return info.st_size
+
+
+def read_small_file(path, limit: int, where: str | None = None) -> bytes:
+    """The whole of a regular file of at most `limit` bytes (a config file), or BadInput."""
+    size = file_size(path, where)
+    if size > limit:
+        raise BadInput(f"{where or os.fspath(path)}: {size:,} bytes, too large (at most {limit:,} for this kind of file)")
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def read_header(path, what: str) -> np.ndarray:
     """The 256 int32 header of an existing, readable file of at least 1024 bytes, or BadInput."""
-    size = _file_size(path)
+    size = file_size(path)
     if size < HEADER_BYTES:
         raise BadInput(f"{path}: too short for a {what} ({size} bytes, the header alone is {HEADER_BYTES})")
     with open(path, "rb") as f:

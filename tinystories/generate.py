@@ -24,17 +24,26 @@ from .runtime import inference_runtime
 from .tokenizer import EOT
 
 
+class NonFiniteLogits(ArithmeticError):
+    """The model computed NaN or infinite logits: its weights cannot make a story."""
+
+
 def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0) -> int:
     """The next token id drawn from logits (V,).
 
-    temperature 0 takes the most likely token; otherwise the logits are divided by the temperature,
-    top_k > 0 keeps the k most likely tokens, and top_p < 1 keeps the smallest set of most likely
-    tokens whose probabilities sum to at least top_p. `generator` is a CPU generator."""
+    temperature 0 takes the most likely token, and so does a temperature so small that the logits
+    divided by it overflow (the limit as it goes to 0); otherwise the logits are divided by the
+    temperature, top_k > 0 keeps the k most likely tokens, and top_p < 1 keeps the smallest set of
+    most likely tokens whose probabilities sum to at least top_p. `generator` is a CPU generator.
+    NonFiniteLogits when the logits themselves hold NaN or infinity."""
     logits = logits.detach().float().cpu()  # (V,)
-    if temperature == 0:
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogits
+    scaled = logits / temperature  # (V,); temperature 0 gives infinities too
+    if not torch.isfinite(scaled).all():
         return int(torch.argmax(logits))
-    logits = logits / temperature
+    logits = scaled
     if 0 < top_k < logits.numel():
         kth_largest = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -107,7 +116,8 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
 def main(cfg: GenerateConfig) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
     runtime = inference_runtime(cfg.device, cfg.precision)
-    model = load_model(cfg.model, runtime.device, AUTOCAST_DTYPES.get(runtime.precision, torch.float32))
+    device, precision = runtime.device, runtime.precision
+    model = load_model(cfg.model, device, AUTOCAST_DTYPES.get(precision, torch.float32))
     prompt_ids = [EOT] + tokenizer.encode(cfg.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:
@@ -123,7 +133,12 @@ def main(cfg: GenerateConfig) -> None:
     generator = torch.Generator().manual_seed(seed)
     sys.stdout.write(cfg.prompt)
     new_ids = stream_tokens(model, prompt_ids, cfg.tokens, generator, cfg.temperature, cfg.top_k, cfg.top_p)
-    for piece in text_pieces(new_ids):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for piece in text_pieces(new_ids):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except NonFiniteLogits:
+        in_precision = "" if precision == "fp32" else f" in {precision} (try --precision fp32)"
+        raise BadInput(f"{cfg.model}: the model computes NaN or infinite logits{in_precision}: its weights are "
+                       f"unusable (too large, as after a diverged run)") from None
     sys.stdout.write("\n")

@@ -30,7 +30,8 @@ The tokenizer files are written only for the GPT-2 vocabulary (vocab size 50257)
 
 The folder is built in a hidden temp folder beside the target and renamed into place, so the target
 is either absent, the old folder, or the complete new one. An existing target is replaced only when it
-is empty or holds nothing but files that export writes; anything else needs `force=True`.
+is empty or holds nothing but files that export writes; anything else needs `force=True`. A target that
+is or holds the current folder or the model file is never replaced.
 
 Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a sharded
 model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
@@ -39,11 +40,15 @@ The config must be model_type "gpt2" with a tanh GELU, n_inner null or 4 C, Laye
 attention scaling and no cross-attention (fields it leaves out take GPT2Config's defaults); the
 weights must be exactly the tensors above (names with or without `transformer.`; old files'
 attention-mask buffers are skipped), finite, with the config's shapes; an untied lm_head.weight
-is accepted only when it equals wte.
+is accepted only when it equals wte. The config's sizes are checked before anything is allocated:
+against the llm.c header's int32 and this machine's memory (GPTConfig), and n_layer against the layers
+the safetensors files hold.
 """
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -52,7 +57,7 @@ import numpy as np
 from . import llmc
 from .config import GPTConfig
 from .errors import BadInput
-from .formats import atomic_write, current_umask, read_model, write_model
+from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
 from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
 
 EOT_TEXT = "<|endoftext|>"
@@ -66,6 +71,8 @@ GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_lay
                  "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                  "add_cross_attention": False, "tie_word_embeddings": True}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation of GELU
+LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a block's tensor: the layer index
+MAX_JSON_BYTES = 16 << 20  # config.json and the safetensors index are kilobytes
 
 
 # ----------------------------------------------------------------------------- tensor layout
@@ -181,11 +188,12 @@ def export(model_path, folder, force: bool = False) -> list[str]:
     """Write the Hugging Face folder for a model file or checkpoint (training state is ignored).
     Returns the names of the files written."""
     folder = os.path.normpath(os.fspath(folder))
-    _check_replaceable(folder, force)
-    files = export_files(model_path, os.path.basename(folder))
-    parent = os.path.dirname(os.path.abspath(folder))
+    target = os.path.abspath(folder)  # "." has a name only as an absolute path
+    _check_replaceable(folder, model_path, force)
+    files = export_files(model_path, os.path.basename(target))
+    parent = os.path.dirname(target)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise BadInput(f"{folder}: cannot create a folder in {parent}: {e.strerror}") from None
     try:
@@ -193,39 +201,56 @@ def export(model_path, folder, force: bool = False) -> list[str]:
         for name, data in files.items():
             with atomic_write(os.path.join(tmp, name)) as f:
                 f.write(data)
-        _move_into_place(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _move_into_place(tmp, target)
+    except OSError as e:
+        raise BadInput(f"{folder}: cannot put the new folder in place: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
     return sorted(files)
 
 
-def _check_replaceable(folder: str, force: bool) -> None:
+def _check_replaceable(folder: str, model_path, force: bool) -> None:
+    """BadInput unless `folder` is absent or may be replaced: a folder holding only files that export
+    writes (any files with force), and neither the current folder nor the model file."""
     if not os.path.exists(folder):
         return
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: exists and is not a folder")
+    for inside, what in ((os.getcwd(), "the current folder"), (os.fspath(model_path), f"the model file {model_path}")):
+        if _holds(folder, inside):
+            raise BadInput(f"{folder}: replacing this folder would remove {what}; export into a new folder")
     foreign = sorted(set(os.listdir(folder)) - EXPORT_FILES)
     if foreign and not force:
         raise BadInput(f"{folder}: folder holds files that export does not write ({', '.join(foreign[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}); choose a new folder or pass --force to replace it")
 
 
+def _holds(folder: str, path: str) -> bool:
+    """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder
+
+
 def _move_into_place(tmp: str, folder: str) -> None:
-    """Rename the finished temp folder to `folder`, replacing an old one (renamed aside, then deleted)."""
+    """Rename the finished temp folder to `folder` (absolute), replacing an old one: renamed aside into
+    a hidden folder, deleted once the new one is in place, renamed back if that fails."""
     if not os.path.exists(folder):
         os.rename(tmp, folder)
         return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".old",
-                           dir=os.path.dirname(os.path.abspath(folder)))
-    os.rename(folder, os.path.join(old, "folder"))
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".old", dir=os.path.dirname(folder))
+    aside = os.path.join(old, "folder")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        os.rmdir(old)
+        raise
     try:
         os.rename(tmp, folder)
     except BaseException:
-        os.rename(os.path.join(old, "folder"), folder)
+        os.rename(aside, folder)
+        os.rmdir(old)
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- import
@@ -237,6 +262,8 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: not a folder (expected a Hugging Face model folder)"
                        if os.path.exists(folder) else f"{folder}: folder not found")
+    if _is_input_file(folder, os.fspath(output)):
+        raise BadInput(f"-o {output}: would replace a file of the folder it converts; write the model elsewhere")
     config, tied = read_gpt2_config(os.path.join(folder, "config.json"))
     if block_size is not None and block_size > config.block_size:
         raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
@@ -246,14 +273,20 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     return config
 
 
+def _is_input_file(folder: str, output: str) -> bool:
+    """Whether `output` is the folder's config.json or one of its weight files, which import reads."""
+    name = os.path.basename(output)
+    beside = os.path.realpath(os.path.dirname(os.path.abspath(output))) == os.path.realpath(folder)
+    return beside and (name == "config.json" or name.endswith((".safetensors", SAFETENSORS_INDEX)))
+
+
 def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
     """GPTConfig of a GPT2Config file (block size = n_positions), and whether it
     declares the head tied. BadInput for anything our model cannot represent exactly."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(read_small_file(path, MAX_JSON_BYTES))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
@@ -281,6 +314,7 @@ def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
                        n_layer=fields["n_layer"], n_head=fields["n_head"], n_embd=C)
     try:
         config.validate()
+        config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(f"{path}: {e}") from None
     return config, fields["tie_word_embeddings"] is not False
@@ -293,8 +327,7 @@ def _safetensors_paths(folder: str) -> list[str]:
         return [single]
     if os.path.isfile(index):
         try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = sorted(set(json.loads(read_small_file(index, MAX_JSON_BYTES))["weight_map"].values()))
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             raise BadInput(f"{index}: not a valid safetensors index (expected a JSON weight_map)") from None
         return [os.path.join(folder, os.path.basename(str(shard))) for shard in shards]
@@ -308,9 +341,13 @@ def _safetensors_paths(folder: str) -> list[str]:
 def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, np.ndarray]:
     """The GPT-2 state dict (names without `transformer.`) as fp32 arrays, after checking that
     exactly the expected tensors are present with the expected shapes and finite values."""
+    paths = _safetensors_paths(folder)
+    layers = len({int(m.group(1)) for path in paths for m in map(LAYER_NAME.match, _tensor_names(path)) if m})
+    if layers != config.n_layer:  # before the expected names are listed: n_layer may be absurd
+        raise BadInput(f"{folder}: config.json gives n_layer {config.n_layer:,}, but the weights hold {layers:,} layers")
     expected = hf_tensor_shapes(config)
     tensors, head = {}, None
-    for path in _safetensors_paths(folder):
+    for path in paths:
         for name, value in _read_safetensors(path, expected, config).items():
             if name == "lm_head.weight":
                 head = (path, value)
@@ -330,34 +367,47 @@ def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, n
     return tensors
 
 
+@contextlib.contextmanager
+def _safetensors_file(path: str):
+    """safe_open(path); a missing or malformed file is BadInput."""
+    from safetensors import SafetensorError, safe_open
+
+    file_size(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except SafetensorError as e:
+        raise BadInput(f"{path}: not a valid safetensors file: {e}") from None
+
+
+def _tensor_names(path: str) -> list[str]:
+    """The names of the tensors in a safetensors file (read from its header only)."""
+    with _safetensors_file(path) as f:
+        return list(f.keys())
+
+
 def _read_safetensors(path: str, expected: dict, config: GPTConfig) -> dict[str, np.ndarray]:
     """Tensors of one safetensors file that belong to the state dict, as fp32, validated before
     each is loaded. Drops the `transformer.` prefix and the attention-mask buffers of old files."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
-    if not os.path.isfile(path):
-        raise BadInput(f"{path}: file not found")
     out = {}
-    try:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                name = key.removeprefix("transformer.")
-                if name.endswith((".attn.bias", ".attn.masked_bias")):
-                    continue  # causal-mask buffers, not weights
-                want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
-                if want is None:
-                    raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != want:
-                    raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")
-                value = f.get_tensor(key)
-                if not value.is_floating_point():
-                    raise BadInput(f"{path}: tensor {key} has dtype {value.dtype}, expected floating point")
-                value = value.to(torch.float32).numpy()
-                if not np.isfinite(value).all():
-                    raise BadInput(f"{path}: tensor {key} holds NaN or infinite values")
-                out[name] = value
-    except SafetensorError as e:
-        raise BadInput(f"{path}: not a valid safetensors file: {e}") from None
+    with _safetensors_file(path) as f:
+        for key in f.keys():
+            name = key.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers, not weights
+            want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
+            if want is None:
+                raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
+            shape = tuple(f.get_slice(key).get_shape())
+            if shape != want:
+                raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")
+            value = f.get_tensor(key)
+            if not value.is_floating_point():
+                raise BadInput(f"{path}: tensor {key} has dtype {value.dtype}, expected floating point")
+            value = value.to(torch.float32).numpy()
+            if not np.isfinite(value).all():
+                raise BadInput(f"{path}: tensor {key} holds NaN or infinite values")
+            out[name] = value
     return out

@@ -218,12 +218,15 @@ def local_source(spec: str, flag: str) -> Source:
         raise BadInput(f"{flag} {spec}: no such file or folder (expected 'hf', 'synthetic', a .tar.gz archive, "
                        "a folder of .json shards, a .txt file or parquet files)")
     if path.is_dir():
-        json_files, parquet_files = sorted(path.glob("*.json")), sorted(path.glob("*.parquet"))
+        json_files = sorted(p for p in path.glob("*.json") if p.is_file())  # regular files: no pipe or device
+        parquet_files = sorted(p for p in path.glob("*.parquet") if p.is_file())
         if json_files:
             return json_source(json_files, f"JSON shards in {path}")
         if parquet_files:
             return parquet_source(parquet_files, f"parquet files in {path}")
         raise BadInput(f"{flag} {spec}: the folder holds no .json shards or .parquet files")
+    if not path.is_file():  # opening a pipe would wait for a writer; a device may never end
+        raise BadInput(f"{flag} {spec}: not a regular file (a pipe or a device), expected a file or a folder")
     name = path.name.lower()
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return archive_source(path)

