@@ -20,11 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories import llmc  # noqa: E402
 from tinystories.config import GPTConfig  # noqa: E402
-from tinystories.formats import read_model  # noqa: E402
 from tinystories.generate import generate_tokens, sample_next  # noqa: E402
-from tinystories.model import GPT  # noqa: E402
+from tinystories.model import GPT, read_gpt  # noqa: E402
 from tinystories.tokenizer import EOT  # noqa: E402
 
 
@@ -62,8 +60,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        model_file = read_model(args.model)
-        model = llmc.load_params(GPT(model_file.config), model_file.params)
+        model, _ = read_gpt(args.model)
     else:
         model = GPT(GPTConfig())
         model.init_weights(seed=1337)

@@ -8,15 +8,15 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
   eager    (a) the default model (4L/4H/128C, block 256, vocab 50257) at B=32, T=256: ms/step and
            tokens/s of training steps in steady state, data loading included, for
              - the baseline: eager fp32 (TF32 off), F.cross_entropy on the full logits, AdamW foreach;
-             - the project's trainer as it is, eager (train.Trainer.train_step: bf16 autocast, TF32,
-               fused AdamW with the divergence guard on the device), with the plain and the Triton head,
+             - the project's training step as the trainer runs it, eager (step.TrainStep: bf16 autocast,
+               TF32, fused AdamW with the divergence guard on the device), with the plain and the Triton head,
                and with the Triton head and the whole step as one CUDA graph (also with other chunk
                sizes of the Triton head, and at larger B);
              - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
                output-layer loss available: plain, triton_head_loss (default chunks, 256, 512, 4096 rows),
                the chunked torch fused_head_loss, liger-kernel's LigerFusedLinearCrossEntropyLoss;
-  compile  (a) torch.compile: the trainer as ./train runs by default on CUDA (compiled model, Triton head,
-           CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
+  compile  (a) torch.compile: the trainer's step as ./train runs it by default on CUDA (compiled model,
+           Triton head, CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
            fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the plain loss
            compiled, mode="max-autotune";
   gpt2     (b) GPT-2 124M (12L/12H/768C, block 1024) at B=16, T=1024: tokens/s and MFU against the bf16
@@ -50,14 +50,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinystories import llmc  # noqa: E402
 from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
 from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.formats import atomic_write, write_model, write_tokens  # noqa: E402
+from tinystories.formats import atomic_write, write_tokens  # noqa: E402
 from tinystories.model import GPT, plain_head_loss  # noqa: E402
 from tinystories.device import autocast  # noqa: E402
 from tinystories.optim import make_optimizer  # noqa: E402
-from tinystories.train import Trainer  # noqa: E402
+from tinystories.runtime import Runtime  # noqa: E402
+from tinystories.step import TrainStep  # noqa: E402
 
 PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)
@@ -89,17 +89,18 @@ SMOKE = Sizes("cpu", GPTConfig(block_size=32, vocab_size=1000, n_layer=2, n_head
 @dataclass(frozen=True)
 class Variant:
     """One way to train. precision: 'fp32' (TF32 off) or 'bf16' (autocast, TF32 on); head: a key of
-    head_losses(); optimizer: 'foreach' (plain AdamW) or 'project' (train.make_optimizer: fused on
-    CUDA); step: 'minimal' (our loop below) or 'trainer' (train.Trainer.train_step); compile_mode:
-    None for eager, else torch.compile's mode (for 'trainer': any mode means --compile on);
-    cuda_graphs: the trainer's --cuda-graphs on; cost_s: rough seconds it needs, for the time budget."""
+    head_losses(); optimizer: 'foreach' (plain AdamW) or 'project' (optim.make_optimizer: fused on
+    CUDA); step: 'minimal' (our loop below) or 'trainer' (step.TrainStep, the trainer's step; its head
+    is named after a registry.HEAD_LOSSES entry); compile_mode: None for eager, else torch.compile's
+    mode (for 'trainer': any mode means --compile on); cuda_graphs: the trainer's --cuda-graphs on;
+    cost_s: rough seconds it needs, for the time budget."""
     name: str
     precision: str
     head: str
     optimizer: str = "project"
     step: str = "minimal"
     compile_mode: str | None = None
-    cuda_graphs: bool = False  # step 'trainer' only: the Trainer's whole-step CUDA graph
+    cuda_graphs: bool = False  # step 'trainer' only: TrainStep's whole-step CUDA graph
     cost_s: float = 15.0
 
 
@@ -148,8 +149,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def new_model(config: GPTConfig, device: torch.device, seed: int = 1337) -> GPT:
-    model = GPT(config)
+def new_model(config: GPTConfig, device: torch.device, head_loss=plain_head_loss, seed: int = 1337) -> GPT:
+    model = GPT(config, head_loss)
     model.init_weights(seed)
     return model.to(device)
 
@@ -159,8 +160,7 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
     """A training step (data, forward, backward, clip, AdamW) without host syncs; returns the loss
     as a device tensor."""
     cfg = TrainConfig(learning_rate=LEARNING_RATE)
-    model = new_model(config, device)
-    model.head_loss = heads[variant.head]
+    model = new_model(config, device, heads[variant.head])
     if variant.optimizer == "foreach":
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                       eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
@@ -172,7 +172,7 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
 
     def step() -> torch.Tensor:
         x, y = (t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-                for t in loader.next_batch())  # (B, T) each, as Trainer._batch does
+                for t in loader.next_batch())  # (B, T) each, as Runtime.to_device does
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, variant.precision):
@@ -187,20 +187,23 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
 
 
 def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, batch: tuple[int, int],
-                 device: torch.device, folder: str):
-    """The project's own train.Trainer.train_step, on a model file written from the same init."""
-    model_path = os.path.join(folder, f"model_{config.n_layer}L{config.n_embd}C.bin")
-    write_model(model_path, config, llmc.model_params(new_model(config, torch.device("cpu"))))
-    cfg = TrainConfig(model=model_path, train_tokens=tokens, batch_size=batch[0], seq_len=batch[1],
-                      learning_rate=LEARNING_RATE, val_every=0, sample_every=0, device=device.type,
-                      precision="auto", compile="on" if variant.compile_mode else "off",
-                      cuda_graphs="on" if variant.cuda_graphs else "off")
-    trainer = Trainer(cfg)
-    trainer.model.head_loss = heads[variant.head]
-    return lambda: trainer.train_step(LEARNING_RATE)
+                 device: torch.device):
+    """The project's own training step (step.TrainStep, what train.Trainer runs each step) from the same
+    init, its batch loaded as Trainer.next_batches does; compile_mode and cuda_graphs as --compile on and
+    --cuda-graphs on (a failure is an error, not a fall back)."""
+    cfg = TrainConfig(batch_size=batch[0], seq_len=batch[1], learning_rate=LEARNING_RATE)
+    compiled = variant.compile_mode is not None
+    runtime = Runtime.single(device, variant.precision, variant.head.split()[0], compile=compiled,
+                             cuda_graphs=variant.cuda_graphs, compile_required=compiled,
+                             cuda_graphs_required=variant.cuda_graphs)
+    model = new_model(config, device, heads[variant.head])
+    step = TrainStep(model, make_optimizer(model, cfg, capturable=runtime.cuda_graphs), runtime, cfg.grad_accum,
+                     cfg.grad_clip)
+    loader = TokenLoader(tokens, *batch, vocab_size=config.vocab_size)
+    return lambda: step([runtime.to_device(loader.next_batch())], LEARNING_RATE)
 
 
-def make_step(variant, config, heads, tokens, batch, device, folder):
+def make_step(variant, config, heads, tokens, batch, device):
     if isinstance(heads.get(variant.head), str):
         raise Unavailable(heads[variant.head])
     if (variant.cuda_graphs or variant.compile_mode in ("reduce-overhead", "max-autotune")) and device.type != "cuda":
@@ -209,7 +212,7 @@ def make_step(variant, config, heads, tokens, batch, device, folder):
     if variant.compile_mode is not None:
         torch._dynamo.reset()  # each compiled row starts from an empty cache and recompile budget
     if variant.step == "trainer":
-        return trainer_step(variant, config, heads, tokens, batch, device, folder)
+        return trainer_step(variant, config, heads, tokens, batch, device)
     return minimal_step(variant, config, heads, tokens, batch, device)
 
 
@@ -277,8 +280,8 @@ def fmt(value, spec: str) -> str:
 # ----------------------------------------------------------------------------- the parts
 
 class Bench:
-    def __init__(self, args, sizes: Sizes, tokens: str, folder: str):
-        self.sizes, self.tokens, self.folder = sizes, tokens, folder
+    def __init__(self, args, sizes: Sizes, tokens: str):
+        self.sizes, self.tokens = sizes, tokens
         self.device = torch.device(sizes.device)
         self.deadline = time.monotonic() + args.budget_s
         self.heads = head_losses()
@@ -308,7 +311,7 @@ class Bench:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            step = make_step(variant, config, self.heads, self.tokens, batch, self.device, self.folder)
+            step = make_step(variant, config, self.heads, self.tokens, batch, self.device)
             warmup_s, ms = time_steps(step, self.device, self.sizes.warmup, steps)
         except Unavailable as e:
             self.results.add({**row, "note": f"skipped: {e}"})
@@ -364,7 +367,7 @@ class Bench:
         print(f"[c] parity: {s.parity_steps} steps, baseline vs {fast.name}", flush=True)
         curves = {}
         for variant in (BASELINE, fast):
-            step = make_step(variant, s.small, self.heads, self.tokens, s.small_batch, self.device, self.folder)
+            step = make_step(variant, s.small, self.heads, self.tokens, s.small_batch, self.device)
             curves[variant.name] = torch.stack([step() for _ in range(s.parity_steps)]).float().cpu().tolist()
         base, ours = curves[BASELINE.name], curves[fast.name]
         tail = min(10, s.parity_steps)
@@ -467,7 +470,7 @@ def main(argv=None) -> None:
         if tokens is None:
             tokens = os.path.join(folder, "random_tokens.bin")
             random_tokens(tokens, 4_000_000 if not args.smoke else 20_000, sizes.small.vocab_size)
-        bench = Bench(args, sizes, tokens, folder)
+        bench = Bench(args, sizes, tokens)
         try:
             timings = bench.eager() if "eager" in args.parts else {}
             best = bench.fastest_fused_head(timings) if timings else "triton"

@@ -145,22 +145,22 @@ def train_run(recipe: dict, seed: int, epochs: int, data: tuple[Path, Path], arg
                       sample_every=0, device=args.device, compile=args.compile, **settings)
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start-up lines, the same for every run
         trainer = Trainer(cfg)
-    val = formats.read_tokens(val_path)
+    val, state = formats.read_tokens(val_path), trainer.state
     curve, records, seconds, timed_steps = [(0, val_loss(trainer, val, args.curve_windows))], [], 0.0, 0
     for step in range(total):
         start = time.perf_counter()
-        loss, _ = trainer.train_step(learning_rate(cfg, step, total))
-        trainer.step = step + 1
-        due = trainer.step % args.val_every == 0 or trainer.step == total
+        loss, _ = trainer.train_step(trainer.next_batches(), learning_rate(cfg, step, total))
+        state.step = step + 1
+        due = state.step % args.val_every == 0 or state.step == total
         if due:
             loss = loss.item()  # waits for the device: the time up to here covers every step queued so far
-        if trainer.step > args.val_every:  # the first steps (compiling, graph capture) are not timed
+        if state.step > args.val_every:  # the first steps (compiling, graph capture) are not timed
             seconds += time.perf_counter() - start
             timed_steps += 1
         if due:
-            windows = None if trainer.step == total else args.curve_windows
-            curve.append((trainer.step * B * T, val_loss(trainer, val, windows)))
-            records.append({"step": trainer.step, "tokens": trainer.step * B * T, "train_loss": loss,
+            windows = None if state.step == total else args.curve_windows
+            curve.append((state.step * B * T, val_loss(trainer, val, windows)))
+            records.append({"step": state.step, "tokens": state.step * B * T, "train_loss": loss,
                             "val_loss": curve[-1][1]})
     (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     del trainer
@@ -172,7 +172,7 @@ def val_loss(trainer: Trainer, tokens, windows: int | None) -> float:
     """Mean loss over the val file, or over its first `windows` windows of T + 1 tokens."""
     if windows is not None:
         tokens = tokens[: windows * (T + 1)]
-    result = evaluate(trainer.model, tokens, T, 32, trainer.device, trainer.precision)
+    result = evaluate(trainer.model, tokens, T, 32, trainer.runtime.device, trainer.runtime.precision)
     trainer.model.train()
     return result.loss
 
@@ -262,7 +262,7 @@ def time_recipes(recipes: dict[str, dict], data, args) -> None:
         for name, trainer in trainers.items():
             start = time.perf_counter()
             for _ in range(3 if round_ == 0 else args.time_steps):
-                loss, _ = trainer.train_step(trainer.cfg.learning_rate)
+                loss, _ = trainer.train_step(trainer.next_batches(), trainer.cfg.learning_rate)
             loss.item()
             if round_:
                 best[name] = min(best[name], (time.perf_counter() - start) / args.time_steps)

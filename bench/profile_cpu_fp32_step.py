@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_train import Baseline, Project, bench_files, our_model, time_steps  # noqa: E402
+from bench_cpu_train import Baseline, Project, bench_tokens, our_model, time_steps  # noqa: E402
 
 from tinystories.device import compile_options  # noqa: E402
 from tinystories.kernels import fused_ce  # noqa: E402
@@ -128,17 +128,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round (part 2)")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    model_path, train_path, val_path = bench_files()
+    train_path = bench_tokens()
 
     print("1. page faults per step")
-    for name, variant in (("baseline (eager fp32)", Baseline(our_model(model_path), train_path)),
-                          ("./train fp32, compiled", Project(model_path, train_path, val_path, "fp32", "on"))):
+    for name, variant in (("baseline (eager fp32)", Baseline(our_model(), train_path)),
+                          ("./train fp32, compiled", Project(train_path, "fp32", "on"))):
         ms, faults, system = faults_per_step(variant)
         print(f"   {name:24s} {ms:7.0f} ms/step, {faults:9,.0f} minor faults/step, {system:.3f} s system/step")
 
     print("2. the output layer's share of ./train's compiled fp32 step (best round, ms/step)")
-    variants = {"whole step": Project(model_path, train_path, val_path, "fp32", "on"),
-                "output layer stubbed": StubbedHead(model_path, train_path, val_path, "fp32", "on")}
+    variants = {"whole step": Project(train_path, "fp32", "on"),
+                "output layer stubbed": StubbedHead(train_path, "fp32", "on")}
     for variant in variants.values():
         time_steps(variant, 3)
     best = {name: float("inf") for name in variants}

@@ -1,5 +1,5 @@
-"""Where a GPU training step's time goes: the project's trainer (train.Trainer.train_step, bf16 +
-Triton head + fused AdamW) at the original's B=32, T=256, profiled with torch.profiler.
+"""Where a GPU training step's time goes: the project's training step (step.TrainStep, as the trainer
+runs it: bf16 + Triton head + fused AdamW) at the original's B=32, T=256, profiled with torch.profiler.
 
     python bench/profile_gpu_step.py [--tokens FILE] [--batch 32] [--seq 256] [--steps 20] [--rows 20]
 
@@ -78,7 +78,7 @@ def main() -> None:
         for graphs in (False, True):
             variant = Variant(f"trainer, triton head{', CUDA graph' if graphs else ''}", "bf16", "triton",
                               step="trainer", cuda_graphs=graphs)
-            step = trainer_step(variant, config, heads, tokens, batch, device, folder)
+            step = trainer_step(variant, config, heads, tokens, batch, device)
             for _ in range(10):  # warm-up (and the graph's capture)
                 step()
             ms = wall_ms(step, args.steps)
