@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,8 @@ from tinystories.model import GPT, plain_head_loss  # noqa: E402
 from tinystories.optim import make_optimizer  # noqa: E402
 from tinystories.runtime import Runtime  # noqa: E402
 from tinystories.step import TrainStep  # noqa: E402
+
+from common import best_of_rounds  # noqa: E402
 
 B, T, LR = 4, 256, 1e-3
 
@@ -127,13 +128,6 @@ class Project:
         return self.train_step([self.runtime.to_device(self.loader.next_batch())], LR)[0].item()
 
 
-def time_steps(variant, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        variant.step()
-    return (time.perf_counter() - start) / steps
-
-
 def losses(variant, steps: int) -> list[float]:
     return [variant.step() for _ in range(steps)]
 
@@ -169,12 +163,9 @@ def main() -> None:
     for name, variant in variants.items():
         if isinstance(variant, Project):
             print(f"{name} = {variant.description}")
-    for variant in variants.values():
-        time_steps(variant, args.warmup)
-    best = {name: float("inf") for name in variants}
-    for _ in range(args.rounds):
-        for name, variant in variants.items():
-            best[name] = min(best[name], time_steps(variant, args.steps))
+    timings = best_of_rounds({name: variant.step for name, variant in variants.items()}, args.rounds, args.steps,
+                             args.warmup)
+    best = {name: timing.best for name, timing in timings.items()}
     base = best["baseline (eager fp32)"]
     print(f"\nB={B}, T={T}, default model; best of {args.rounds} rounds of {args.steps} steps")
     print(f"{'variant':24s} {'ms/step':>9s} {'tokens/s':>10s} {'ratio':>7s}")

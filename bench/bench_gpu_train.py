@@ -24,7 +24,7 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
   parity   (c) 300 steps from the same init and data, baseline vs the fast path (bf16 + Triton head):
            final losses (mean of the last 10 steps) and their relative difference (target: < 2%).
 
-Model FLOPs per token = 6 * N + 12 * L * T * C (forward and backward), N = the parameters without the
+Model FLOPs per token (GPTConfig.flops_per_token) = 6 * N + 12 * L * T * C (forward and backward), N = the parameters without the
 position embedding (the tied wte counted once, as the output layer); the attention term counts the full
 T x T scores (not halved for causality), as in the PaLM paper's appendix. MFU = FLOPs/s / peak.
 
@@ -58,6 +58,8 @@ from tinystories.device import autocast  # noqa: E402
 from tinystories.optim import make_optimizer  # noqa: E402
 from tinystories.runtime import Runtime  # noqa: E402
 from tinystories.step import TrainStep  # noqa: E402
+
+from common import best_of_rounds, matmul_peak  # noqa: E402
 
 PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)
@@ -144,11 +146,6 @@ def set_tf32(on: bool) -> None:
     torch.backends.cudnn.allow_tf32 = on
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def new_model(config: GPTConfig, device: torch.device, head_loss=plain_head_loss, seed: int = 1337) -> GPT:
     model = GPT(config, head_loss)
     model.init_weights(seed)
@@ -218,19 +215,6 @@ def make_step(variant, config, heads, tokens, batch, device):
 
 class Unavailable(Exception):
     pass
-
-
-def time_steps(step, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds of the warm-up steps, compilation included; mean ms per timed step)."""
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return t1 - t0, (time.perf_counter() - t1) / steps * 1000
 
 
 # ----------------------------------------------------------------------------- results
@@ -312,7 +296,8 @@ class Bench:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             step = make_step(variant, config, self.heads, self.tokens, batch, self.device)
-            warmup_s, ms = time_steps(step, self.device, self.sizes.warmup, steps)
+            timing = best_of_rounds(step, rounds=1, calls=steps, warmup=self.sizes.warmup, device=self.device)
+            warmup_s, ms = timing.warmup_s, timing.best * 1000  # warm-up: compilation included; mean ms/step
         except Unavailable as e:
             self.results.add({**row, "note": f"skipped: {e}"})
             return None
@@ -382,10 +367,10 @@ class Bench:
     # (b)
     def gpt2(self, best_head: str) -> None:
         s, c = self.sizes, self.sizes.big
-        self.peak_flops = measure_bf16_peak(s.peak_n, self.device)
+        self.peak_flops = bf16_peak(s.peak_n, self.device)
         self.results.meta["bf16_peak_tflops"] = round(self.peak_flops / 1e12, 3)
         print(f"[b] bf16 peak ({s.peak_n}^3 matmul): {self.peak_flops / 1e12:.1f} TFLOP/s", flush=True)
-        flops = flops_per_token(c, s.big_batch[1])
+        flops = c.flops_per_token(s.big_batch[1])
         self.results.meta["gpt2_flops_per_token"] = flops
         for variant in (Variant("GPT-2 124M: bf16 + plain head", "bf16", "plain", cost_s=30),
                         Variant(f"GPT-2 124M: bf16 + {best_head} head", "bf16", best_head, cost_s=30),
@@ -408,25 +393,9 @@ class Bench:
             self.measure("a", variant, s.small, s.small_batch, s.steps)
 
 
-def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """6 N + 12 L T C: see the module docstring."""
-    L, C = config.n_layer, config.n_embd
-    n = config.num_parameters(padded=False) - config.block_size * C  # without wpe
-    return 6 * n + 12 * L * seq_len * C
-
-
-def measure_bf16_peak(n: int, device: torch.device, repeats: int = 20) -> float:
-    """FLOP/s of an (n, n) @ (n, n) bf16 matmul on random data, after warm-up."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+def bf16_peak(n: int, device: torch.device) -> float:
+    """FLOP/s of an (n, n) @ (n, n) bf16 matmul on random data: the mean of 20 after 3 of warm-up."""
+    return matmul_peak(n, device, torch.bfloat16, calls=20, warmup=3)
 
 
 def random_tokens(path: str, count: int, vocab_size: int, seed: int = 0) -> None:

@@ -49,6 +49,8 @@ from tinystories.model import GPT  # noqa: E402
 from tinystories.optim import learning_rate  # noqa: E402
 from tinystories.train import Trainer  # noqa: E402
 
+from common import best_of_rounds  # noqa: E402
+
 B, T = 4, 256
 ORIGINAL = {"learning_rate": 1e-3}  # the original's command: -l 1e-3, AdamW, no warmup, no decay
 TARGETS = (4.3, 4.2)
@@ -257,15 +259,13 @@ def time_recipes(recipes: dict[str, dict], data, args) -> None:
                           device=args.device, compile=args.compile, **settings)
         with contextlib.redirect_stdout(io.StringIO()):
             trainers[name] = Trainer(cfg)
-    best = dict.fromkeys(recipes, math.inf)
-    for round_ in range(4):  # round 0 warms up (compiles)
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
-            for _ in range(3 if round_ == 0 else args.time_steps):
-                loss, _ = trainer.train_step(trainer.next_batches(), trainer.cfg.learning_rate)
-            loss.item()
-            if round_:
-                best[name] = min(best[name], (time.perf_counter() - start) / args.time_steps)
+    def step(trainer: Trainer):  # one training step at the recipe's peak rate
+        return lambda: trainer.train_step(trainer.next_batches(), trainer.cfg.learning_rate)
+
+    steps = {name: step(trainer) for name, trainer in trainers.items()}
+    device = next(iter(trainers.values())).runtime.device
+    timings = best_of_rounds(steps, rounds=3, calls=args.time_steps, warmup=3, device=device)  # warm-up: compiles
+    best = {name: timing.best for name, timing in timings.items()}
     base = best["original"]
     for name, seconds in best.items():
         print(f"{name:32s} {seconds * 1000:8.1f} ms/step  {base / seconds:5.2f}x the original's tokens/s")

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_train import Baseline, Project, bench_tokens, our_model, time_steps  # noqa: E402
+from bench_cpu_train import Baseline, Project, bench_tokens, our_model  # noqa: E402
+from common import best_of_rounds  # noqa: E402
 
 from tinystories.device import compile_options  # noqa: E402
 from tinystories.kernels import fused_ce  # noqa: E402
@@ -112,15 +113,8 @@ def gelu_variants():
 
 
 def best_ms(run, calls: int, rounds: int = 3) -> float:
-    for _ in range(3):
-        run()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e3
+    """ms per call of `run`: the best of `rounds` rounds of `calls` calls, after 3 of warm-up."""
+    return best_of_rounds(run, rounds, calls, warmup=3).best * 1e3
 
 
 def main() -> None:
@@ -139,12 +133,9 @@ def main() -> None:
     print("2. the output layer's share of ./train's compiled fp32 step (best round, ms/step)")
     variants = {"whole step": Project(train_path, "fp32", "on"),
                 "output layer stubbed": StubbedHead(train_path, "fp32", "on")}
-    for variant in variants.values():
-        time_steps(variant, 3)
-    best = {name: float("inf") for name in variants}
-    for _ in range(args.rounds):
-        for name, variant in variants.items():
-            best[name] = min(best[name], time_steps(variant, args.steps) * 1e3)
+    timings = best_of_rounds({name: variant.step for name, variant in variants.items()}, args.rounds, args.steps,
+                             warmup=3)
+    best = {name: timing.best * 1e3 for name, timing in timings.items()}
     for name, ms in best.items():
         print(f"   {name:24s} {ms:7.1f}")
     print(f"   {'output layer':24s} {best['whole step'] - best['output layer stubbed']:7.1f}")
