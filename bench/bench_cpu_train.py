@@ -21,7 +21,6 @@ losses (mean of the last 10 steps) and their relative difference.
 """
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,19 +28,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tinystories import formats, hf, llmc, tokenizer
+from tinystories.config import GPTConfig, TrainConfig
+from tinystories.device import resolve_precision, select_head_loss, use_compile
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT, plain_head_loss
+from tinystories.optim import make_optimizer
+from tinystories.runtime import Runtime
+from tinystories.step import TrainStep
 
-from tinystories import formats, hf, llmc, tokenizer  # noqa: E402
-from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.device import resolve_precision, select_head_loss, use_compile  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.model import GPT, plain_head_loss  # noqa: E402
-from tinystories.optim import make_optimizer  # noqa: E402
-from tinystories.runtime import Runtime  # noqa: E402
-from tinystories.step import TrainStep  # noqa: E402
+from common import best_of_rounds
 
-from common import best_of_rounds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository; ../shared beside it holds the data
 
 B, T, LR = 4, 256, 1e-3
 

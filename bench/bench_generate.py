@@ -13,19 +13,16 @@ interleaved rounds, so a slowdown of the machine hits both alike; the figure is 
 """
 import argparse
 import functools
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.config import GPTConfig  # noqa: E402
-from tinystories.generate import generate_tokens, sample_next  # noqa: E402
-from tinystories.model import GPT, read_gpt  # noqa: E402
-from tinystories.tokenizer import EOT  # noqa: E402
+from tinystories.config import GPTConfig
+from tinystories.generate import generate_tokens, sample_next
+from tinystories.model import GPT, read_gpt
+from tinystories.tokenizer import EOT
 
-from common import best_of_rounds  # noqa: E402
+from common import best_of_rounds
 
 
 def parse_args():

@@ -43,23 +43,20 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinystories.config import GPTConfig, TrainConfig
+from tinystories.device import autocast
+from tinystories.formats import atomic_write, write_tokens
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT, plain_head_loss
+from tinystories.optim import make_optimizer
+from tinystories.runtime import Runtime
+from tinystories.step import TrainStep
 
-from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.formats import atomic_write, write_tokens  # noqa: E402
-from tinystories.model import GPT, plain_head_loss  # noqa: E402
-from tinystories.device import autocast  # noqa: E402
-from tinystories.optim import make_optimizer  # noqa: E402
-from tinystories.runtime import Runtime  # noqa: E402
-from tinystories.step import TrainStep  # noqa: E402
-
-from common import best_of_rounds, matmul_peak  # noqa: E402
+from common import best_of_rounds, matmul_peak
 
 PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)

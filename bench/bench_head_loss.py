@@ -16,16 +16,13 @@ the number of cores.
 import argparse
 import functools
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.kernels.fused_ce import TorchChunkLoss, chunked_head_loss, fused_head_loss  # noqa: E402
-from tinystories.model import plain_head_loss  # noqa: E402
+from tinystories.kernels.fused_ce import TorchChunkLoss, chunked_head_loss, fused_head_loss
+from tinystories.model import plain_head_loss
 
-from common import best_of_rounds  # noqa: E402
+from common import best_of_rounds
 
 
 def parse_args():

@@ -10,15 +10,12 @@ the output head counted at V = 50257 rows, not the padding) times B x T; the out
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.config import GPTConfig  # noqa: E402
+from tinystories.config import GPTConfig
 
-from common import matmul_peak  # noqa: E402
+from common import matmul_peak
 
 
 def main() -> None:

@@ -33,23 +33,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tinystories import formats, llmc
+from tinystories.config import RECIPES, GPTConfig, TrainConfig
+from tinystories.evaluate import evaluate
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT
+from tinystories.optim import learning_rate
+from tinystories.train import Trainer
 
-from tinystories import formats, llmc  # noqa: E402
-from tinystories.config import RECIPES, GPTConfig, TrainConfig  # noqa: E402
-from tinystories.evaluate import evaluate  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.model import GPT  # noqa: E402
-from tinystories.optim import learning_rate  # noqa: E402
-from tinystories.train import Trainer  # noqa: E402
+from common import best_of_rounds
 
-from common import best_of_rounds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository; ../shared beside it holds the data
 
 B, T = 4, 256
 ORIGINAL = {"learning_rate": 1e-3}  # the original's command: -l 1e-3, AdamW, no warmup, no decay

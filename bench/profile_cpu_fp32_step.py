@@ -18,20 +18,17 @@ Uses real TinyStories text from ../shared/data, as bench_cpu_train.py does.
 """
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_train import Baseline, Project, bench_tokens, our_model  # noqa: E402
-from common import best_of_rounds  # noqa: E402
+from tinystories.device import compile_options
+from tinystories.kernels import fused_ce
 
-from tinystories.device import compile_options  # noqa: E402
-from tinystories.kernels import fused_ce  # noqa: E402
+from bench_cpu_train import Baseline, Project, bench_tokens, our_model
+from common import best_of_rounds
 
 _first_results = {}
 

@@ -13,14 +13,12 @@ the larger of the two.
 import argparse
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gpu_train import FULL, Variant, bf16_peak, head_losses, random_tokens, trainer_step  # noqa: E402
-from common import best_of_rounds, synchronize  # noqa: E402
+from bench_gpu_train import FULL, Variant, bf16_peak, head_losses, random_tokens, trainer_step
+from common import best_of_rounds, synchronize
 
 
 def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 10) -> float:

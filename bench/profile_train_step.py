@@ -14,17 +14,14 @@ of a step does not depend on which tokens it sees.
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.config import GPTConfig  # noqa: E402
-from tinystories.kernels.fused_ce import fused_head_loss  # noqa: E402
-from tinystories.model import GPT, plain_head_loss  # noqa: E402
+from tinystories.config import GPTConfig
+from tinystories.kernels.fused_ce import fused_head_loss
+from tinystories.model import GPT, plain_head_loss
 
 PHASES = ("1 blocks forward", "2 head + loss forward", "3 backward", "4 optimizer")
 
