@@ -12,21 +12,22 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
                TF32, fused AdamW with the divergence guard on the device), with the plain and the Triton head,
                and with the Triton head and the whole step as one CUDA graph (also with other chunk
                sizes of the Triton head, and at larger B);
-             - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
+             - a minimal step with the project's pieces (optim.make_optimizer, device.autocast) and each
                output-layer loss available: plain, triton_head_loss (default chunks, 256, 512, 4096 rows),
                the chunked torch fused_head_loss, liger-kernel's LigerFusedLinearCrossEntropyLoss;
   compile  (a) torch.compile: the trainer's step as ./train runs it by default on CUDA (compiled model,
-           Triton head, CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
-           fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the plain loss
-           compiled, mode="max-autotune";
+           Triton head, CUDA graph), then minimal steps with the whole model compiled: default mode
+           with the fastest fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the
+           plain loss compiled, mode="max-autotune";
   gpt2     (b) GPT-2 124M (12L/12H/768C, block 1024) at B=16, T=1024: tokens/s and MFU against the bf16
            peak measured in this run (an 8192^3 bf16 matmul on random data), eager and compiled;
   parity   (c) 300 steps from the same init and data, baseline vs the fast path (bf16 + Triton head):
            final losses (mean of the last 10 steps) and their relative difference (target: < 2%).
 
-Model FLOPs per token (GPTConfig.flops_per_token) = 6 * N + 12 * L * T * C (forward and backward), N = the parameters without the
-position embedding (the tied wte counted once, as the output layer); the attention term counts the full
-T x T scores (not halved for causality), as in the PaLM paper's appendix. MFU = FLOPs/s / peak.
+Model FLOPs per token (GPTConfig.flops_per_token) = 6 * N + 12 * L * T * C (forward and backward),
+N = the parameters without the position embedding (the tied wte counted once, as the output layer);
+the attention term counts the full T x T scores (not halved for causality), as in the PaLM paper's
+appendix. MFU = FLOPs/s / peak.
 
 Rows share one process, run one after another, each from a fresh model, optimizer and data position.
 Data: --tokens (an llm.c token file, e.g. made by prepare_data.py) or, without it, random tokens drawn
