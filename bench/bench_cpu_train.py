@@ -5,8 +5,9 @@ from the same initialisation on the same real TinyStories tokens (../shared/data
   baseline   GPT + plain_head_loss (full fp32 logits, F.cross_entropy) + AdamW (foreach), no autocast
   HF         transformers' GPT2LMHeadModel with the same weights, eager fp32, its logits +
              F.cross_entropy on the same targets, AdamW (foreach): the model a user would pick
-  project fp32 --compile off   tinystories.train.Trainer.train_step with --precision fp32, no compile
-  project fp32   the same with compile auto (= on for this run of one epoch), data loading included
+  project fp32 --compile off   ./train's training step (tinystories.step.TrainStep, as train.Trainer
+             runs it) with --precision fp32, no compile, data loading included
+  project fp32   the same with compile auto (= on for this run of one epoch)
   project default   --precision auto and every other flag at its default, only where that is not
              fp32 (CPUs with native bf16); elsewhere `project fp32` is the default
 Steady state: warm-up steps are not timed. Rounds alternate between the variants so a change in
@@ -20,30 +21,32 @@ losses (mean of the last 10 steps) and their relative difference.
 """
 import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tinystories import formats, hf, llmc, tokenizer
+from tinystories.config import GPTConfig, TrainConfig
+from tinystories.device import resolve_precision, select_head_loss, use_compile
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT, plain_head_loss
+from tinystories.optim import make_optimizer
+from tinystories.runtime import Runtime
+from tinystories.step import TrainStep
 
-from tinystories import formats, hf, llmc, tokenizer  # noqa: E402
-from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.device import resolve_precision  # noqa: E402
-from tinystories.generate import load_model  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.model import GPT  # noqa: E402
-from tinystories.train import Trainer  # noqa: E402
+from common import best_of_rounds
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository; ../shared beside it holds the data
 
 B, T, LR = 4, 256, 1e-3
 
 
-def real_tokens(folder: Path) -> tuple[Path, Path]:
+def bench_tokens() -> Path:
+    """train.bin of the real TinyStories text, in a new temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     text = (ROOT.parent / "shared" / "data" / "tinystories_v1_train_head.txt").read_text(encoding="utf-8")
     ids = []
     for story in (s.strip() for s in text.split("<|endoftext|>")):
@@ -51,31 +54,23 @@ def real_tokens(folder: Path) -> tuple[Path, Path]:
             ids += [tokenizer.EOT] + tokenizer.encode(story)
     ids = np.array(ids, dtype=np.uint16)
     formats.write_tokens(folder / "train.bin", ids)
-    formats.write_tokens(folder / "val.bin", ids[: 20 * B * T + 1])
-    return folder / "train.bin", folder / "val.bin"
+    return folder / "train.bin"
 
 
-def bench_files() -> tuple[Path, Path, Path]:
-    """model.bin (the default model, seed 1337), train.bin and val.bin, in a new temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
-    train_path, val_path = real_tokens(folder)
-    model = GPT(GPTConfig())
+def our_model(head_loss=plain_head_loss) -> GPT:
+    """The default model, initialised with seed 1337 (the same weights at every call), fp32 on the CPU."""
+    model = GPT(GPTConfig(), head_loss)
     model.init_weights(1337)
-    formats.write_model(folder / "model.bin", model.config, llmc.model_params(model))
-    return folder / "model.bin", train_path, val_path
+    return model
 
 
-def our_model(model_path: Path) -> GPT:
-    return load_model(str(model_path), torch.device("cpu")).train()
-
-
-def hf_model(model_path: Path) -> torch.nn.Module:
-    """transformers' GPT2LMHeadModel with the weights of model_path (its head tied to wte, as ours)."""
+def hf_model() -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel with our_model's weights (its head tied to wte, as ours)."""
     import transformers
 
-    model_file = formats.read_model(model_path)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_config_json(model_file.config)))
-    state = {k: torch.tensor(v) for k, v in hf.hf_state_dict(model_file.config, model_file.params).items()}
+    config = GPTConfig()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_config_json(config)))
+    state = {k: torch.tensor(v) for k, v in hf.hf_state_dict(config, llmc.model_params(our_model())).items()}
     model.transformer.load_state_dict(state)
     assert model.lm_head.weight is model.transformer.wte.weight
     return model
@@ -111,23 +106,24 @@ class HuggingFace(Baseline):
 
 
 class Project:
-    def __init__(self, model_path: Path, train_path: Path, val_path: Path, precision: str, compile: str = "auto"):
-        cfg = TrainConfig(model=str(model_path), train_tokens=str(train_path), val_tokens=str(val_path),
-                          batch_size=B, seq_len=T, learning_rate=LR, val_every=0, sample_every=0,
-                          precision=precision, compile=compile)
-        self.trainer = Trainer(cfg)
-        self.description = f"precision {self.trainer.precision}, head loss {self.trainer.model.head_loss.__name__}" + (
-            ", compiled" if self.trainer.compiled else "")
+    """./train's step on the CPU (step.TrainStep) with --precision `precision` and --compile `compile`, the
+    rest at ./train's defaults, each decided as the Trainer decides it for a run of one epoch."""
+
+    def __init__(self, train_path: Path, precision: str, compile: str = "auto"):
+        device = torch.device("cpu")
+        cfg = TrainConfig(batch_size=B, seq_len=T, learning_rate=LR, precision=precision, compile=compile)
+        self.loader = TokenLoader(train_path, B, T)
+        precision = resolve_precision(cfg.precision, device)
+        head = select_head_loss(cfg.head_loss, device, precision)
+        self.runtime = Runtime.single(device, precision, head.name, compile_required=cfg.compile == "on",
+                                      compile=use_compile(cfg.compile, self.loader.batches_per_epoch(), device))
+        model = our_model(head.load())
+        self.train_step = TrainStep(model, make_optimizer(model, cfg), self.runtime, cfg.grad_accum, cfg.grad_clip)
+        self.description = f"precision {precision}, head loss {model.head_loss.__name__}" + (
+            ", compiled" if self.train_step.compiled else "")
 
     def step(self) -> float:
-        return self.trainer.train_step(LR)[0].item()
-
-
-def time_steps(variant, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        variant.step()
-    return (time.perf_counter() - start) / steps
+        return self.train_step([self.runtime.to_device(self.loader.next_batch())], LR)[0].item()
 
 
 def losses(variant, steps: int) -> list[float]:
@@ -151,26 +147,23 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face baseline")
     args = parser.parse_args()
 
-    model_path, train_path, val_path = bench_files()
-    variants = {"baseline (eager fp32)": Baseline(our_model(model_path), train_path)}
+    train_path = bench_tokens()
+    variants = {"baseline (eager fp32)": Baseline(our_model(), train_path)}
     if not args.no_hf:
-        variants["HF GPT2LMHeadModel fp32"] = HuggingFace(hf_model(model_path), train_path)
-    variants["project fp32 no compile"] = Project(model_path, train_path, val_path, "fp32", compile="off")
-    variants["project fp32"] = Project(model_path, train_path, val_path, "fp32")
+        variants["HF GPT2LMHeadModel fp32"] = HuggingFace(hf_model(), train_path)
+    variants["project fp32 no compile"] = Project(train_path, "fp32", compile="off")
+    variants["project fp32"] = Project(train_path, "fp32")
     if resolve_precision("auto", torch.device("cpu")) != "fp32":
-        variants["project default"] = Project(model_path, train_path, val_path, "auto")
+        variants["project default"] = Project(train_path, "auto")
     print(cpu_flags())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.1f}")
     for name, variant in variants.items():
         if isinstance(variant, Project):
             print(f"{name} = {variant.description}")
-    for variant in variants.values():
-        time_steps(variant, args.warmup)
-    best = {name: float("inf") for name in variants}
-    for _ in range(args.rounds):
-        for name, variant in variants.items():
-            best[name] = min(best[name], time_steps(variant, args.steps))
+    timings = best_of_rounds({name: variant.step for name, variant in variants.items()}, args.rounds, args.steps,
+                             args.warmup)
+    best = {name: timing.best for name, timing in timings.items()}
     base = best["baseline (eager fp32)"]
     print(f"\nB={B}, T={T}, default model; best of {args.rounds} rounds of {args.steps} steps")
     print(f"{'variant':24s} {'ms/step':>9s} {'tokens/s':>10s} {'ratio':>7s}")
@@ -179,8 +172,8 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     if args.parity_steps:
-        fp32 = losses(Baseline(our_model(model_path), train_path), args.parity_steps)
-        fast = losses(Project(model_path, train_path, val_path, "fp32"), args.parity_steps)
+        fp32 = losses(Baseline(our_model(), train_path), args.parity_steps)
+        fast = losses(Project(train_path, "fp32"), args.parity_steps)
         a, b = np.mean(fp32[-10:]), np.mean(fast[-10:])
         print(f"\nloss parity over {args.parity_steps} steps from the same init and data "
               f"(mean of the last 10 steps): baseline {a:.4f}, project fp32 {b:.4f}, "

@@ -12,20 +12,17 @@ interleaved rounds, so a slowdown of the machine hits both alike; the figure is 
 (the least disturbed by other load).
 """
 import argparse
-import sys
-import time
-from pathlib import Path
+import functools
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories import llmc  # noqa: E402
-from tinystories.config import GPTConfig  # noqa: E402
-from tinystories.formats import read_model  # noqa: E402
-from tinystories.generate import generate_tokens, sample_next  # noqa: E402
-from tinystories.model import GPT  # noqa: E402
-from tinystories.tokenizer import EOT  # noqa: E402
+from tinystories.config import GPTConfig
+from tinystories.generate import generate_tokens, sample_next
+from tinystories.model import GPT, read_gpt
+from tinystories.tokenizer import EOT
+
+from common import best_of_rounds
 
 
 def parse_args():
@@ -51,10 +48,9 @@ def generate_without_cache(model: GPT, prompt_ids: list[int], max_new_tokens: in
     return ids[len(prompt_ids) :]
 
 
-def timed(generate, model, n, seed) -> tuple[float, list[int]]:
-    start = time.perf_counter()
-    ids = generate(model, [EOT], n, torch.Generator().manual_seed(seed))
-    return time.perf_counter() - start, ids
+def story(generate, model: GPT, n: int, seed: int) -> list[int]:
+    """The tokens `generate` draws after an EOT from `seed`."""
+    return generate(model, [EOT], n, torch.Generator().manual_seed(seed))
 
 
 def main():
@@ -62,8 +58,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        model_file = read_model(args.model)
-        model = llmc.load_params(GPT(model_file.config), model_file.params)
+        model, _ = read_gpt(args.model)
     else:
         model = GPT(GPTConfig())
         model.init_weights(seed=1337)
@@ -74,22 +69,22 @@ def main():
             "KV cache, bf16": (generate_tokens, bf16_model)}
     for generate, weights in ways.values():  # warm-up
         generate(weights, [EOT], 8, torch.Generator().manual_seed(0))
-    seconds, stories = {name: [] for name in ways}, {}
-    for _ in range(args.repeats):
-        for name, (generate, weights) in ways.items():
-            elapsed, stories[name] = timed(generate, weights, args.tokens, args.seed)
-            seconds[name].append(elapsed)
+    runs = {name: functools.partial(story, generate, weights, args.tokens, args.seed)
+            for name, (generate, weights) in ways.items()}
+    timings = best_of_rounds(runs, args.repeats)
+    seconds = {name: timing.best for name, timing in timings.items()}
+    stories = {name: timing.result for name, timing in timings.items()}
     assert stories["KV cache"] == stories["full recompute"], "the two ways drew different tokens"
     n = len(stories["KV cache"])
     c = model.config
     print(f"{c.n_layer}L {c.n_head}H {c.n_embd}C block {c.block_size}: {n} tokens after EOT, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}")
-    for name, times in seconds.items():
+    for name, best in seconds.items():
         count = len(stories[name])
-        print(f"{name:<15} {count / min(times):8.1f} tokens/s   ({count} tokens in {min(times):.2f} s)")
-    print(f"KV cache speed-up: {min(seconds['full recompute']) / min(seconds['KV cache']):.2f}x; "
+        print(f"{name:<15} {count / best:8.1f} tokens/s   ({count} tokens in {best:.2f} s)")
+    print(f"KV cache speed-up: {seconds['full recompute'] / seconds['KV cache']:.2f}x; "
           f"bf16 KV cache over fp32 recompute: "
-          f"{(len(stories['KV cache, bf16']) / min(seconds['KV cache, bf16'])) / (n / min(seconds['full recompute'])):.2f}x")
+          f"{(len(stories['KV cache, bf16']) / seconds['KV cache, bf16']) / (n / seconds['full recompute']):.2f}x")
 
 
 if __name__ == "__main__":

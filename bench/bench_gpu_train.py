@@ -8,25 +8,26 @@ Parts, in the order they run (each row is skipped, not started, when the time bu
   eager    (a) the default model (4L/4H/128C, block 256, vocab 50257) at B=32, T=256: ms/step and
            tokens/s of training steps in steady state, data loading included, for
              - the baseline: eager fp32 (TF32 off), F.cross_entropy on the full logits, AdamW foreach;
-             - the project's trainer as it is, eager (train.Trainer.train_step: bf16 autocast, TF32,
-               fused AdamW with the divergence guard on the device), with the plain and the Triton head,
+             - the project's training step as the trainer runs it, eager (step.TrainStep: bf16 autocast,
+               TF32, fused AdamW with the divergence guard on the device), with the plain and the Triton head,
                and with the Triton head and the whole step as one CUDA graph (also with other chunk
                sizes of the Triton head, and at larger B);
-             - a minimal step with the project's pieces (train.make_optimizer, train.autocast) and each
+             - a minimal step with the project's pieces (optim.make_optimizer, device.autocast) and each
                output-layer loss available: plain, triton_head_loss (default chunks, 256, 512, 4096 rows),
                the chunked torch fused_head_loss, liger-kernel's LigerFusedLinearCrossEntropyLoss;
-  compile  (a) torch.compile: the trainer as ./train runs by default on CUDA (compiled model, Triton head,
-           CUDA graph), then minimal steps with the whole model compiled: default mode with the fastest
-           fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the plain loss
-           compiled, mode="max-autotune";
+  compile  (a) torch.compile: the trainer's step as ./train runs it by default on CUDA (compiled model,
+           Triton head, CUDA graph), then minimal steps with the whole model compiled: default mode
+           with the fastest fused head, mode="reduce-overhead" (CUDA graphs), the plain head, only the
+           plain loss compiled, mode="max-autotune";
   gpt2     (b) GPT-2 124M (12L/12H/768C, block 1024) at B=16, T=1024: tokens/s and MFU against the bf16
            peak measured in this run (an 8192^3 bf16 matmul on random data), eager and compiled;
   parity   (c) 300 steps from the same init and data, baseline vs the fast path (bf16 + Triton head):
            final losses (mean of the last 10 steps) and their relative difference (target: < 2%).
 
-Model FLOPs per token = 6 * N + 12 * L * T * C (forward and backward), N = the parameters without the
-position embedding (the tied wte counted once, as the output layer); the attention term counts the full
-T x T scores (not halved for causality), as in the PaLM paper's appendix. MFU = FLOPs/s / peak.
+Model FLOPs per token (GPTConfig.flops_per_token) = 6 * N + 12 * L * T * C (forward and backward),
+N = the parameters without the position embedding (the tied wte counted once, as the output layer);
+the attention term counts the full T x T scores (not halved for causality), as in the PaLM paper's
+appendix. MFU = FLOPs/s / peak.
 
 Rows share one process, run one after another, each from a fresh model, optimizer and data position.
 Data: --tokens (an llm.c token file, e.g. made by prepare_data.py) or, without it, random tokens drawn
@@ -43,21 +44,20 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinystories.config import GPTConfig, TrainConfig
+from tinystories.device import autocast
+from tinystories.formats import atomic_write, write_tokens
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT, plain_head_loss
+from tinystories.optim import make_optimizer
+from tinystories.runtime import Runtime
+from tinystories.step import TrainStep
 
-from tinystories import llmc  # noqa: E402
-from tinystories.config import GPTConfig, TrainConfig  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.formats import atomic_write, write_model, write_tokens  # noqa: E402
-from tinystories.model import GPT, plain_head_loss  # noqa: E402
-from tinystories.device import autocast  # noqa: E402
-from tinystories.optim import make_optimizer  # noqa: E402
-from tinystories.train import Trainer  # noqa: E402
+from common import best_of_rounds, matmul_peak
 
 PARTS = ("eager", "compile", "gpt2", "parity")
 LEARNING_RATE = 1e-3  # the quick start's (make train)
@@ -89,17 +89,18 @@ SMOKE = Sizes("cpu", GPTConfig(block_size=32, vocab_size=1000, n_layer=2, n_head
 @dataclass(frozen=True)
 class Variant:
     """One way to train. precision: 'fp32' (TF32 off) or 'bf16' (autocast, TF32 on); head: a key of
-    head_losses(); optimizer: 'foreach' (plain AdamW) or 'project' (train.make_optimizer: fused on
-    CUDA); step: 'minimal' (our loop below) or 'trainer' (train.Trainer.train_step); compile_mode:
-    None for eager, else torch.compile's mode (for 'trainer': any mode means --compile on);
-    cuda_graphs: the trainer's --cuda-graphs on; cost_s: rough seconds it needs, for the time budget."""
+    head_losses(); optimizer: 'foreach' (plain AdamW) or 'project' (optim.make_optimizer: fused on
+    CUDA); step: 'minimal' (our loop below) or 'trainer' (step.TrainStep, the trainer's step; its head
+    is named after a registry.HEAD_LOSSES entry); compile_mode: None for eager, else torch.compile's
+    mode (for 'trainer': any mode means --compile on); cuda_graphs: the trainer's --cuda-graphs on;
+    cost_s: rough seconds it needs, for the time budget."""
     name: str
     precision: str
     head: str
     optimizer: str = "project"
     step: str = "minimal"
     compile_mode: str | None = None
-    cuda_graphs: bool = False  # step 'trainer' only: the Trainer's whole-step CUDA graph
+    cuda_graphs: bool = False  # step 'trainer' only: TrainStep's whole-step CUDA graph
     cost_s: float = 15.0
 
 
@@ -143,13 +144,8 @@ def set_tf32(on: bool) -> None:
     torch.backends.cudnn.allow_tf32 = on
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def new_model(config: GPTConfig, device: torch.device, seed: int = 1337) -> GPT:
-    model = GPT(config)
+def new_model(config: GPTConfig, device: torch.device, head_loss=plain_head_loss, seed: int = 1337) -> GPT:
+    model = GPT(config, head_loss)
     model.init_weights(seed)
     return model.to(device)
 
@@ -159,8 +155,7 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
     """A training step (data, forward, backward, clip, AdamW) without host syncs; returns the loss
     as a device tensor."""
     cfg = TrainConfig(learning_rate=LEARNING_RATE)
-    model = new_model(config, device)
-    model.head_loss = heads[variant.head]
+    model = new_model(config, device, heads[variant.head])
     if variant.optimizer == "foreach":
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                       eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
@@ -172,7 +167,7 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
 
     def step() -> torch.Tensor:
         x, y = (t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-                for t in loader.next_batch())  # (B, T) each, as Trainer._batch does
+                for t in loader.next_batch())  # (B, T) each, as Runtime.to_device does
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, variant.precision):
@@ -187,20 +182,23 @@ def minimal_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, 
 
 
 def trainer_step(variant: Variant, config: GPTConfig, heads: dict, tokens: str, batch: tuple[int, int],
-                 device: torch.device, folder: str):
-    """The project's own train.Trainer.train_step, on a model file written from the same init."""
-    model_path = os.path.join(folder, f"model_{config.n_layer}L{config.n_embd}C.bin")
-    write_model(model_path, config, llmc.model_params(new_model(config, torch.device("cpu"))))
-    cfg = TrainConfig(model=model_path, train_tokens=tokens, batch_size=batch[0], seq_len=batch[1],
-                      learning_rate=LEARNING_RATE, val_every=0, sample_every=0, device=device.type,
-                      precision="auto", compile="on" if variant.compile_mode else "off",
-                      cuda_graphs="on" if variant.cuda_graphs else "off")
-    trainer = Trainer(cfg)
-    trainer.model.head_loss = heads[variant.head]
-    return lambda: trainer.train_step(LEARNING_RATE)
+                 device: torch.device):
+    """The project's own training step (step.TrainStep, what train.Trainer runs each step) from the same
+    init, its batch loaded as Trainer.next_batches does; compile_mode and cuda_graphs as --compile on and
+    --cuda-graphs on (a failure is an error, not a fall back)."""
+    cfg = TrainConfig(batch_size=batch[0], seq_len=batch[1], learning_rate=LEARNING_RATE)
+    compiled = variant.compile_mode is not None
+    runtime = Runtime.single(device, variant.precision, variant.head.split()[0], compile=compiled,
+                             cuda_graphs=variant.cuda_graphs, compile_required=compiled,
+                             cuda_graphs_required=variant.cuda_graphs)
+    model = new_model(config, device, heads[variant.head])
+    step = TrainStep(model, make_optimizer(model, cfg, capturable=runtime.cuda_graphs), runtime, cfg.grad_accum,
+                     cfg.grad_clip)
+    loader = TokenLoader(tokens, *batch, vocab_size=config.vocab_size)
+    return lambda: step([runtime.to_device(loader.next_batch())], LEARNING_RATE)
 
 
-def make_step(variant, config, heads, tokens, batch, device, folder):
+def make_step(variant, config, heads, tokens, batch, device):
     if isinstance(heads.get(variant.head), str):
         raise Unavailable(heads[variant.head])
     if (variant.cuda_graphs or variant.compile_mode in ("reduce-overhead", "max-autotune")) and device.type != "cuda":
@@ -209,25 +207,12 @@ def make_step(variant, config, heads, tokens, batch, device, folder):
     if variant.compile_mode is not None:
         torch._dynamo.reset()  # each compiled row starts from an empty cache and recompile budget
     if variant.step == "trainer":
-        return trainer_step(variant, config, heads, tokens, batch, device, folder)
+        return trainer_step(variant, config, heads, tokens, batch, device)
     return minimal_step(variant, config, heads, tokens, batch, device)
 
 
 class Unavailable(Exception):
     pass
-
-
-def time_steps(step, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
-    """(seconds of the warm-up steps, compilation included; mean ms per timed step)."""
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return t1 - t0, (time.perf_counter() - t1) / steps * 1000
 
 
 # ----------------------------------------------------------------------------- results
@@ -277,8 +262,8 @@ def fmt(value, spec: str) -> str:
 # ----------------------------------------------------------------------------- the parts
 
 class Bench:
-    def __init__(self, args, sizes: Sizes, tokens: str, folder: str):
-        self.sizes, self.tokens, self.folder = sizes, tokens, folder
+    def __init__(self, args, sizes: Sizes, tokens: str):
+        self.sizes, self.tokens = sizes, tokens
         self.device = torch.device(sizes.device)
         self.deadline = time.monotonic() + args.budget_s
         self.heads = head_losses()
@@ -308,8 +293,9 @@ class Bench:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            step = make_step(variant, config, self.heads, self.tokens, batch, self.device, self.folder)
-            warmup_s, ms = time_steps(step, self.device, self.sizes.warmup, steps)
+            step = make_step(variant, config, self.heads, self.tokens, batch, self.device)
+            timing = best_of_rounds(step, rounds=1, calls=steps, warmup=self.sizes.warmup, device=self.device)
+            warmup_s, ms = timing.warmup_s, timing.best * 1000  # warm-up: compilation included; mean ms/step
         except Unavailable as e:
             self.results.add({**row, "note": f"skipped: {e}"})
             return None
@@ -364,7 +350,7 @@ class Bench:
         print(f"[c] parity: {s.parity_steps} steps, baseline vs {fast.name}", flush=True)
         curves = {}
         for variant in (BASELINE, fast):
-            step = make_step(variant, s.small, self.heads, self.tokens, s.small_batch, self.device, self.folder)
+            step = make_step(variant, s.small, self.heads, self.tokens, s.small_batch, self.device)
             curves[variant.name] = torch.stack([step() for _ in range(s.parity_steps)]).float().cpu().tolist()
         base, ours = curves[BASELINE.name], curves[fast.name]
         tail = min(10, s.parity_steps)
@@ -379,10 +365,10 @@ class Bench:
     # (b)
     def gpt2(self, best_head: str) -> None:
         s, c = self.sizes, self.sizes.big
-        self.peak_flops = measure_bf16_peak(s.peak_n, self.device)
+        self.peak_flops = bf16_peak(s.peak_n, self.device)
         self.results.meta["bf16_peak_tflops"] = round(self.peak_flops / 1e12, 3)
         print(f"[b] bf16 peak ({s.peak_n}^3 matmul): {self.peak_flops / 1e12:.1f} TFLOP/s", flush=True)
-        flops = flops_per_token(c, s.big_batch[1])
+        flops = c.flops_per_token(s.big_batch[1])
         self.results.meta["gpt2_flops_per_token"] = flops
         for variant in (Variant("GPT-2 124M: bf16 + plain head", "bf16", "plain", cost_s=30),
                         Variant(f"GPT-2 124M: bf16 + {best_head} head", "bf16", best_head, cost_s=30),
@@ -405,25 +391,9 @@ class Bench:
             self.measure("a", variant, s.small, s.small_batch, s.steps)
 
 
-def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """6 N + 12 L T C: see the module docstring."""
-    L, C = config.n_layer, config.n_embd
-    n = config.num_parameters(padded=False) - config.block_size * C  # without wpe
-    return 6 * n + 12 * L * seq_len * C
-
-
-def measure_bf16_peak(n: int, device: torch.device, repeats: int = 20) -> float:
-    """FLOP/s of an (n, n) @ (n, n) bf16 matmul on random data, after warm-up."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+def bf16_peak(n: int, device: torch.device) -> float:
+    """FLOP/s of an (n, n) @ (n, n) bf16 matmul on random data: the mean of 20 after 3 of warm-up."""
+    return matmul_peak(n, device, torch.bfloat16, calls=20, warmup=3)
 
 
 def random_tokens(path: str, count: int, vocab_size: int, seed: int = 0) -> None:
@@ -467,7 +437,7 @@ def main(argv=None) -> None:
         if tokens is None:
             tokens = os.path.join(folder, "random_tokens.bin")
             random_tokens(tokens, 4_000_000 if not args.smoke else 20_000, sizes.small.vocab_size)
-        bench = Bench(args, sizes, tokens, folder)
+        bench = Bench(args, sizes, tokens)
         try:
             timings = bench.eager() if "eager" in args.parts else {}
             best = bench.fastest_fused_head(timings) if timings else "triton"

@@ -16,15 +16,13 @@ the number of cores.
 import argparse
 import functools
 import os
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories.kernels.fused_ce import TorchChunkLoss, chunked_head_loss, fused_head_loss  # noqa: E402
-from tinystories.model import plain_head_loss  # noqa: E402
+from tinystories.kernels.fused_ce import TorchChunkLoss, chunked_head_loss, fused_head_loss
+from tinystories.model import plain_head_loss
+
+from common import best_of_rounds
 
 
 def parse_args():
@@ -56,14 +54,12 @@ def variants(tiles, chunks, with_compile, with_bf16):
     return table
 
 
-def step_seconds(head_loss, bf16, h, weight, targets):
-    """(wall, CPU) seconds for one forward + backward from fresh gradients."""
+def forward_backward(head_loss, bf16, h, weight, targets):
+    """One forward + backward from fresh gradients."""
     h.grad = weight.grad = None
-    start_wall, start_cpu = time.perf_counter(), time.process_time()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = head_loss(h, weight, targets)
     loss.backward()
-    return time.perf_counter() - start_wall, time.process_time() - start_cpu
 
 
 def main():
@@ -74,25 +70,22 @@ def main():
     weight = (0.02 * torch.randn(args.vocab, args.channels, generator=g)).requires_grad_()  # (V, C)
     targets = torch.randint(0, args.vocab, (args.rows,), generator=g)  # (N,)
     table = variants(args.tiles, args.chunks, not args.no_compile, not args.fp32_only)
-    for name in list(table):  # warm-up, and the compile itself; a variant that fails is dropped
+    runs = {name: functools.partial(forward_backward, head_loss, bf16, h, weight, targets)
+            for name, (head_loss, bf16) in table.items()}
+    for name in list(runs):  # warm-up, and the compile itself; a variant that fails is dropped
         try:
-            step_seconds(*table[name], h, weight, targets)
+            runs[name]()
         except Exception as error:  # noqa: BLE001 - report any compile failure and go on
             print(f"{name}: failed ({type(error).__name__}: {str(error).splitlines()[0]})")
-            del table[name]
-    times = {name: [] for name in table}
-    for _ in range(args.repeats):
-        for name, (head_loss, bf16) in table.items():
-            times[name].append(step_seconds(head_loss, bf16, h, weight, targets))
+            del runs[name]
+    times = best_of_rounds(runs, args.repeats)
     print(f"N={args.rows} C={args.channels} V={args.vocab}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats}")
-    baseline = min(wall for wall, _ in times["plain fp32"])
+    baseline = times["plain fp32"].best
     print(f"{'variant':<22} {'wall ms':>8} {'median ms':>10} {'speed-up':>9} {'CPU ms':>8}")
-    for name, pairs in times.items():
-        walls = sorted(wall for wall, _ in pairs)
-        best_cpu = min(cpu for _, cpu in pairs)
-        print(f"{name:<22} {walls[0] * 1e3:8.1f} {walls[len(walls) // 2] * 1e3:10.1f} "
-              f"{baseline / walls[0]:8.2f}x {best_cpu * 1e3:8.1f}")
+    for name, timing in times.items():
+        print(f"{name:<22} {timing.best * 1e3:8.1f} {timing.median * 1e3:10.1f} "
+              f"{baseline / timing.best:8.2f}x {timing.best_cpu * 1e3:8.1f}")
     print("load average after: %.2f %.2f %.2f" % os.getloadavg())
 
 

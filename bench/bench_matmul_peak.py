@@ -4,21 +4,18 @@ step of the default model: the step's matrix FLOPs divided by that peak.
     .venv/bin/python bench/bench_matmul_peak.py [--size 2048] [--repeats 10] [--batch 4] [--seq 256]
 
 The peak is the best of `repeats` (size x size) @ (size x size) fp32 products with torch.mm on all
-intra-op threads. The step's FLOPs are bench_gpu_train.flops_per_token's (6 N + 12 L T C per token,
+intra-op threads. The step's FLOPs are GPTConfig.flops_per_token's (6 N + 12 L T C per token,
 the output head counted at V = 50257 rows, not the padding) times B x T; the output head's share is
 6 x V x C per token.
 """
 import argparse
 import os
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_gpu_train import flops_per_token  # noqa: E402
-from tinystories.config import GPTConfig  # noqa: E402
+from tinystories.config import GPTConfig
+
+from common import matmul_peak
 
 
 def main() -> None:
@@ -29,16 +26,10 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     args = parser.parse_args()
     n = args.size
-    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    peak = 2 * n ** 3 / best
+    peak = matmul_peak(n, torch.device("cpu"), torch.float32, rounds=args.repeats)  # one warm-up product
+    best = 2 * n ** 3 / peak
     config, tokens = GPTConfig(), args.batch * args.seq
-    head, total = 6 * config.vocab_size * config.n_embd * tokens, flops_per_token(config, args.seq) * tokens
+    head, total = 6 * config.vocab_size * config.n_embd * tokens, config.flops_per_token(args.seq) * tokens
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.1f}")
     print(f"fp32 {n}^3 matmul: {best * 1e3:.1f} ms, {peak / 1e9:.1f} GFLOP/s (best of {args.repeats})")

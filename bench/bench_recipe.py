@@ -33,21 +33,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tinystories import formats, llmc
+from tinystories.config import RECIPES, GPTConfig, TrainConfig
+from tinystories.evaluate import evaluate
+from tinystories.loader import TokenLoader
+from tinystories.model import GPT
+from tinystories.optim import learning_rate
+from tinystories.train import Trainer
 
-from tinystories import formats, llmc  # noqa: E402
-from tinystories.config import RECIPES, GPTConfig, TrainConfig  # noqa: E402
-from tinystories.evaluate import evaluate  # noqa: E402
-from tinystories.loader import TokenLoader  # noqa: E402
-from tinystories.model import GPT  # noqa: E402
-from tinystories.optim import learning_rate  # noqa: E402
-from tinystories.train import Trainer  # noqa: E402
+from common import best_of_rounds
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository; ../shared beside it holds the data
 
 B, T = 4, 256
 ORIGINAL = {"learning_rate": 1e-3}  # the original's command: -l 1e-3, AdamW, no warmup, no decay
@@ -145,22 +145,22 @@ def train_run(recipe: dict, seed: int, epochs: int, data: tuple[Path, Path], arg
                       sample_every=0, device=args.device, compile=args.compile, **settings)
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start-up lines, the same for every run
         trainer = Trainer(cfg)
-    val = formats.read_tokens(val_path)
+    val, state = formats.read_tokens(val_path), trainer.state
     curve, records, seconds, timed_steps = [(0, val_loss(trainer, val, args.curve_windows))], [], 0.0, 0
     for step in range(total):
         start = time.perf_counter()
-        loss, _ = trainer.train_step(learning_rate(cfg, step, total))
-        trainer.step = step + 1
-        due = trainer.step % args.val_every == 0 or trainer.step == total
+        loss, _ = trainer.train_step(trainer.next_batches(), learning_rate(cfg, step, total))
+        state.step = step + 1
+        due = state.step % args.val_every == 0 or state.step == total
         if due:
             loss = loss.item()  # waits for the device: the time up to here covers every step queued so far
-        if trainer.step > args.val_every:  # the first steps (compiling, graph capture) are not timed
+        if state.step > args.val_every:  # the first steps (compiling, graph capture) are not timed
             seconds += time.perf_counter() - start
             timed_steps += 1
         if due:
-            windows = None if trainer.step == total else args.curve_windows
-            curve.append((trainer.step * B * T, val_loss(trainer, val, windows)))
-            records.append({"step": trainer.step, "tokens": trainer.step * B * T, "train_loss": loss,
+            windows = None if state.step == total else args.curve_windows
+            curve.append((state.step * B * T, val_loss(trainer, val, windows)))
+            records.append({"step": state.step, "tokens": state.step * B * T, "train_loss": loss,
                             "val_loss": curve[-1][1]})
     (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     del trainer
@@ -172,7 +172,7 @@ def val_loss(trainer: Trainer, tokens, windows: int | None) -> float:
     """Mean loss over the val file, or over its first `windows` windows of T + 1 tokens."""
     if windows is not None:
         tokens = tokens[: windows * (T + 1)]
-    result = evaluate(trainer.model, tokens, T, 32, trainer.device, trainer.precision)
+    result = evaluate(trainer.model, tokens, T, 32, trainer.runtime.device, trainer.runtime.precision)
     trainer.model.train()
     return result.loss
 
@@ -257,15 +257,13 @@ def time_recipes(recipes: dict[str, dict], data, args) -> None:
                           device=args.device, compile=args.compile, **settings)
         with contextlib.redirect_stdout(io.StringIO()):
             trainers[name] = Trainer(cfg)
-    best = dict.fromkeys(recipes, math.inf)
-    for round_ in range(4):  # round 0 warms up (compiles)
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
-            for _ in range(3 if round_ == 0 else args.time_steps):
-                loss, _ = trainer.train_step(trainer.cfg.learning_rate)
-            loss.item()
-            if round_:
-                best[name] = min(best[name], (time.perf_counter() - start) / args.time_steps)
+    def step(trainer: Trainer):  # one training step at the recipe's peak rate
+        return lambda: trainer.train_step(trainer.next_batches(), trainer.cfg.learning_rate)
+
+    steps = {name: step(trainer) for name, trainer in trainers.items()}
+    device = next(iter(trainers.values())).runtime.device
+    timings = best_of_rounds(steps, rounds=3, calls=args.time_steps, warmup=3, device=device)  # warm-up: compiles
+    best = {name: timing.best for name, timing in timings.items()}
     base = best["original"]
     for name, seconds in best.items():
         print(f"{name:32s} {seconds * 1000:8.1f} ms/step  {base / seconds:5.2f}x the original's tokens/s")

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinystories import data  # noqa: E402
-from tinystories.tokenizer import gpt2_encoding  # noqa: E402
+from tinystories import data
+from tinystories.tokenizer import gpt2_encoding
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories_v1_train_head.txt"
 

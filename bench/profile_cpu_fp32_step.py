@@ -18,19 +18,17 @@ Uses real TinyStories text from ../shared/data, as bench_cpu_train.py does.
 """
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_train import Baseline, Project, bench_files, our_model, time_steps  # noqa: E402
+from tinystories.device import compile_options
+from tinystories.kernels import fused_ce
 
-from tinystories.device import compile_options  # noqa: E402
-from tinystories.kernels import fused_ce  # noqa: E402
+from bench_cpu_train import Baseline, Project, bench_tokens, our_model
+from common import best_of_rounds
 
 _first_results = {}
 
@@ -112,15 +110,8 @@ def gelu_variants():
 
 
 def best_ms(run, calls: int, rounds: int = 3) -> float:
-    for _ in range(3):
-        run()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e3
+    """ms per call of `run`: the best of `rounds` rounds of `calls` calls, after 3 of warm-up."""
+    return best_of_rounds(run, rounds, calls, warmup=3).best * 1e3
 
 
 def main() -> None:
@@ -128,23 +119,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round (part 2)")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    model_path, train_path, val_path = bench_files()
+    train_path = bench_tokens()
 
     print("1. page faults per step")
-    for name, variant in (("baseline (eager fp32)", Baseline(our_model(model_path), train_path)),
-                          ("./train fp32, compiled", Project(model_path, train_path, val_path, "fp32", "on"))):
+    for name, variant in (("baseline (eager fp32)", Baseline(our_model(), train_path)),
+                          ("./train fp32, compiled", Project(train_path, "fp32", "on"))):
         ms, faults, system = faults_per_step(variant)
         print(f"   {name:24s} {ms:7.0f} ms/step, {faults:9,.0f} minor faults/step, {system:.3f} s system/step")
 
     print("2. the output layer's share of ./train's compiled fp32 step (best round, ms/step)")
-    variants = {"whole step": Project(model_path, train_path, val_path, "fp32", "on"),
-                "output layer stubbed": StubbedHead(model_path, train_path, val_path, "fp32", "on")}
-    for variant in variants.values():
-        time_steps(variant, 3)
-    best = {name: float("inf") for name in variants}
-    for _ in range(args.rounds):
-        for name, variant in variants.items():
-            best[name] = min(best[name], time_steps(variant, args.steps) * 1e3)
+    variants = {"whole step": Project(train_path, "fp32", "on"),
+                "output layer stubbed": StubbedHead(train_path, "fp32", "on")}
+    timings = best_of_rounds({name: variant.step for name, variant in variants.items()}, args.rounds, args.steps,
+                             warmup=3)
+    best = {name: timing.best * 1e3 for name, timing in timings.items()}
     for name, ms in best.items():
         print(f"   {name:24s} {ms:7.1f}")
     print(f"   {'output layer':24s} {best['whole step'] - best['output layer stubbed']:7.1f}")

@@ -1,5 +1,5 @@
-"""Where a GPU training step's time goes: the project's trainer (train.Trainer.train_step, bf16 +
-Triton head + fused AdamW) at the original's B=32, T=256, profiled with torch.profiler.
+"""Where a GPU training step's time goes: the project's training step (step.TrainStep, as the trainer
+runs it: bf16 + Triton head + fused AdamW) at the original's B=32, T=256, profiled with torch.profiler.
 
     python bench/profile_gpu_step.py [--tokens FILE] [--batch 32] [--seq 256] [--steps 20] [--rows 20]
 
@@ -13,45 +13,28 @@ the larger of the two.
 import argparse
 import sys
 import tempfile
-import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gpu_train import (FULL, Variant, flops_per_token, head_losses, measure_bf16_peak,  # noqa: E402
-                             random_tokens, trainer_step)
+from bench_gpu_train import FULL, Variant, bf16_peak, head_losses, random_tokens, trainer_step
+from common import best_of_rounds, synchronize
 
 
 def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 10) -> float:
     """Bytes per second moved (read + written) by a device-to-device copy of `gib` GiB."""
     src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    return 2 * src.numel() * repeats / (time.perf_counter() - t0)
+    seconds = best_of_rounds(lambda: dst.copy_(src), rounds=1, calls=repeats, warmup=1, device=device).best
+    return 2 * src.numel() / seconds
 
 
-def wall_ms(step, steps: int) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps * 1000
-
-
-def kernel_times(step, steps: int) -> dict[str, tuple[float, int]]:
+def kernel_times(step, steps: int, device: torch.device) -> dict[str, tuple[float, int]]:
     """name -> (GPU microseconds per step, launches per step) over `steps` profiled steps."""
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        synchronize(device)
     kernels = {}
     for event in prof.key_averages():
         if event.device_type == torch.autograd.DeviceType.CUDA and event.self_device_time_total > 0:
@@ -78,11 +61,10 @@ def main() -> None:
         for graphs in (False, True):
             variant = Variant(f"trainer, triton head{', CUDA graph' if graphs else ''}", "bf16", "triton",
                               step="trainer", cuda_graphs=graphs)
-            step = trainer_step(variant, config, heads, tokens, batch, device, folder)
-            for _ in range(10):  # warm-up (and the graph's capture)
-                step()
-            ms = wall_ms(step, args.steps)
-            kernels = kernel_times(step, args.steps)
+            step = trainer_step(variant, config, heads, tokens, batch, device)
+            # 10 steps of warm-up (and the graph's capture), then the mean of --steps
+            ms = best_of_rounds(step, rounds=1, calls=args.steps, warmup=10, device=device).best * 1000
+            kernels = kernel_times(step, args.steps, device)
             busy_ms = sum(us for us, _ in kernels.values()) / 1000
             launches = sum(n for _, n in kernels.values())
             print(f"\n{variant.name}: {ms:.3f} ms/step wall ({batch[0] * batch[1] / ms * 1000:,.0f} tokens/s), "
@@ -90,14 +72,14 @@ def main() -> None:
         print(f"\ntop {args.rows} kernels of the graphed step (GPU us/step, launches/step, share of kernel time):")
         for name, (us, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[: args.rows]:
             print(f"  {us:9.1f} us {n:5.1f}x {us / 1000 / busy_ms:6.1%}  {name[:110]}")
-    peak = measure_bf16_peak(8192, device)
+    peak = bf16_peak(8192, device)
     bandwidth = copy_bandwidth(device)
     tokens_per_step = batch[0] * batch[1]
-    flop_ms = flops_per_token(config, args.seq) * tokens_per_step / peak * 1000
+    flop_ms = config.flops_per_token(args.seq) * tokens_per_step / peak * 1000
     logits_bytes = tokens_per_step * config.vocab_size * 2  # bf16 logits of one step
     memory_ms = 2 * logits_bytes / bandwidth * 1000  # written once, read once
     floor_ms = max(flop_ms, memory_ms)  # the matmuls' math and the logits' traffic could overlap at best
-    print(f"\nfloor: {flops_per_token(config, args.seq) * tokens_per_step / 1e12:.3f} TFLOP/step at "
+    print(f"\nfloor: {config.flops_per_token(args.seq) * tokens_per_step / 1e12:.3f} TFLOP/step at "
           f"{peak / 1e12:.0f} TFLOP/s (8192^3 bf16 matmul) = {flop_ms:.3f} ms; bf16 logits "
           f"{logits_bytes / 1e9:.2f} GB written + read at {bandwidth / 1e12:.2f} TB/s (copy) = {memory_ms:.3f} ms; "
           f"floor (the larger) {floor_ms:.3f} ms/step = {tokens_per_step / floor_ms * 1000:,.0f} tokens/s")

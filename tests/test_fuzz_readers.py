@@ -5,7 +5,7 @@ Each property takes a small valid file, mutates it (bit flips, truncation, heade
 with arbitrary int32s, spliced or appended random bytes, a rewritten state metadata JSON) and checks
 that the reader either returns a valid result or raises BadInput with one line naming the file --
 never another exception, never a hang (Hypothesis deadline), never an allocation out of proportion to
-the file (tracemalloc peak, which numpy reports to). bench/fuzz_readers.py runs the same properties
+the file (tracemalloc peak, which numpy reports to). tests/fuzz_readers.py runs the same properties
 for longer.
 """
 import hashlib

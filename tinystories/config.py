@@ -69,6 +69,12 @@ class GPTConfig:
         stored = sum(math.prod(shape) for _, shape, _ in llmc.tensors(self))
         return stored if padded else stored - (self.padded_vocab_size - self.vocab_size) * self.n_embd
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """6 N + 12 L T C: see the module docstring."""
+        L, C = self.n_layer, self.n_embd
+        n = self.num_parameters(padded=False) - self.block_size * C  # without wpe
+        return 6 * n + 12 * L * seq_len * C
+
 
 # --source hf: the TinyStories archive on the Hugging Face Hub, and its published size
 HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"

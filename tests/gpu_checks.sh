@@ -4,7 +4,7 @@
 # 1-process torchrun), and a profile of the step. Results in $OUT (default out/gpu): checks.log and
 # the benchmark's bench_gpu_train.{md,json}.
 #
-#   DATA=folder bash bench/gpu_checks.sh     # folder with TinyStories_{train,val}.bin (prepare_data.py)
+#   DATA=folder bash tests/gpu_checks.sh     # folder with TinyStories_{train,val}.bin (prepare_data.py)
 #
 # CHECKS picks sections (default: machine,tests,bench,train,profile; also recipe: bench_recipe.py's table
 # in RECIPE_S seconds, after its sweep (SWEEP_S seconds) when SWEEP=1); STEPS (300), B (32) and RESUME (40)

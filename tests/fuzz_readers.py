@@ -1,6 +1,6 @@
 """Fuzz the three binary readers for a while: the properties of tests/test_fuzz_readers.py, run longer.
 
-    python bench/fuzz_readers.py --minutes 10
+    python tests/fuzz_readers.py --minutes 10
 
 Runs Hypothesis rounds (fresh random seed, --examples examples each) of the four properties in turn --
 mutated token file, mutated checkpoint, forged checkpoint metadata, mutated tokenizer file -- until the
@@ -11,15 +11,11 @@ each with Hypothesis's minimal example.
 """
 import argparse
 import collections
-import sys
 import time
-from pathlib import Path
 
 from hypothesis import given, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import test_fuzz_readers as fuzz  # noqa: E402  (the properties live with the tests)
+import test_fuzz_readers as fuzz  # the properties, beside this script (its folder is on sys.path)
 
 PROPERTIES = {  # name -> (reader kind, strategy)
     "token file": ("tokens", fuzz.mutated("tokens")),
