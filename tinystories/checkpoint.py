@@ -136,7 +136,7 @@ def saved_tensor(state: TrainingState, key: str, p: torch.Tensor, path: str) -> 
 
 def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_files: list[str], run_id: str) -> None:
     """BadInput unless -c can be written, neither -c nor the metrics log would overwrite an input, and
-    none of the run's files (-c, its step and best files: run_files) holds a checkpoint of another run."""
+    none of run_files (-c) holds a checkpoint of another run."""
     if cfg.checkpoint:
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint))
         if not os.path.isdir(folder):

@@ -32,17 +32,13 @@ class Retention:
     def step_path(self, step: int) -> str:
         return f"{self.stem}.step{step}.bin"
 
-    def step_files(self, any_run: bool = False) -> list[tuple[int, str]]:
-        """(step, path) of this run's step files on disk (any_run: of every run), oldest first."""
+    def step_files(self) -> list[tuple[int, str]]:
+        """(step, path) of this run's step files on disk, oldest first."""
         folder, name = os.path.split(os.path.abspath(self.stem))
         pattern = re.compile(re.escape(name) + r"\.step(\d+)\.bin")
         found = [(int(m.group(1)), os.path.join(folder, entry))
                  for entry in (os.listdir(folder) if os.path.isdir(folder) else []) if (m := pattern.fullmatch(entry))]
-        return sorted((step, path) for step, path in found if any_run or run_id_or_none(path) == self.run_id)
-
-    def files(self) -> list[str]:
-        """Every file this run may write: -c, the best file and the step files (of any run) on disk."""
-        return [self.path, self.best_path, *(path for _, path in self.step_files(any_run=True))]
+        return sorted((step, path) for step, path in found if run_id_or_none(path) == self.run_id)
 
     def remove_stale_temp_files(self) -> None:
         """Delete the temp files of step/best files that a kill left mid-write (only the run that

@@ -120,8 +120,7 @@ class Trainer:
         cfg = self.cfg
         self.metrics_path = metrics.metrics_path(cfg.metrics, cfg.checkpoint)
         self.retention = Retention(cfg.checkpoint, cfg.keep, self.state.run_id) if cfg.checkpoint else None
-        checkpoint.check_output_paths(cfg, self.metrics_path, self.retention.files() if self.retention else [],
-                                      self.state.run_id)
+        checkpoint.check_output_paths(cfg, self.metrics_path, [cfg.checkpoint] if cfg.checkpoint else [], self.state.run_id)
         if self.runtime.dist.master:
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
