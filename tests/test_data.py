@@ -2,18 +2,16 @@
 determinism, labelling of synthetic stories, and every kind of bad input through the real CLI."""
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import (assert_one_line_error, reference_tokens, run_cli, run_prepare, run_prepare_data, shard_json,
+from conftest import (REPO, assert_one_line_error, reference_tokens, run_cli, run_prepare, run_prepare_data, shard_json,
                       split_tokens, write_archive)
 
 from tinystories import bpe, data, sources, synthetic, tokenizer

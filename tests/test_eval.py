@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli, story_tokens, train, train_flags
+from conftest import assert_one_line_error, run, run_cli, story_tokens, train, train_flags
 
 from tinystories import evaluate, formats, llmc, tokenizer
 from tinystories.config import GPTConfig
