@@ -36,13 +36,13 @@ def parse_args():
 
 
 @torch.no_grad()
-def generate_without_cache(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator) -> list[int]:
+def generate_without_cache(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator, eot: int) -> list[int]:
     """The baseline: every step runs the whole sequence so far, then scores only its last position."""
     ids = list(prompt_ids)
     for _ in range(max_new_tokens):
         last = model.hidden(torch.tensor([ids]))[0, -1]  # (C,)
         token = sample_next(F.linear(last, model.head_weight()), generator)
-        if token == EOT:
+        if token == eot:
             break
         ids.append(token)
     return ids[len(prompt_ids) :]
@@ -50,7 +50,7 @@ def generate_without_cache(model: GPT, prompt_ids: list[int], max_new_tokens: in
 
 def story(generate, model: GPT, n: int, seed: int) -> list[int]:
     """The tokens `generate` draws after an EOT from `seed`."""
-    return generate(model, [EOT], n, torch.Generator().manual_seed(seed))
+    return generate(model, [EOT], n, torch.Generator().manual_seed(seed), EOT)
 
 
 def main():
@@ -68,7 +68,7 @@ def main():
     ways = {"KV cache": (generate_tokens, model), "full recompute": (generate_without_cache, model),
             "KV cache, bf16": (generate_tokens, bf16_model)}
     for generate, weights in ways.values():  # warm-up
-        generate(weights, [EOT], 8, torch.Generator().manual_seed(0))
+        generate(weights, [EOT], 8, torch.Generator().manual_seed(0), EOT)
     runs = {name: functools.partial(story, generate, weights, args.tokens, args.seed)
             for name, (generate, weights) in ways.items()}
     timings = best_of_rounds(runs, args.repeats)

@@ -172,7 +172,7 @@ def val_loss(trainer: Trainer, tokens, windows: int | None) -> float:
     """Mean loss over the val file, or over its first `windows` windows of T + 1 tokens."""
     if windows is not None:
         tokens = tokens[: windows * (T + 1)]
-    result = evaluate(trainer.model, tokens, T, 32, trainer.runtime.device, trainer.runtime.precision)
+    result = evaluate(trainer.model, tokens, trainer.tokenizer, T, 32, trainer.runtime.device, trainer.runtime.precision)
     trainer.model.train()
     return result.loss
 

@@ -193,7 +193,7 @@ def test_vocab_size_trains_a_bpe_on_the_train_split(tmp_path, head_stories, monk
         assert read_token_header(out / f"TinyStories_{split}.bin").tokenizer == bpe_tokenizer.record
         assert tokenizer.for_token_file(out / f"TinyStories_{split}.bin").fingerprint == bpe_tokenizer.fingerprint
     assert tokenizer.read_tokenizer_file(out / "tokenizer.bin") == bpe_tokenizer.pieces
-    assert f"byte-level BPE of 512 tokens trained on the train split" in (out / "SOURCE.txt").read_text()
+    assert "byte-level BPE of 512 tokens trained on the train split" in (out / "SOURCE.txt").read_text()
 
 
 def test_vocab_size_runs_are_byte_identical(tmp_path, head_stories):

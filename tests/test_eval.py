@@ -49,7 +49,7 @@ def test_eval_matches_a_straightforward_computation(n_tokens):
     model = GPT(CONFIG)
     model.init_weights(3)
     tokens = story_tokens(60)[:n_tokens]
-    got = evaluate.evaluate(model, tokens, 32, batch_size=3, device=torch.device("cpu"))
+    got = evaluate.evaluate(model, tokens, tokenizer.gpt2(), 32, batch_size=3, device=torch.device("cpu"))
     want_loss, want_bpb = reference(model, tokens, 32)
     assert got.targets == n_tokens - math.ceil(n_tokens / 33)
     assert abs(got.loss - want_loss) < 1e-6
@@ -60,7 +60,7 @@ def test_eval_matches_a_straightforward_computation(n_tokens):
 def test_bits_per_byte_counts_multibyte_tokens_once():
     """"é" and an emoji: tokens whose bytes are not whole characters still add up to the text's bytes."""
     ids = tokenizer.encode("Café 🙂 smiled.")
-    lengths = evaluate.byte_lengths(50257)
+    lengths = evaluate.byte_lengths(tokenizer.gpt2())
     assert int(lengths[torch.tensor(ids)].sum()) == len("Café 🙂 smiled.".encode())
 
 

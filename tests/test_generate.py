@@ -13,7 +13,7 @@ from tinystories.device import CPU_BF16_ENV
 from tinystories.formats import read_model, write_model
 from tinystories.generate import generate_tokens, sample_next, text_pieces
 from tinystories.model import GPT
-from tinystories.tokenizer import EOT
+from tinystories.tokenizer import EOT, gpt2
 
 TINY = ["--layers", "1", "--heads", "2", "--channels", "16", "--block-size", "64"]
 
@@ -125,7 +125,7 @@ def test_kv_cache_generation_equals_full_recompute(settings):
     model = tiny_model()
     prompt = [EOT] + tokenizer.encode("Once upon a time")
     n = model.config.block_size - len(prompt) + 1  # fills every position of the block
-    cached = generate_tokens(model, prompt, n, torch.Generator().manual_seed(7), **settings)
+    cached = generate_tokens(model, prompt, n, torch.Generator().manual_seed(7), EOT, **settings)
     reference = reference_generation(model, prompt, n, torch.Generator().manual_seed(7), **settings)
     assert cached == reference
     assert len(cached) == n  # a random model practically never picks EOT
@@ -133,9 +133,9 @@ def test_kv_cache_generation_equals_full_recompute(settings):
 
 def test_top_k_1_and_tiny_top_p_generate_the_greedy_story():
     model = tiny_model(seed=3)
-    greedy = generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(0), temperature=0)
-    assert generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(1), top_k=1) == greedy
-    assert generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(2), top_p=1e-6) == greedy
+    greedy = generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(0), EOT, temperature=0)
+    assert generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(1), EOT, top_k=1) == greedy
+    assert generate_tokens(model, [EOT], 30, torch.Generator().manual_seed(2), EOT, top_p=1e-6) == greedy
     assert greedy == reference_generation(model, [EOT], 30, None, temperature=0)
 
 
@@ -145,7 +145,7 @@ def test_generation_stops_before_end_of_text():
         model.ln_f.weight.zero_()
         model.ln_f.bias.fill_(1.0)
         model.wte.weight[EOT].fill_(1.0)
-    assert generate_tokens(model, [EOT], 10, torch.Generator().manual_seed(0), temperature=0) == []
+    assert generate_tokens(model, [EOT], 10, torch.Generator().manual_seed(0), EOT, temperature=0) == []
 
 
 # ----------------------------------------------------------------------------- decoding and main
@@ -156,7 +156,7 @@ def test_streamed_pieces_join_to_the_decoded_text():
     encoding = tokenizer.gpt2_encoding()
     split_characters = [i for i in ids if not is_utf8(encoding.decode_single_token_bytes(i))]
     assert split_characters  # some token holds part of a character: the case worth testing
-    pieces = list(text_pieces(ids))
+    pieces = list(text_pieces(gpt2(), ids))
     assert "".join(pieces) == text
     assert "\ufffd" not in "".join(pieces)
 
@@ -182,7 +182,7 @@ def test_main_prints_the_prompt_and_the_sampled_story(model_path, capsys, monkey
     model_file = read_model(model_path)
     model = llmc.load_params(GPT(model_file.config), model_file.params).to(dtype)
     prompt = [EOT] + tokenizer.encode("Once upon a time")
-    story = generate_tokens(model, prompt, 30, torch.Generator().manual_seed(11), top_k=50)
+    story = generate_tokens(model, prompt, 30, torch.Generator().manual_seed(11), EOT, top_k=50)
     assert out == "Once upon a time" + tokenizer.decode(story) + "\n"
 
 

@@ -22,7 +22,7 @@ from tinystories.config import GPTConfig  # noqa: E402
 from tinystories.errors import BadInput  # noqa: E402
 from tinystories.formats import read_model, write_model  # noqa: E402
 from tinystories.model import GPT  # noqa: E402
-from tinystories.tokenizer import decode, encode  # noqa: E402
+from tinystories.tokenizer import decode, encode, gpt2  # noqa: E402
 
 TINY = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=16)
 
@@ -55,7 +55,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = random_model(TINY, seed=7)
     write_model(root / "model.bin", TINY, llmc.model_params(model))
-    hf.export(root / "model.bin", root / "hf")
+    hf.export(root / "model.bin", root / "hf", gpt2())
     return model, root / "model.bin", root / "hf"
 
 
@@ -166,7 +166,7 @@ def test_export_reads_checkpoint_with_training_state(tmp_path, exported):
     model, _, folder = exported
     state = TrainingState({"step": 3}, {"m": np.ones(2, np.float32)})
     write_model(tmp_path / "ckpt.bin", TINY, llmc.model_params(model), state)
-    hf.export(tmp_path / "ckpt.bin", tmp_path / "out")
+    hf.export(tmp_path / "ckpt.bin", tmp_path / "out", gpt2())
     with safe_open(tmp_path / "out" / "model.safetensors", framework="np") as f:
         assert f.metadata()["source"] == "ckpt.bin"
         assert f.metadata()["source_weights_sha256"] == read_model(tmp_path / "ckpt.bin").weights_sha256
@@ -192,7 +192,7 @@ def test_model_card(tmp_path, exported):
             "last_train_loss": 4.25, "last_train_step": 300, "last_val_loss": 4.5, "last_val_step": 300,
             "last_val_bits_per_byte": 1.25, "best_val_loss": 4.4, "best_val_step": 200}
     write_model(tmp_path / "ckpt.bin", TINY, llmc.model_params(model), TrainingState(meta))
-    hf.export(tmp_path / "ckpt.bin", tmp_path / "stories-7m")
+    hf.export(tmp_path / "ckpt.bin", tmp_path / "stories-7m", gpt2())
     card = (tmp_path / "stories-7m" / "README.md").read_text()
     for row in ("| steps | 300 |", "| tokens seen | 307,200 |", "| train loss (last logged) | 4.2500 (step 300) |",
                 "| val loss (last) | 4.5000 (step 300) |", "| val bits per byte (last) | 1.2500 (step 300) |",
@@ -204,13 +204,13 @@ def test_model_card(tmp_path, exported):
 def test_export_replaces_only_previous_exports(tmp_path, exported):
     _, model_file, _ = exported
     out = tmp_path / "out"
-    hf.export(model_file, out)
-    hf.export(model_file, out)  # a previous export is replaced
+    hf.export(model_file, out, gpt2())
+    hf.export(model_file, out, gpt2())  # a previous export is replaced
     (out / "notes.txt").write_text("mine")
     with pytest.raises(BadInput, match="--force"):
-        hf.export(model_file, out)
+        hf.export(model_file, out, gpt2())
     assert (out / "notes.txt").exists()
-    hf.export(model_file, out, force=True)
+    hf.export(model_file, out, gpt2(), force=True)
     assert set(os.listdir(out)) == hf.EXPORT_FILES
     assert os.listdir(tmp_path) == ["out"], "no temp folders left behind"
 
@@ -234,7 +234,7 @@ def test_export_never_replaces_the_current_folder_or_the_model_file(tmp_path, ex
 def test_export_that_cannot_move_the_old_folder_keeps_it(tmp_path, exported, monkeypatch):
     """A rename that fails (a mount point: EBUSY) is one line; the old folder stays, no temp folder remains."""
     out = tmp_path / "out"
-    hf.export(exported[1], out)
+    hf.export(exported[1], out, gpt2())
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     rename = os.rename
 
@@ -245,7 +245,7 @@ def test_export_that_cannot_move_the_old_folder_keeps_it(tmp_path, exported, mon
 
     monkeypatch.setattr(hf.os, "rename", busy)
     with pytest.raises(BadInput, match="out: cannot put the new folder in place: Device or resource busy"):
-        hf.export(exported[1], out)
+        hf.export(exported[1], out, gpt2())
     assert os.listdir(tmp_path) == ["out"]
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
@@ -254,7 +254,7 @@ def test_small_vocab_exports_without_tokenizer(tmp_path):
     config = GPTConfig(block_size=16, vocab_size=1000, n_layer=1, n_head=2, n_embd=8)
     model = random_model(config, seed=3)
     write_model(tmp_path / "m.bin", config, llmc.model_params(model))
-    hf.export(tmp_path / "m.bin", tmp_path / "hf")
+    hf.export(tmp_path / "m.bin", tmp_path / "hf", None)
     assert set(os.listdir(tmp_path / "hf")) == {"config.json", "generation_config.json", "model.safetensors", "README.md"}
     idx = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -282,7 +282,7 @@ def test_import_then_export_round_trips_tensors(tmp_path, transformers_folder):
     config = hf.import_folder(transformers_folder, tmp_path / "model.bin")
     assert config == TINY
     assert_passes_llmc_reader(tmp_path / "model.bin")
-    hf.export(tmp_path / "model.bin", tmp_path / "again")
+    hf.export(tmp_path / "model.bin", tmp_path / "again", gpt2())
     original = load_file(transformers_folder / "model.safetensors")
     again = load_file(tmp_path / "again" / "model.safetensors")
     assert original.keys() == again.keys()
@@ -331,7 +331,7 @@ def test_llmc_bf16_file_exports_and_imports(tmp_path):
     exact = bf16_llmc_file(tmp_path / "bf16.bin", TINY, llmc.model_params(model))
     loaded = read_model(tmp_path / "bf16.bin")
     assert all(np.array_equal(loaded.params[k], exact[k]) for k in exact)
-    hf.export(tmp_path / "bf16.bin", tmp_path / "hf")
+    hf.export(tmp_path / "bf16.bin", tmp_path / "hf", gpt2())
     ours = llmc.load_params(GPT(loaded.config), loaded.params)
     idx = tokens(1, 32, seed=2)
     with torch.no_grad():

@@ -3,7 +3,6 @@ per-group learning rates, --recipe layering and create_model.py --zero-init-proj
 import math
 
 import numpy as np
-import pytest
 import torch
 from conftest import REPO, TINY, logged, run, train, train_flags
 

@@ -17,8 +17,9 @@ stands and how it was trained:
                     <name>.best.bin holds that step's state); export's model card reads them
 
 and its tensors are the optimizer's state, as each optimizer declares it (optim.Part: AdamW's
-moments `adam_m.<param>`, `adam_v.<param>`, Muon's momentum `muon_m.<param>`), and the torch RNG
-state (`torch_rng`). Rank 0 writes it; resuming puts every one of these back, so N steps + resume
+moments `adam_m.<param>`, `adam_v.<param>`, Muon's momentum `muon_m.<param>`), the torch RNG
+state (`torch_rng`) and, for a run on a trained BPE, its tokenizer.json (`tokenizer_json`, UTF-8
+bytes; the model header names the same tokenizer, tokenizer.for_model reads it). Rank 0 writes it; resuming puts every one of these back, so N steps + resume
 for M steps equal N + M steps without a stop. A checkpoint is never written from non-finite weights.
 """
 import os
@@ -33,6 +34,7 @@ from .config import TrainConfig
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, read_state_meta, write_model
 from .optim import Optimizers
+from .tokenizer import Tokenizer, checkpoint_tensors
 
 STATE_FORMAT = "tinystories-train-state"
 RESULT_KEYS = ("last_train_loss", "last_train_step", "last_val_loss", "last_val_step", "last_val_bits_per_byte",
@@ -66,9 +68,9 @@ def state_meta(state: RunState, setup: dict, model) -> dict:
             "model_config": asdict(model.config), **setup, "counters": counters, **state.results}
 
 
-def save(path: str, model, optimizer: Optimizers, state: RunState, setup: dict) -> None:
-    """Write the model's weights, the optimizer's state, the RNG state and `state` to `path`, atomically.
-    BadInput, writing nothing, when a weight is not finite."""
+def save(path: str, model, optimizer: Optimizers, state: RunState, setup: dict, tokenizer: Tokenizer) -> None:
+    """Write the model's weights, the optimizer's state, the RNG state, `state` and the tokenizer to
+    `path`, atomically. BadInput, writing nothing, when a weight is not finite."""
     params = llmc.model_params(model)
     bad = [name for name, array in params.items() if not np.isfinite(array).all()]
     if bad:
@@ -77,7 +79,8 @@ def save(path: str, model, optimizer: Optimizers, state: RunState, setup: dict) 
     names = {id(p): name for name, p in model.named_parameters()}
     tensors = {key: value.detach().float().cpu().numpy() for key, value in optimizer.state_tensors(names).items()}
     tensors["torch_rng"] = torch.get_rng_state().numpy()
-    write_model(path, model.config, params, TrainingState(state_meta(state, setup, model), tensors))
+    tensors.update(checkpoint_tensors(tokenizer))
+    write_model(path, model.config, params, TrainingState(state_meta(state, setup, model), tensors), tokenizer.record)
 
 
 def restore(model_file: ModelFile, path: str, model, optimizer: Optimizers, setup: dict) -> RunState:
@@ -134,9 +137,9 @@ def saved_tensor(state: TrainingState, key: str, p: torch.Tensor, path: str) -> 
     return torch.from_numpy(value.copy())
 
 
-def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_files: list[str], run_id: str) -> None:
+def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_id: str) -> None:
     """BadInput unless -c can be written, neither -c nor the metrics log would overwrite an input, and
-    none of run_files (-c) holds a checkpoint of another run."""
+    -c holds no checkpoint of another run."""
     if cfg.checkpoint:
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint))
         if not os.path.isdir(folder):
@@ -146,7 +149,7 @@ def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_files: li
         if os.path.isdir(cfg.checkpoint):
             raise BadInput(f"-c {cfg.checkpoint}: is a folder, expected a file name")
         if not cfg.overwrite:
-            check_not_another_run(run_files, run_id, cfg.checkpoint)
+            check_not_another_run(cfg.checkpoint, run_id)
     paths = {"-e": cfg.model, "-i": cfg.train_tokens, "-j": cfg.val_tokens, "-c": cfg.checkpoint,
              "--metrics": metrics_path}
     for output, source in (("-c", "-i"), ("-c", "-j"), ("--metrics", "-e"), ("--metrics", "-i"),
@@ -155,15 +158,14 @@ def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_files: li
             raise BadInput(f"{output} {paths[output]}: is the same file as {source}, which it would overwrite")
 
 
-def check_not_another_run(paths: list[str], run_id: str, checkpoint: str) -> None:
-    """BadInput when one of `paths` holds a checkpoint of a run other than run_id: starting a run must
-    not replace another run's checkpoints and its metrics log (--overwrite allows it)."""
-    for path in paths:
-        theirs = run_id_or_none(path)
-        if theirs is not None and theirs != run_id:
-            step = read_state_meta(path).get("step")
-            raise BadInput(f"-c {checkpoint}: {path} holds step {step} of another run; resume it with -e {path}, "
-                           f"or pass --overwrite to replace it (and the metrics log)")
+def check_not_another_run(checkpoint: str, run_id: str) -> None:
+    """BadInput when `checkpoint` (-c) holds a checkpoint of a run other than run_id: starting a run
+    must not replace another run's checkpoint and its metrics log (--overwrite allows it)."""
+    theirs = run_id_or_none(checkpoint)
+    if theirs is not None and theirs != run_id:
+        step = read_state_meta(checkpoint).get("step")
+        raise BadInput(f"-c {checkpoint}: holds step {step} of another run; resume it with -e {checkpoint}, "
+                       f"or pass --overwrite to replace it (and the metrics log)")
 
 
 def run_id_or_none(path: str) -> str | None:

@@ -74,6 +74,11 @@ def bpe_vocab_size(text: str) -> int:
     return value
 
 
+TOKENIZER_HELP = ("the tokenizer.json of a model made for a trained BPE (prepare_data.py --vocab-size) that "
+                  "does not carry it: a checkpoint of such a run carries its own, and a tokenizer.json beside the "
+                  "model file is found without this flag; the model's header says which tokenizer it must be")
+
+
 for _f in (positive_int, non_negative_int, positive_float, non_negative_float, seed_int, bpe_vocab_size):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
@@ -141,7 +146,11 @@ def create_parser() -> Parser:
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
     p.add_argument("--block-size", type=positive_int, default=256, help="maximum sequence length (default: %(default)s)")
-    p.add_argument("--vocab-size", type=positive_int, default=50257, help="vocabulary size (default: %(default)s, GPT-2)")
+    p.add_argument("--vocab-size", type=positive_int, default=None,
+                   help="vocabulary size (default: the --tokenizer's, else GPT-2's 50257)")
+    p.add_argument("--tokenizer", metavar="FILE", help="make the model for this tokenizer.json (a BPE that "
+                   "prepare_data.py --vocab-size trained): its vocabulary size, and its name in the model's header, "
+                   "so ./train checks the token files against it")
     p.add_argument("--seed", type=seed_int, default=1337, help="initialisation seed (default: %(default)s)")
     p.add_argument("--zero-init-proj", action="store_true", help="start the projections into the residual "
                    "stream (attention's and the MLP's c_proj weights) at zero, so every block starts as the identity")
@@ -153,9 +162,15 @@ def create_main(argv=None) -> None:
     from .config import GPTConfig
     from .formats import write_model
     from .model import GPT
+    from .tokenizer import VOCAB_SIZE, load_bpe
 
     args = create_parser().parse_args(argv)
-    config = GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size, n_layer=args.layers,
+    tokenizer = load_bpe(args.tokenizer) if args.tokenizer else None
+    vocab_size = args.vocab_size or (tokenizer.vocab_size if tokenizer else VOCAB_SIZE)
+    if tokenizer and vocab_size != tokenizer.vocab_size:
+        raise BadInput(f"--vocab-size {vocab_size}: --tokenizer {args.tokenizer} has {tokenizer.vocab_size} tokens; "
+                       f"leave --vocab-size out to take its size")
+    config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.layers,
                        n_head=args.heads, n_embd=args.channels)
     try:
         config.validate()
@@ -164,9 +179,9 @@ def create_main(argv=None) -> None:
         raise BadInput(str(e)) from None
     model = GPT(config)
     model.init_weights(args.seed, zero_proj=args.zero_init_proj)
-    write_model(args.output, config, llmc.model_params(model))
+    write_model(args.output, config, llmc.model_params(model), tokenizer=tokenizer.record if tokenizer else None)
     print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
-          f"block {config.block_size}, vocab {config.vocab_size}; "
+          f"block {config.block_size}, vocab {config.vocab_size}{f' ({tokenizer.name})' if tokenizer else ''}; "
           f"{config.num_parameters(padded=False):,} parameters ({config.num_parameters():,} stored with vocab padding)")
 
 
@@ -219,6 +234,7 @@ def generate_parser() -> Parser:
     a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights and KV cache in bf16 "
       "(about 2x faster per token on CPUs with native bf16), fp16 (CUDA) or fp32; " + PRECISION_POLICY
       + ". A seed names the same story within one precision")
+    a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
 
 
@@ -247,6 +263,7 @@ def eval_parser() -> Parser:
     a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or "
       + PRECISION_POLICY)
     a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
+    a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
 
 
@@ -269,14 +286,16 @@ def export_parser() -> Parser:
     p.add_argument("--force", action="store_true", help=(
         "replace --output even if it holds files that export does not write (the whole folder is replaced); "
         "without it, only an empty folder or a previous export is replaced"))
+    p.add_argument("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
 
 
 def export_main(argv=None) -> None:
     args = export_parser().parse_args(argv)
     from . import hf
+    from .tokenizer import for_model
 
-    names = hf.export(args.model, args.output, force=args.force)
+    names = hf.export(args.model, args.output, for_model(args.model, args.tokenizer), force=args.force)
     print(f"wrote {args.output}: {', '.join(names)}")
 
 

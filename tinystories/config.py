@@ -262,3 +262,4 @@ class GenerateConfig:
     top_p: float
     device: str
     precision: str
+    tokenizer: str | None  # --tokenizer: for a model file that does not carry its own

@@ -8,11 +8,14 @@ full window, is one shorter window with r - 1 targets when r >= 2 (a lone last t
 Figures, over all scored targets t (each a token of the file, scored once):
     mean loss        L = sum_t -ln p(t | context) / (number of targets)       (nats per token)
     perplexity       exp(L)
-    bits per byte    sum_t -ln p(t | context) / ln 2 / B, where B is the number of UTF-8 bytes the
-                     scored targets decode to: each target token's bytes (its GPT-2 byte string)
-                     counted once, so B = len(b"".join(bytes of every scored target)). The
-                     unscored first token of each window adds no bytes.
-Bits per byte does not depend on the tokenizer, so it compares models with different vocabularies.
+    bits per byte    sum_t -ln p(t | context) / ln 2 / B, where B is the number of bytes the scored
+                     targets stand for: each target token's bytes in the model's tokenizer
+                     (tokenizer.token_bytes) counted once, so B = len(b"".join(bytes of every
+                     scored target)). A story's text counts as its UTF-8 bytes, and the EOT before
+                     each story as the 13 bytes of `<|endoftext|>`, in GPT-2 and in a trained BPE
+                     alike. The unscored first token of each window adds no bytes.
+The same text has the same bytes in any byte-level tokenizer (up to which token starts each
+window), so bits per byte compares models with different vocabularies; loss per token does not.
 """
 import math
 from dataclasses import dataclass
@@ -45,16 +48,15 @@ class EvalResult:
             return math.inf
 
     @property
-    def bits_per_byte(self) -> float | None:
-        """None without byte counts (a model whose vocabulary is not GPT-2's)."""
-        return self.nats / math.log(2) / self.bytes if self.bytes else None
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.bytes
 
     def as_dict(self) -> dict:
         """The figures for JSON, which has no NaN or infinity: a figure that is not finite (a diverged
         model's) is None."""
         figures = {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
                    "nats": self.nats}
-        return {**{k: v if v is not None and math.isfinite(v) else None for k, v in figures.items()},
+        return {**{k: v if math.isfinite(v) else None for k, v in figures.items()},
                 "targets": self.targets, "bytes": self.bytes}
 
 
@@ -68,13 +70,9 @@ def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
     return out
 
 
-def byte_lengths(vocab_size: int) -> torch.Tensor:
-    """(V,) int64: the UTF-8 byte count of each GPT-2 token id; all 0 for another vocabulary."""
-    from .tokenizer import VOCAB_SIZE, token_bytes
-
-    if vocab_size != VOCAB_SIZE:
-        return torch.zeros(vocab_size, dtype=torch.int64)
-    return torch.tensor([len(b) for b in token_bytes()], dtype=torch.int64)
+def byte_lengths(tokenizer) -> torch.Tensor:
+    """(V,) int64: the number of bytes each token id of `tokenizer` stands for."""
+    return torch.tensor([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=torch.int64)
 
 
 @torch.no_grad()
@@ -93,16 +91,16 @@ def window_nats(model, x: torch.Tensor, y: torch.Tensor, precision: str) -> torc
     return total
 
 
-def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
+def evaluate(model, tokens: np.ndarray, tokenizer, seq_len: int, batch_size: int, device: torch.device,
              precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False) -> EvalResult:
-    """Score `tokens` (N,) in the windows above, `batch_size` windows per forward pass. Under
-    torchrun each rank scores every world-th batch; the result is this rank's share (sum them)."""
+    """Score `tokens` (N,) of `tokenizer` in the windows above, `batch_size` windows per forward pass.
+    Under torchrun each rank scores every world-th batch; the result is this rank's share (sum them)."""
     was_training = model.training
     model.eval()
     spans = windows(tokens.size, seq_len)
     full = [w for w in spans if w[1] - w[0] == seq_len + 1]
     batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
-    lengths = byte_lengths(model.config.vocab_size)
+    lengths = byte_lengths(tokenizer)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     targets = nbytes = 0
     todo = batches[rank::world]
@@ -121,16 +119,17 @@ def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, device: t
 
 
 @torch.no_grad()
-def val_loss(model, loader, val_batches: int | str, runtime) -> tuple[float, float | None]:
+def val_loss(model, loader, val_batches: int | str, runtime, tokenizer) -> tuple[float, float | None]:
     """./train's val loss and bits per byte (None unless whole-file): the mean over the first
     `val_batches` batches of `loader` (a TokenLoader; on every rank), or for "all" the whole file
     in windows of loader.T + 1 tokens, scored as `tinystories eval` does, over all ranks."""
     dist = runtime.dist
     if val_batches == "all":
-        share = evaluate(model, loader.tokens, loader.T, loader.B, runtime.device, runtime.precision, dist.rank, dist.world)
+        share = evaluate(model, loader.tokens, tokenizer, loader.T, loader.B, runtime.device, runtime.precision,
+                         dist.rank, dist.world)
         sums = torch.tensor([share.nats, share.targets, share.bytes], dtype=torch.float64, device=runtime.device)
         nats, targets, nbytes = dist.sum(sums).tolist()
-        return nats / targets, (nats / math.log(2) / nbytes if nbytes else None)
+        return nats / targets, nats / math.log(2) / nbytes
     loader.position = 0
     model.eval()
     total = torch.zeros((), device=runtime.device)
@@ -148,30 +147,34 @@ def main(args) -> None:
     import json
 
     from .errors import BadInput
-    from .formats import read_tokens
+    from .formats import read_token_header, read_tokens
     from .model import read_gpt
     from .runtime import inference_runtime
+    from .tokenizer import describe, for_model
 
     model, model_file = read_gpt(args.model)
+    tokenizer = for_model(args.model, args.tokenizer, model_file)
     config = model_file.config
     seq_len = args.seq_len or config.block_size
     if seq_len > config.block_size:
         raise BadInput(f"-t/--seq-len {seq_len} exceeds the model's block size {config.block_size} ({args.model})")
+    made_by = read_token_header(args.tokens).tokenizer
+    if made_by != tokenizer.record:
+        raise BadInput(f"{args.tokens}: made by {describe(made_by)}, but {args.model} is made for {describe(tokenizer.record)}")
     tokens = read_tokens(args.tokens, config.vocab_size)
     if tokens.size < 2:
         raise BadInput(f"{args.tokens}: {tokens.size} token, at least 2 are needed to score one")
     runtime = inference_runtime(args.device, args.precision)
     device, precision = runtime.device, runtime.precision
     model.to(device)
-    result = evaluate(model, tokens, seq_len, args.batch_size, device, precision, progress=not args.json)
+    result = evaluate(model, tokens, tokenizer, seq_len, args.batch_size, device, precision, progress=not args.json)
     if args.json:
-        print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, seq_len=seq_len,
-                              precision=precision), allow_nan=False))
+        print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, tokenizer=tokenizer.name,
+                              seq_len=seq_len, precision=precision), allow_nan=False))
         return
     print(f"{args.model} on {args.tokens}: {result.targets:,} tokens scored ({result.bytes:,} bytes), "
-          f"windows of {seq_len + 1} tokens, {precision}")
+          f"windows of {seq_len + 1} tokens, {precision}, {tokenizer.name}")
     if not math.isfinite(result.loss):
         print(f"loss {result.loss}: not finite, the model's predictions overflow (as after a diverged run)")
         return
-    bpb = "n/a (not the GPT-2 vocabulary)" if result.bits_per_byte is None else f"{result.bits_per_byte:.6f}"
-    print(f"loss {result.loss:.6f} | perplexity {result.perplexity:.4f} | bits per byte {bpb}")
+    print(f"loss {result.loss:.6f} | perplexity {result.perplexity:.4f} | bits per byte {result.bits_per_byte:.6f}")

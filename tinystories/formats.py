@@ -19,6 +19,9 @@ Token file (llm.c `dev/data/*.bin`)
 Model file (llm.c `gpt2_124M.bin` style)
     header[0] = 20240326 (magic), [1] = 3 (fp32) or 5 (bf16, read only),
     [2] block size, [3] vocab size, [4] layers, [5] heads, [6] channels, [7] padded vocab size
+    [8:18] = the tokenizer the model is made for (ours; llm.c reads only [0:8]): all 0 for none named
+             (GPT-2, or a model made with --vocab-size alone), else the token file's record:
+             [8] = vocab size (= [3]), [9] = EOT id, [10:18] = the sha256 of its llm.c tokenizer file
     then the 16 tensors of llmc.py's table, each holding all layers, linear weights as
     (out, in), in fp32 (4 bytes) or bf16 (2 bytes).
     size == 1024 + bytes_per_value * config.num_parameters()
@@ -255,11 +258,11 @@ def read_token_header(path) -> TokenHeader:
                        f"but the file has {size} bytes (truncated or corrupt)")
     if count == 0:
         raise BadInput(f"{path}: token file holds no tokens")
-    return TokenHeader(count, _tokenizer_record(header, path))
+    return TokenHeader(count, _tokenizer_record(header[3:13], path))
 
 
-def _tokenizer_record(header: np.ndarray, path) -> TokenizerRecord | None:
-    fields = header[3:13]
+def _tokenizer_record(fields: np.ndarray, path) -> TokenizerRecord | None:
+    """The record in a header's 10 tokenizer fields (vocab size, EOT id, sha256), None when all are 0."""
     if not fields.any():
         return None
     vocab_size, eot = int(fields[0]), int(fields[1])
@@ -268,7 +271,7 @@ def _tokenizer_record(header: np.ndarray, path) -> TokenizerRecord | None:
     return TokenizerRecord(vocab_size, eot, fields[2:].astype("<i4").tobytes().hex())
 
 
-def read_tokens(path, vocab_size: int | None = 50257) -> np.ndarray:
+def read_tokens(path, vocab_size: int | None = None) -> np.ndarray:
     """Memory-map an llm.c token file as a read-only uint16 array, after validating its header
     (read_token_header) and, when vocab_size is given, that every id is below vocab_size."""
     count = read_token_header(path).count
@@ -308,16 +311,21 @@ class ModelFile:
     params: dict[str, np.ndarray]  # name -> fp32 array, shapes of model_tensor_shapes
     state: TrainingState | None  # present only in checkpoints written by ./train
     weights_sha256: str  # of the model part (header + tensors), as stored
+    tokenizer: TokenizerRecord | None = None  # the tokenizer its header names (None: none named)
 
 
-def _model_header(config: GPTConfig, version: int = MODEL_VERSION_FP32) -> bytes:
-    return make_header(MODEL_MAGIC, version, config.block_size, config.vocab_size, config.n_layer,
-                       config.n_head, config.n_embd, config.padded_vocab_size)
+def _model_header(config: GPTConfig, tokenizer: TokenizerRecord | None = None) -> bytes:
+    return make_header(MODEL_MAGIC, MODEL_VERSION_FP32, config.block_size, config.vocab_size, config.n_layer,
+                       config.n_head, config.n_embd, config.padded_vocab_size,
+                       *(tokenizer.header_values() if tokenizer else ()))
 
 
-def model_bytes(config: GPTConfig, params: dict[str, np.ndarray]) -> bytes:
-    """The model part of a file: header + the 16 tensors in fp32, checked against the config."""
-    parts = [_model_header(config)]
+def model_bytes(config: GPTConfig, params: dict[str, np.ndarray], tokenizer: TokenizerRecord | None = None) -> bytes:
+    """The model part of a file: header (naming `tokenizer`) + the 16 tensors in fp32, checked
+    against the config."""
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"a tokenizer of {tokenizer.vocab_size} tokens for a model of {config.vocab_size}")
+    parts = [_model_header(config, tokenizer)]
     for name, shape in model_tensor_shapes(config):
         array = np.asarray(params[name], dtype="<f4")
         if array.shape != shape:
@@ -327,10 +335,10 @@ def model_bytes(config: GPTConfig, params: dict[str, np.ndarray]) -> bytes:
 
 
 def write_model(path, config: GPTConfig, params: dict[str, np.ndarray],
-                state: TrainingState | None = None) -> str:
-    """Write an fp32 llm.c model file (with a training-state trailer when `state` is given),
-    atomically. Returns the sha256 of the model part."""
-    body = model_bytes(config, params)
+                state: TrainingState | None = None, tokenizer: TokenizerRecord | None = None) -> str:
+    """Write an fp32 llm.c model file (with a training-state trailer when `state` is given, and its
+    header naming `tokenizer`), atomically. Returns the sha256 of the model part."""
+    body = model_bytes(config, params, tokenizer)
     digest = hashlib.sha256(body).hexdigest()
     with atomic_write(path) as f:
         f.write(body)
@@ -355,6 +363,15 @@ def read_model_config(header: np.ndarray, path) -> tuple[GPTConfig, int]:
     if header[7] != config.padded_vocab_size:
         raise BadInput(f"{path}: bad model header: padded vocab {header[7]}, expected {config.padded_vocab_size}")
     return config, (4 if header[1] == MODEL_VERSION_FP32 else 2)
+
+
+def model_tokenizer_record(header: np.ndarray, config: GPTConfig, path) -> TokenizerRecord | None:
+    """The tokenizer a model header names (header[8:18]), or None; BadInput if its vocabulary is not the model's."""
+    record = _tokenizer_record(header[8:18], path)
+    if record is not None and record.vocab_size != config.vocab_size:
+        raise BadInput(f"{path}: bad model header: it names a tokenizer of {record.vocab_size} tokens "
+                       f"for a vocabulary of {config.vocab_size}")
+    return record
 
 
 def read_model(path) -> ModelFile:
@@ -384,7 +401,7 @@ def read_model(path) -> ModelFile:
         if not np.isfinite(array).all():
             raise BadInput(f"{path}: tensor {name} holds NaN or infinite values")
     state = _parse_state(trailer, path, digest) if trailer else None
-    return ModelFile(config, params, state, digest)
+    return ModelFile(config, params, state, digest, model_tokenizer_record(header, config, path))
 
 
 # ----------------------------------------------------------------------------- training state

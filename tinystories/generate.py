@@ -1,7 +1,8 @@
 """Sample a story from a trained model: KV-cached decoding with temperature, top-k and top-p.
 
-A story starts after the end-of-text token (EOT, 50256), the way every story in the training data
-does, and ends at the next EOT. Sampling runs on the CPU with a CPU `torch.Generator`, so a seed
+A story starts after the tokenizer's end-of-text token (EOT), the way every story in the training
+data does, and ends at the next EOT. The tokenizer is the one the model is made for
+(tokenizer.for_model: GPT-2's, or the trained BPE a checkpoint carries). Sampling runs on the CPU with a CPU `torch.Generator`, so a seed
 names the same story whatever device computes the logits (up to rounding in those logits).
 
 Length: the EOT, the prompt and the new tokens but the last must fit the model's block size, so
@@ -15,13 +16,12 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import tokenizer
 from .config import GenerateConfig
 from .device import AUTOCAST_DTYPES
 from .errors import BadInput
 from .model import GPT, KVCache, read_gpt
 from .runtime import inference_runtime
-from .tokenizer import EOT
+from .tokenizer import Tokenizer, for_model
 
 
 class NonFiniteLogits(ArithmeticError):
@@ -57,9 +57,9 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: f
 
 
 @torch.no_grad()
-def stream_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator,
+def stream_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator, eot: int,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Iterator[int]:
-    """Yield up to max_new_tokens sampled ids after prompt_ids, stopping before an EOT.
+    """Yield up to max_new_tokens sampled ids after prompt_ids, stopping before an `eot`.
 
     The prompt fills the KV cache in one forward pass; each new token then costs one position.
     The last id is never fed back, so len(prompt_ids) + max_new_tokens - 1 positions must fit the
@@ -69,56 +69,55 @@ def stream_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, genera
     idx = torch.tensor([prompt_ids], device=weight.device)  # (1, P)
     for _ in range(max_new_tokens):
         token = sample_next(model.next_logits(idx, cache)[0], generator, temperature, top_k, top_p)
-        if token == EOT:
+        if token == eot:
             return
         yield token
         idx = torch.tensor([[token]], device=weight.device)  # (1, 1)
 
 
-def generate_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator,
+def generate_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator, eot: int,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[int]:
     """The ids sampled after prompt_ids (without the prompt, and without the EOT that ends them)."""
-    return list(stream_tokens(model, prompt_ids, max_new_tokens, generator, temperature, top_k, top_p))
+    return list(stream_tokens(model, prompt_ids, max_new_tokens, generator, eot, temperature, top_k, top_p))
 
 
-def sample_story(model: GPT, seed: int, max_tokens: int) -> str:
+def sample_story(model: GPT, tokenizer: Tokenizer, seed: int, max_tokens: int) -> str:
     """A story sampled at temperature 1 after an EOT (what ./train prints every -s steps), at most
     max_tokens tokens (and the block size) long."""
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    ids = generate_tokens(model, [EOT], min(max_tokens, model.config.block_size), generator)
+    ids = generate_tokens(model, [tokenizer.eot], min(max_tokens, model.config.block_size), generator, tokenizer.eot)
     model.train(was_training)
     return tokenizer.decode(ids)
 
 
-def text_pieces(token_ids: Iterable[int]) -> Iterator[str]:
+def text_pieces(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     """Decode ids to text piece by piece as they arrive. A character whose UTF-8 bytes span several
     tokens comes out whole once its last byte arrives; the pieces join to tokenizer.decode(ids)."""
-    encoding = tokenizer.gpt2_encoding()
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in token_ids:
-        yield utf8.decode(encoding.decode_single_token_bytes(token))
+        yield utf8.decode(tokenizer.token_bytes(token))
     yield utf8.decode(b"", final=True)
 
 
-def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> GPT:
-    """A model or checkpoint file (its training state is ignored), ready for sampling in `dtype`."""
+def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32,
+               tokenizer_path: str | None = None) -> tuple[GPT, Tokenizer]:
+    """A model or checkpoint file (its training state is ignored), ready for sampling in `dtype`, and
+    the tokenizer it is made for (tokenizer.for_model; `tokenizer_path` is --tokenizer)."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: model file not found (write one with create_model.py or ./train -c; choose it with -e)")
     model, model_file = read_gpt(path)
-    if model_file.config.vocab_size != tokenizer.VOCAB_SIZE:
-        raise BadInput(f"{path}: the model's vocabulary has {model_file.config.vocab_size} tokens; "
-                       f"stories need the GPT-2 tokenizer's {tokenizer.VOCAB_SIZE}")
-    return model.to(device=device, dtype=dtype).eval()
+    tokenizer = for_model(path, tokenizer_path, model_file)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
 def main(cfg: GenerateConfig) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
     runtime = inference_runtime(cfg.device, cfg.precision)
     device, precision = runtime.device, runtime.precision
-    model = load_model(cfg.model, device, AUTOCAST_DTYPES.get(precision, torch.float32))
-    prompt_ids = [EOT] + tokenizer.encode(cfg.prompt)
+    model, tokenizer = load_model(cfg.model, device, AUTOCAST_DTYPES.get(precision, torch.float32), cfg.tokenizer)
+    prompt_ids = [tokenizer.eot] + tokenizer.encode(cfg.prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:
         raise BadInput(f"-p/--prompt: {len(prompt_ids) - 1} tokens leave no room in the model's block size "
@@ -132,9 +131,9 @@ def main(cfg: GenerateConfig) -> None:
         print(f"seed: {seed}", file=sys.stderr)
     generator = torch.Generator().manual_seed(seed)
     sys.stdout.write(cfg.prompt)
-    new_ids = stream_tokens(model, prompt_ids, cfg.tokens, generator, cfg.temperature, cfg.top_k, cfg.top_p)
+    new_ids = stream_tokens(model, prompt_ids, cfg.tokens, generator, tokenizer.eot, cfg.temperature, cfg.top_k, cfg.top_p)
     try:
-        for piece in text_pieces(new_ids):
+        for piece in text_pieces(tokenizer, new_ids):
             sys.stdout.write(piece)
             sys.stdout.flush()
     except NonFiniteLogits:

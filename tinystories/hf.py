@@ -3,10 +3,10 @@
 Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoTokenizer.from_pretrained
 (folder)` and `pipeline("text-generation", model=folder)`, offline)
     config.json             GPT2Config: our shape, activation "gelu_new" (GELU, tanh form), LayerNorm
-                            eps 1e-5, n_inner null (= 4 C), tied output head, bos/eos 50256. Dropouts
+                            eps 1e-5, n_inner null (= 4 C), tied output head, bos/eos = the EOT id. Dropouts
                             are 0.0 because our model has none: eval mode is unaffected either way,
                             and fine-tuning in transformers then trains the same network we trained.
-    generation_config.json  bos/eos/pad 50256
+    generation_config.json  bos/eos/pad = the EOT id
     model.safetensors       fp32 GPT-2 state dict, names `transformer.*`:
                               wte.weight (V, C)          our wte without its padding rows
                               wpe.weight (T, C)
@@ -21,12 +21,20 @@ Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoToke
                             `lm_head.weight` is not stored: the head is tied to wte, and transformers
                             re-ties it on load (save_pretrained leaves it out the same way).
                             Metadata: format "pt", the source file's name and weights sha256.
-    vocab.json, merges.txt  the GPT-2 BPE files (copies of OpenAI's encoder.json and vocab.bpe)
-    tokenizer.json          the same tokenizer for the `tokenizers` library (byte-level BPE)
-    tokenizer_config.json, special_tokens_map.json   <|endoftext|> as bos, eos and unk
+    the tokenizer the model is made for (tokenizer.for_model):
+      GPT-2:
+        vocab.json, merges.txt  the GPT-2 BPE files (copies of OpenAI's encoder.json and vocab.bpe)
+        tokenizer.json          the same tokenizer for the `tokenizers` library (byte-level BPE)
+        tokenizer_config.json   tokenizer_class GPT2Tokenizer
+      a BPE trained by prepare_data.py --vocab-size:
+        tokenizer.json          its own tokenizer.json, as prepare_data.py wrote it (bpe.py)
+        tokenizer_config.json   tokenizer_class PreTrainedTokenizerFast
+      and for both: <|endoftext|> as bos, eos and unk (tokenizer_config.json, special_tokens_map.json).
+      Like GPT-2's tokenizer on the Hub, neither adds the EOT by itself: a story starts after it, so
+      prompts start with the text <|endoftext|>, which encodes to the EOT id (the model card says so).
     README.md               a model card (model_card.py): architecture, training and losses as far as
                             the checkpoint records them, the data set and its license, how to load it
-The tokenizer files are written only for the GPT-2 vocabulary (vocab size 50257).
+Without a tokenizer (`export(..., tokenizer=None)`, for the tests) no tokenizer files are written.
 
 The folder is built in a hidden temp folder beside the target and renamed into place, so the target
 is either absent, the old folder, or the complete new one. An existing target is replaced only when it
@@ -35,7 +43,9 @@ is or holds the current folder or the model file is never replaced.
 
 Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a sharded
 model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
-to Vp rows of zeros. Pickled weights (pytorch_model.bin) are refused: nothing here runs pickle.
+to Vp rows of zeros. A folder whose vocabulary is not GPT-2's and whose tokenizer.json is a byte-level
+BPE of this project (what export wrote) gives a model whose header names that tokenizer, and the
+tokenizer.json beside the model file, where tokenizer.for_model finds it. Pickled weights (pytorch_model.bin) are refused: nothing here runs pickle.
 The config must be model_type "gpt2" with a tanh GELU, n_inner null or 4 C, LayerNorm eps 1e-5, plain
 attention scaling and no cross-attention (fields it leaves out take GPT2Config's defaults); the
 weights must be exactly the tensors above (names with or without `transformer.`; old files'
@@ -55,12 +65,11 @@ import tempfile
 import numpy as np
 
 from . import llmc
+from .bpe import EOT_TEXT, FILE_NAME as BPE_FILE_NAME
 from .config import GPTConfig
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
-from .tokenizer import EOT, VOCAB_SIZE, vocabulary_files
-
-EOT_TEXT = "<|endoftext|>"
+from .tokenizer import VOCAB_SIZE, BPETokenizer, Tokenizer, load_bpe, vocabulary_files
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS, "README.md") + TOKENIZER_FILES)
@@ -121,7 +130,7 @@ def llmc_params(config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict[str, 
 
 # ----------------------------------------------------------------------------- export
 
-def gpt2_config_json(config: GPTConfig) -> dict:
+def gpt2_config_json(config: GPTConfig, eot: int) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
@@ -129,7 +138,7 @@ def gpt2_config_json(config: GPTConfig) -> dict:
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
         "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
-        "bos_token_id": EOT, "eos_token_id": EOT, "tie_word_embeddings": True,
+        "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
     }
 
 
@@ -146,13 +155,17 @@ def tokenizer_json() -> str:
     return tokenizer.to_str()
 
 
-def tokenizer_files(block_size: int) -> dict[str, bytes]:
-    vocab_bpe, encoder_json = vocabulary_files()
+def tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, bytes]:
+    """The tokenizer files of the folder (see the module docstring)."""
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
-    config = dict(special, tokenizer_class="GPT2Tokenizer", add_prefix_space=False, model_max_length=block_size)
-    with open(encoder_json, "rb") as f, open(vocab_bpe, "rb") as g:
-        files = {"vocab.json": f.read(), "merges.txt": g.read()}
-    files["tokenizer.json"] = tokenizer_json().encode()
+    if isinstance(tokenizer, BPETokenizer):
+        files, tokenizer_class = {"tokenizer.json": tokenizer.json_text().encode()}, "PreTrainedTokenizerFast"
+    else:
+        vocab_bpe, encoder_json = vocabulary_files()
+        with open(encoder_json, "rb") as f, open(vocab_bpe, "rb") as g:
+            files = {"vocab.json": f.read(), "merges.txt": g.read(), "tokenizer.json": tokenizer_json().encode()}
+        tokenizer_class = "GPT2Tokenizer"
+    config = dict(special, tokenizer_class=tokenizer_class, add_prefix_space=False, model_max_length=block_size)
     files["tokenizer_config.json"] = _json_bytes(config)
     files["special_tokens_map.json"] = _json_bytes(special)
     return files
@@ -162,7 +175,7 @@ def _json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode()
 
 
-def export_files(model_path, folder_name: str) -> dict[str, bytes]:
+def export_files(model_path, folder_name: str, tokenizer: Tokenizer | None) -> dict[str, bytes]:
     """Every file of the Hugging Face folder `folder_name` for the model file at `model_path`, as bytes."""
     from safetensors.numpy import save
 
@@ -170,27 +183,28 @@ def export_files(model_path, folder_name: str) -> dict[str, bytes]:
 
     model = read_model(model_path)
     config = model.config
+    eot = tokenizer.eot if tokenizer else None
     tensors = {f"transformer.{name}": value for name, value in hf_state_dict(config, model.params).items()}
     metadata = {"format": "pt", "source": os.path.basename(os.fspath(model_path)),
                 "source_weights_sha256": model.weights_sha256}
     files = {
-        "config.json": _json_bytes(gpt2_config_json(config)),
-        "generation_config.json": _json_bytes({"bos_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT}),
+        "config.json": _json_bytes(gpt2_config_json(config, eot)),
+        "generation_config.json": _json_bytes({"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}),
         SAFETENSORS: save(tensors, metadata=metadata),
-        "README.md": model_card(model, metadata["source"], folder_name).encode(),
+        "README.md": model_card(model, metadata["source"], folder_name, tokenizer).encode(),
     }
-    if config.vocab_size == VOCAB_SIZE:
-        files.update(tokenizer_files(config.block_size))
+    if tokenizer is not None:
+        files.update(tokenizer_files(tokenizer, config.block_size))
     return files
 
 
-def export(model_path, folder, force: bool = False) -> list[str]:
-    """Write the Hugging Face folder for a model file or checkpoint (training state is ignored).
-    Returns the names of the files written."""
+def export(model_path, folder, tokenizer: Tokenizer | None, force: bool = False) -> list[str]:
+    """Write the Hugging Face folder for a model file or checkpoint (training state is ignored) and
+    `tokenizer`, the one it is made for. Returns the names of the files written."""
     folder = os.path.normpath(os.fspath(folder))
     target = os.path.abspath(folder)  # "." has a name only as an absolute path
     _check_replaceable(folder, model_path, force)
-    files = export_files(model_path, os.path.basename(target))
+    files = export_files(model_path, os.path.basename(target), tokenizer)
     parent = os.path.dirname(target)
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
@@ -269,8 +283,38 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
         raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
     tensors = read_gpt2_tensors(folder, config, tied)
     config = dataclasses.replace(config, block_size=block_size or config.block_size)
-    write_model(output, config, llmc_params(config, tensors))
+    tokenizer = folder_tokenizer(folder, config)
+    write_beside = tokenizer is not None and _needs_tokenizer_beside(output, tokenizer)
+    write_model(output, config, llmc_params(config, tensors), tokenizer=tokenizer.record if tokenizer else None)
+    if write_beside:
+        with atomic_write(os.path.join(os.path.dirname(os.path.abspath(output)), BPE_FILE_NAME)) as f:
+            f.write(tokenizer.json_text().encode())
     return config
+
+
+def folder_tokenizer(folder: str, config: GPTConfig) -> BPETokenizer | None:
+    """The trained BPE of a folder whose vocabulary is not GPT-2's (its tokenizer.json, which must have
+    the config's vocabulary size), or None: GPT-2's vocabulary, or no tokenizer.json."""
+    path = os.path.join(folder, "tokenizer.json")
+    if config.vocab_size == VOCAB_SIZE or not os.path.exists(path):
+        return None
+    tokenizer = load_bpe(path)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise BadInput(f"{path}: {tokenizer.vocab_size} tokens, but config.json has a vocabulary of {config.vocab_size}")
+    return tokenizer
+
+
+def _needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
+    """Whether the tokenizer.json beside the model file `output` is still to be written: False when the
+    same tokenizer is there already; BadInput if another one is."""
+    path = os.path.join(os.path.dirname(os.path.abspath(output)), BPE_FILE_NAME)
+    if not os.path.exists(path):
+        return True
+    there = load_bpe(path)
+    if there.record != tokenizer.record:
+        raise BadInput(f"-o {output}: {path} beside it is another tokenizer ({there.name}); "
+                       f"write the model into another folder")
+    return False
 
 
 def _is_input_file(folder: str, output: str) -> bool:

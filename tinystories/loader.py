@@ -21,7 +21,7 @@ class TokenLoader:
     """
 
     def __init__(self, path, batch_size: int, seq_len: int, rank: int = 0, world: int = 1,
-                 vocab_size: int = 50257, tokens: np.ndarray | None = None):
+                 vocab_size: int | None = None, tokens: np.ndarray | None = None):
         if batch_size < 1 or seq_len < 1 or not 0 <= rank < world:
             raise ValueError(f"bad loader shape: batch {batch_size}, seq_len {seq_len}, rank {rank} of {world}")
         self.path, self.B, self.T, self.rank, self.world = path, batch_size, seq_len, rank, world

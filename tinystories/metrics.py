@@ -202,7 +202,7 @@ class Console:
         elif "sample" in record:
             self.print(f"sample at step {record['step']}:\n{record['sample']}\n---")
 
-    def started(self, cfg, runtime, config, seq_len: int, loader) -> None:
+    def started(self, cfg, runtime, config, seq_len: int, loader, tokenizer: str) -> None:
         """The run's model, runtime, batch and train data."""
         c, tokens_per_step = config, cfg.batch_size * seq_len * cfg.grad_accum
         self.print(f"model {cfg.model}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, block {c.block_size}, "
@@ -211,7 +211,7 @@ class Console:
                    f"head loss {runtime.head_loss.name}{', compiled' if runtime.compile else ''}"
                    f"{', CUDA graph' if runtime.cuda_graphs else ''}; "
                    f"batch {cfg.batch_size} x {seq_len} tokens x {cfg.grad_accum} accumulation = {tokens_per_step:,} tokens/step")
-        self.print(f"train {cfg.train_tokens}: {loader.tokens.size:,} tokens "
+        self.print(f"train {cfg.train_tokens}: {loader.tokens.size:,} tokens of the {tokenizer} "
                    f"({loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
 
     def resumed(self, state, changed: list[str]) -> None:

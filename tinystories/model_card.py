@@ -8,13 +8,15 @@ to load the folder with transformers.
 """
 from .config import GPTConfig
 from .formats import ModelFile
+from .tokenizer import Tokenizer
 
 DATASET = "roneneldan/TinyStories"
 DATASET_LICENSE = "CDLA-Sharing-1.0"
 
 
-def model_card(model: ModelFile, source: str, folder_name: str) -> str:
-    """The model card for `model` (read from the file named `source`), exported as `folder_name`."""
+def model_card(model: ModelFile, source: str, folder_name: str, tokenizer: Tokenizer | None) -> str:
+    """The model card for `model` (read from the file named `source`, made for `tokenizer`), exported
+    as `folder_name`."""
     meta = model.state.meta if model.state is not None else {}
     return "\n".join([
         front_matter(),
@@ -22,14 +24,14 @@ def model_card(model: ModelFile, source: str, folder_name: str) -> str:
         "A small GPT-2 style language model trained from scratch on TinyStories with the `tinystories` "
         "project (a Python re-creation of llm.c's TinyStories experiment). It writes short, simple "
         "children's stories in English.\n",
-        architecture(model.config),
+        architecture(model.config, tokenizer),
         training(meta),
         results(meta),
         "## Data\n",
         f"[TinyStories]({dataset_url()}) (Eldan & Li, 2023, arXiv:2305.07759): synthetic short stories "
         f"written by GPT-3.5 and GPT-4, licensed {DATASET_LICENSE}. Each story is preceded by the "
-        "end-of-text token 50256, as in llm.c.\n",
-        usage(folder_name),
+        "end-of-text token `<|endoftext|>`, as in llm.c, so a prompt starts with it.\n",
+        usage(folder_name, tokenizer.eot if tokenizer else None),
         f"Exported from `{source}` (weights sha256 `{model.weights_sha256}`).\n",
     ])
 
@@ -44,13 +46,15 @@ def front_matter() -> str:
                       "tags:", "- gpt2", "- tinystories", "- llm.c", "---", ""])
 
 
-def architecture(config: GPTConfig) -> str:
+def architecture(config: GPTConfig, tokenizer: Tokenizer | None) -> str:
+    vocabulary = f"{config.vocab_size:,} tokens" + (f", `<\\|endoftext\\|>` = {tokenizer.eot}" if tokenizer else "")
     return table("Model", [
         ("architecture", "GPT-2 (pre-LayerNorm, GELU tanh, learned positions, output head tied to the embedding)"),
         ("layers / heads / channels", f"{config.n_layer} / {config.n_head} / {config.n_embd}"),
         ("context (block size)", f"{config.block_size} tokens"),
         ("parameters", f"{config.num_parameters(padded=False):,}"),
-        ("tokenizer", f"GPT-2 BPE, {config.vocab_size:,} tokens, `<\\|endoftext\\|>` = 50256"),
+        ("tokenizer", tokenizer.name if tokenizer else "none exported"),
+        ("vocabulary", vocabulary),
     ])
 
 
@@ -90,13 +94,13 @@ def table(title: str, rows: list[tuple[str, str]], note: str = "") -> str:
     return "\n".join(lines)
 
 
-def usage(folder_name: str) -> str:
+def usage(folder_name: str, eot: int | None) -> str:
     return "\n".join([
         "## Use\n", "```python",
         "from transformers import AutoTokenizer, GPT2LMHeadModel",
         "", f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")',
         f'model = GPT2LMHeadModel.from_pretrained("{folder_name}")',
         'ids = tokenizer("<|endoftext|>Once upon a time", return_tensors="pt").input_ids',
-        "out = model.generate(ids, max_new_tokens=100, do_sample=True, top_k=40, pad_token_id=50256)",
+        f"out = model.generate(ids, max_new_tokens=100, do_sample=True, top_k=40, pad_token_id={eot})",
         "print(tokenizer.decode(out[0][1:], skip_special_tokens=True))", "```", "",
     ])

@@ -7,7 +7,9 @@ checking the same sha256 hashes tiktoken checks.
 A `Tokenizer` is either that (`gpt2()`) or a byte-level BPE that `prepare_data.py --vocab-size`
 trained (`load_bpe(tokenizer.json)`, see bpe.py). Its fingerprint is the sha256 of its llm.c
 tokenizer file, which token files record in their header (formats.py); `for_token_file` finds the
-tokenizer that made a token file and checks it is the one recorded.
+tokenizer that made a token file and checks it is the one recorded, and `for_model` the tokenizer a
+model file or checkpoint is made for (model headers record it the same way; a checkpoint of a run
+with a trained BPE carries its tokenizer.json as the state tensor `tokenizer_json`).
 
 Tokenizer file (llm.c `gpt2_tokenizer.bin`)
     header: 256 little-endian int32: [0] = 20240328 (magic), [1] = 2 (version),
@@ -20,9 +22,12 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
+
 from . import bpe
 from .errors import BadInput
-from .formats import HEADER_BYTES, TokenizerRecord, atomic_write, file_size, make_header, read_header, read_token_header
+from .formats import (HEADER_BYTES, ModelFile, TokenizerRecord, atomic_write, file_size, make_header, read_header,
+                      read_model, read_token_header)
 
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -153,6 +158,10 @@ class BPETokenizer(Tokenizer):
     def __reduce__(self):  # `tokenizers` pickles without its encode_special_tokens setting
         return _bpe_from_json, (self.hf.to_str(),)
 
+    def json_text(self) -> str:
+        """Its tokenizer.json (the `tokenizers` library's serialisation)."""
+        return self.hf.to_str()
+
 
 def _bpe_from_json(text: str) -> BPETokenizer:
     return BPETokenizer(bpe.parse(text, bpe.FILE_NAME), bpe.FILE_NAME)
@@ -166,6 +175,13 @@ def gpt2() -> GPT2Tokenizer:
 def load_bpe(path) -> BPETokenizer:
     """The byte-level BPE of a tokenizer.json, validated (BadInput naming the file otherwise)."""
     return BPETokenizer(bpe.read(path), os.fspath(path))
+
+
+def describe(record: TokenizerRecord | None) -> str:
+    """A tokenizer record in words, for messages."""
+    if record is None:
+        return "the GPT-2 tokenizer"
+    return f"a tokenizer of {record.vocab_size} tokens (EOT {record.eot}, sha256 {record.sha256[:16]}...)"
 
 
 def for_token_file(path) -> Tokenizer:
@@ -184,6 +200,76 @@ def for_token_file(path) -> Tokenizer:
         raise BadInput(f"{made_by}, but {json_path} is another one ({tokenizer.vocab_size} tokens, EOT "
                        f"{tokenizer.eot}, sha256 {tokenizer.fingerprint[:16]}...)")
     return tokenizer
+
+
+CHECKPOINT_TENSOR = "tokenizer_json"  # a checkpoint's copy of its run's tokenizer.json (UTF-8 bytes)
+
+
+def checkpoint_tensors(tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+    """The state tensors that carry `tokenizer` in a checkpoint: its tokenizer.json, none for GPT-2."""
+    if isinstance(tokenizer, BPETokenizer):
+        return {CHECKPOINT_TENSOR: np.frombuffer(tokenizer.json_text().encode(), dtype=np.uint8)}
+    return {}
+
+
+def for_model(model_path, tokenizer_path=None, model_file: ModelFile | None = None) -> Tokenizer:
+    """The tokenizer the model file or checkpoint at `model_path` is made for, in this order:
+        the tokenizer.json a checkpoint carries;
+        `tokenizer_path` (a tokenizer.json: --tokenizer), else the tokenizer.json beside the model
+            file, when the header names a tokenizer or the vocabulary is not GPT-2's;
+        GPT-2, for a header naming none and GPT-2's vocabulary size.
+    What it finds must be the tokenizer the header names (when it names one) and have the model's
+    vocabulary size; BadInput (one line naming the files) otherwise, or when none is found.
+    `model_file` is the file already read, if it is."""
+    model_file = model_file or read_model(model_path)
+    record, vocab = model_file.tokenizer, model_file.config.vocab_size
+    state = model_file.state
+    if state is not None and CHECKPOINT_TENSOR in state.tensors:
+        found, where = _bpe_from_json(state.tensors[CHECKPOINT_TENSOR].tobytes().decode()), f"{model_path}'s own copy"
+        if tokenizer_path is not None:
+            _check_same(load_bpe(tokenizer_path), found.record, tokenizer_path, model_path)
+    elif tokenizer_path is not None:
+        found, where = load_bpe(tokenizer_path), os.fspath(tokenizer_path)
+    elif record is None and vocab == VOCAB_SIZE:
+        return gpt2()
+    else:
+        beside = Path(model_path).with_name(bpe.FILE_NAME)
+        if not beside.is_file():
+            raise BadInput(f"{model_path}: made for {describe(record) if record else f'a vocabulary of {vocab} tokens'}, "
+                           f"and no tokenizer was found: pass --tokenizer FILE (the tokenizer.json that "
+                           f"prepare_data.py --vocab-size wrote) or put it beside the model as {beside}")
+        found, where = load_bpe(beside), os.fspath(beside)
+    if record is not None:
+        _check_same(found, record, where, model_path)
+    elif found.vocab_size != vocab:
+        raise BadInput(f"{where}: a tokenizer of {found.vocab_size} tokens, but {model_path} has a vocabulary of {vocab}")
+    return found
+
+
+def for_training(train_tokens, val_tokens, model_path, model_file: ModelFile) -> Tokenizer:
+    """The tokenizer of ./train's token files (-i; -j when given must be made by the same one), after
+    checking that the model (-e) is made for it: the tokenizer its header names, if any, and its
+    vocabulary size. BadInput, one line naming the files, otherwise."""
+    tokenizer = for_token_file(train_tokens)
+    made_by = f"-i {train_tokens} is made by {describe(tokenizer.record)}"
+    if val_tokens is not None:
+        val_record = read_token_header(val_tokens).tokenizer
+        if val_record != tokenizer.record:
+            raise BadInput(f"-j {val_tokens}: made by {describe(val_record)}, but {made_by}")
+    fix = (f"make one with create_model.py --tokenizer {Path(train_tokens).with_name(bpe.FILE_NAME)}"
+           if tokenizer.record else "make one with create_model.py")
+    record, vocab = model_file.tokenizer, model_file.config.vocab_size
+    if record is not None and record != tokenizer.record:
+        raise BadInput(f"-e {model_path}: made for {describe(record)}, but {made_by}; {fix}")
+    if vocab != tokenizer.vocab_size:
+        raise BadInput(f"-e {model_path}: a vocabulary of {vocab} tokens, but {made_by}, of "
+                       f"{tokenizer.vocab_size} tokens; {fix}")
+    return tokenizer
+
+
+def _check_same(tokenizer: Tokenizer, record: TokenizerRecord, where, model_path) -> None:
+    if tokenizer.record != record:
+        raise BadInput(f"{where}: {describe(tokenizer.record)}, but {model_path} is made for {describe(record)}")
 
 
 # ----------------------------------------------------------------------------- the llm.c tokenizer file

@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 import torch
 
-from . import checkpoint, metrics
+from . import checkpoint, metrics, tokenizer
 from .checkpoint import RunState
 from .config import TrainConfig
 from .errors import BadInput
@@ -88,6 +88,8 @@ class Trainer:
             raise BadInput(f"-t/--seq-len {T} exceeds the model's block size {config.block_size} ({cfg.model})")
         if cfg.keep and not cfg.checkpoint:
             raise BadInput(f"--keep {cfg.keep}: needs -c, the checkpoint whose saves it keeps")
+        self.tokenizer = tokenizer.for_training(cfg.train_tokens, cfg.val_tokens if cfg.val_every else None,
+                                                cfg.model, model_file)
         train_tokens = read_tokens(cfg.train_tokens, config.vocab_size)
         self.total_steps = run_length(cfg, train_tokens.size, T)
         self.runtime = rt = training_runtime(cfg, self.total_steps)
@@ -108,7 +110,7 @@ class Trainer:
         self.sinks = (metrics.open_sinks(cfg, self.console, self.metrics_path, self.state.run_id,
                                          self.state.step if resumed else None, {**asdict(cfg), "model_config": asdict(config)})
                       if rt.dist.master else metrics.Sinks([]))
-        self.console.started(cfg, rt, config, T, self.train_loader)
+        self.console.started(cfg, rt, config, T, self.train_loader, self.tokenizer.name)
         if resumed:
             self.console.resumed(self.state, checkpoint.changed_setup(model_file, self.setup))
         self.saved_step = None  # the step of this run's last save to -c
@@ -120,7 +122,7 @@ class Trainer:
         cfg = self.cfg
         self.metrics_path = metrics.metrics_path(cfg.metrics, cfg.checkpoint)
         self.retention = Retention(cfg.checkpoint, cfg.keep, self.state.run_id) if cfg.checkpoint else None
-        checkpoint.check_output_paths(cfg, self.metrics_path, [cfg.checkpoint] if cfg.checkpoint else [], self.state.run_id)
+        checkpoint.check_output_paths(cfg, self.metrics_path, self.state.run_id)
         if self.runtime.dist.master:
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
@@ -161,8 +163,8 @@ class Trainer:
                 if cfg.val_every and (due["val"] or last):
                     self.validate()
                 if due["sample"] and dist.master:
-                    self.sinks.write({"step": state.step, "sample": sample_story(self.model, cfg.seed + state.step,
-                                                                                 cfg.sample_length)})
+                    self.sinks.write({"step": state.step, "sample": sample_story(
+                        self.model, self.tokenizer, cfg.seed + state.step, cfg.sample_length)})
                 if due["save"] and not last:
                     self.save()
                 if dist.any(signals.requested is not None):
@@ -199,7 +201,7 @@ class Trainer:
     # -- validation and saves
 
     def validate(self) -> None:
-        loss, bits_per_byte = val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime)
+        loss, bits_per_byte = val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime, self.tokenizer)
         if not self.runtime.dist.master:
             return
         state = self.state
@@ -237,7 +239,7 @@ class Trainer:
         self.state.skipped_steps = int(self.train_step.skipped_steps)
         self.state.loss_scale = self.train_step.loss_scale()
         self.state.data_position = self.train_loader.position
-        checkpoint.save(path, self.model, self.optimizer, self.state, self.setup)
+        checkpoint.save(path, self.model, self.optimizer, self.state, self.setup, self.tokenizer)
 
 
 def train(cfg: TrainConfig) -> signal.Signals | None:
