@@ -2,6 +2,7 @@
 
 Fixtures here (shared_data, head_stories, workdir) reach every test module without an import; the
 plain helpers and constants are imported `from conftest import ...`."""
+import functools
 import io
 import json
 import os
@@ -48,12 +49,33 @@ def head_stories(shared_data) -> list[str]:
     return stories
 
 
+@functools.lru_cache
+def small_tokenizer(vocab_size: int) -> "tokenizer.BPETokenizer":
+    """A byte-level BPE of vocab_size tokens (257..) trained on synthetic stories in a few ms: the
+    tokenizer of a small-vocabulary test model's token files."""
+    from tinystories import bpe, synthetic
+
+    return tokenizer.BPETokenizer(bpe.train(synthetic.stories(0, 300), vocab_size), "small test BPE")
+
+
+def write_small_vocab_tokens(path: Path, ids, vocab_size: int) -> None:
+    """A token file of `ids` made by small_tokenizer(vocab_size): its header records it and its
+    tokenizer.json lies beside it, as prepare_data.py --vocab-size writes them."""
+    from tinystories import bpe
+
+    small = small_tokenizer(vocab_size)
+    formats.write_tokens(path, ids, small.record)
+    bpe.write(path.with_name(bpe.FILE_NAME), small.hf)
+
+
 def write_tiny_run(folder: Path, config, n_tokens: int, seed: int) -> Path:
-    """A random-token train.bin and a freshly initialised model.bin of `config` in folder."""
+    """A random-token train.bin (of small_tokenizer(config.vocab_size)) and a freshly initialised
+    model.bin of `config` in folder."""
     from tinystories import llmc
     from tinystories.model import GPT
 
-    formats.write_tokens(folder / "train.bin", np.random.default_rng(0).integers(0, config.vocab_size, n_tokens))
+    write_small_vocab_tokens(folder / "train.bin", np.random.default_rng(0).integers(0, config.vocab_size, n_tokens),
+                             config.vocab_size)
     model = GPT(config)
     model.init_weights(seed)
     formats.write_model(folder / "model.bin", config, llmc.model_params(model))

@@ -6,16 +6,18 @@ Cases run in-process through tinystories.cli.run (the function the real entry po
 keeps ~100 cases fast; test_train.py checks the same path through real subprocesses. Each case is
 one pytest id below, so `pytest -v` lists them all.
 """
+import dataclasses
 import errno
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import train_flags
+from conftest import train_flags, write_small_vocab_tokens
 
 from tinystories import cli, formats, llmc, tokenizer
 from tinystories.config import GPTConfig, TrainConfig
@@ -23,6 +25,7 @@ from tinystories.model import GPT
 from tinystories.train import Trainer
 
 SMALL = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32)  # train cases
+OTHER_VOCAB = dataclasses.replace(SMALL, vocab_size=600)
 GPT2_VOCAB = GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=1, n_embd=8)  # generate cases
 SENTINEL = b"previous checkpoint: must survive"
 ROOT_SKIP = "runs as root: permission bits do not stop root"
@@ -41,8 +44,8 @@ def inputs(tmp_path_factory):
     """Valid files every case starts from: models, token files, a checkpoint after one step."""
     d = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
-    formats.write_tokens(d / "train.bin", rng.integers(0, SMALL.vocab_size, 4000))
-    formats.write_tokens(d / "val.bin", rng.integers(0, SMALL.vocab_size, 1000))
+    write_small_vocab_tokens(d / "train.bin", rng.integers(0, SMALL.vocab_size, 4000), SMALL.vocab_size)
+    write_small_vocab_tokens(d / "val.bin", rng.integers(0, SMALL.vocab_size, 1000), SMALL.vocab_size)
     formats.write_model(d / "model.bin", SMALL, model_params(SMALL))
     formats.write_model(d / "gpt2vocab.bin", GPT2_VOCAB, model_params(GPT2_VOCAB))
     cfg = TrainConfig(model=str(d / "model.bin"), checkpoint=str(d / "ck.bin"), train_tokens=str(d / "train.bin"),
@@ -204,7 +207,7 @@ CASES = [
     case("tokens-id-out-of-range", "train", "-i {bad}", ["{bad}", "outside the vocabulary"],
          bad=lambda d: raw(d, "train.bin")[:-2] + (600).to_bytes(2, "little")),
     case("tokens-fewer-than-one-batch", "train", "-i {bad}", ["{bad}", "fewer than one batch"],
-         bad=lambda d: formats.make_header(formats.TOKEN_MAGIC, formats.TOKEN_VERSION, 10) + bytes(20)),
+         bad=lambda d: with_int32(raw(d, "train.bin")[:1024 + 20], 8, 10)),  # the first 10 tokens
     case("tokens-is-a-folder", "train", "-i {folder}", ["{folder}", "folder"]),
     case("tokens-missing", "train", "-i {missing}", ["{missing}", "not found"]),
     case("tokens-is-a-model-file", "train", "-i {model}", ["{model}", "not an llm.c token file"]),
@@ -280,7 +283,9 @@ CASES = [
     case("generate-abbreviated-flag", "generate", "-e {gpt2vocab} --temp 0.5", ["unrecognized arguments: --temp"]),
     case("generate-model-missing", "generate", "-e {missing}", ["{missing}", "not found"]),
     case("generate-model-is-a-pipe", "generate", "-e {fifo}", ["{fifo}", "not a regular file"]),
-    case("generate-model-not-gpt2-vocab", "generate", "-e {model}", ["{model}", "vocabulary"]),
+    case("generate-model-not-its-tokenizers-vocab", "generate", "-e {bad}", ["tokenizer.json", "512 tokens", "{bad}",
+                                                                            "a vocabulary of 600"],
+         bad=lambda d: formats.model_bytes(OTHER_VOCAB, model_params(OTHER_VOCAB))),
     case("generate-weights-overflow", "generate", "-e {bad} -n 5 -s 0", ["{bad}", "NaN or infinite logits", "diverged"],
          bad=lambda d: formats.model_bytes(GPT2_VOCAB, {name: np.full(shape, 3e38, np.float32)
                                                         for name, shape in formats.model_tensor_shapes(GPT2_VOCAB)})),
@@ -338,6 +343,7 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("a plain file")
     (tmp_path / "folder").mkdir()
     os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer forever
+    shutil.copy(inputs / "tokenizer.json", tmp_path)  # the tokenizer of the bad token files made from inputs'
     places = {"bad": tmp_path / "bad.bin", "ck": tmp_path / "ck.bin", "model": inputs / "model.bin",
               "gpt2vocab": inputs / "gpt2vocab.bin", "train": inputs / "train.bin", "val": inputs / "val.bin",
               "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile",

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, assert_one_line_error, logged, run, run_cli, train
+from conftest import REPO, TINY, assert_one_line_error, logged, run, run_cli, train
 
 from tinystories import tokenizer
-from tinystories.formats import read_model, write_tokens
+from tinystories.formats import read_model, read_token_header, write_tokens
 from tinystories.generate import sample_story
 from tinystories.model import read_gpt
 
@@ -203,3 +203,11 @@ def test_create_model_refuses_a_vocab_size_other_than_the_tokenizers(run_dir, tm
                  "-o", tmp_path / "m.bin", check=False)
     assert_one_line_error(result, "--vocab-size 999", f"has {VOCAB} tokens")
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_vocab_size_writes_its_own_folder_by_default(tmp_path):
+    """Without --out-dir, a trained BPE's files go to data/tinystories-bpeN: GPT-2's stay where they are."""
+    run(REPO / "prepare_data.py", "--source", "synthetic", "--synthetic-stories", "100", "--vocab-size", "300",
+        cwd=tmp_path)
+    assert read_token_header(tmp_path / "data" / "tinystories-bpe300" / "TinyStories_train.bin").tokenizer.vocab_size == 300
+    assert not (tmp_path / "data" / "tinystories").exists()

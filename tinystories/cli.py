@@ -89,8 +89,8 @@ def prepare_parser() -> Parser:
     p = Parser(prog="prepare_data.py", description=(
         "Download TinyStories and tokenize it with GPT-2 BPE (or, with --vocab-size, a BPE trained on it) into "
         "llm.c token files (TinyStories_train.bin, TinyStories_val.bin) and write its llm.c tokenizer file. Each shard is "
-        "shuffled with random.Random(1337 + shard index), each story stripped and preceded by the EOT "
-        "token (50256 in GPT-2), as llm.c does; two runs give byte-identical files."))
+        "shuffled with random.Random(1337 + shard index), each story stripped and preceded by the tokenizer's "
+        "EOT token, as llm.c does; two runs give byte-identical files."))
     p.add_argument("--source", default="hf", help=(
         "where stories come from: 'hf' (default) downloads the Hugging Face archive "
         "TinyStories_all_data.tar.gz (cached under --cache-dir, resumed if interrupted); a local path to that "
@@ -103,7 +103,8 @@ def prepare_parser() -> Parser:
         "a separate local source for the val split (same kinds of path as --source); the whole --source is "
         "then train. By default the val split is the first shard (archive, JSON folder) or a held-out part "
         "of the source"))
-    p.add_argument("--out-dir", default="data/tinystories", help="folder for the token files and SOURCE.txt (default: %(default)s)")
+    p.add_argument("--out-dir", default=None, help="folder for the token files and SOURCE.txt (default: "
+                   "data/tinystories; with --vocab-size N, data/tinystories-bpeN, so GPT-2's files stay)")
     p.add_argument("--tokenizer-file", default=None, help=(
         "where to write the llm.c tokenizer file (default: gpt2_tokenizer.bin; with --vocab-size, "
         "<out-dir>/tokenizer.bin)"))
@@ -134,7 +135,11 @@ def prepare_parser() -> Parser:
 
 def prepare_main(argv=None) -> None:
     from . import data
-    data.prepare(PrepareConfig(**vars(prepare_parser().parse_args(argv))))
+
+    args = prepare_parser().parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = f"data/tinystories-bpe{args.vocab_size}" if args.vocab_size else "data/tinystories"
+    data.prepare(PrepareConfig(**vars(args)))
 
 
 # ----------------------------------------------------------------------------- create
