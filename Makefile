@@ -1,6 +1,7 @@
 # make setup   create .venv and install the project (TORCH=torch==X.Y.Z pins a torch build); runs
 #              again only when pyproject.toml changes (rm .venv/.installed to force it)
-# make demo    end to end: data (Hugging Face, else DATA=path, else synthetic), model, short training, a story
+# make demo    the fastest way to a story model (README): a TinyStories vocabulary, the model shaped for it,
+#              ./train --config configs/fastest.toml, a story (data: Hugging Face, else DATA=path, else synthetic)
 # make train   the original's quick start: 10k steps of the default model at B=32, T=256
 # make test    the test suite
 # make test-other-cpu   the tests that train or generate, on this CPU acting as the other kind
@@ -12,6 +13,8 @@ INSTALLED := $(VENV)/.installed
 TORCH ?= torch
 DATA ?=
 TOKENS := data/tinystories/TinyStories_train.bin
+VOCAB := $(shell sed -n 's/^RECOMMENDED_VOCAB = //p' tinystories/config.py)
+BPE_DIR := data/tinystories-bpe$(VOCAB)
 
 .PHONY: setup demo train data test test-other-cpu test-gpu clean
 
@@ -34,9 +37,15 @@ $(TOKENS): | $(INSTALLED)
 model.bin: | $(INSTALLED)
 	$(PY) create_model.py
 
-demo: $(INSTALLED) data model.bin
-	./train -e model.bin -c demo_checkpoint.bin -n 200 -b 8 -t 256 -l 1e-3 -v 100 -s 0
-	./generate -e demo_checkpoint.bin -n 200 -s 42
+$(BPE_DIR)/TinyStories_train.bin: | $(INSTALLED)
+	$(PY) prepare_data.py --vocab-size $(VOCAB) $(if $(DATA),--source $(DATA),--fallback-synthetic)
+
+fastest_model.bin: | $(BPE_DIR)/TinyStories_train.bin
+	$(PY) create_model.py --preset fastest --tokenizer $(BPE_DIR)/tokenizer.json -o fastest_model.bin
+
+demo: $(INSTALLED) $(BPE_DIR)/TinyStories_train.bin fastest_model.bin
+	./train --config configs/fastest.toml --overwrite
+	./generate -e fastest.bin -n 200 -s 42
 
 train: $(INSTALLED) data model.bin
 	./train -e model.bin -c checkpoint.bin -n 10000 -b 32 -t 256 -l 1e-3 -v 500 -s 500

@@ -210,8 +210,8 @@ def test_bad_vocab_size_is_one_line(value):
 
 
 def test_vocab_size_larger_than_the_text_allows_is_one_line(tmp_path):
-    result = run_cli("prepare", "--source", "synthetic", "--synthetic-stories", "300", "--vocab-size", "60000",
-                     "--out-dir", tmp_path / "out")
+    stories = write_text(tmp_path / "s.txt", [f"Tom had {n} red balls. He gave one to Sue." for n in range(200)])
+    result = run_cli("prepare", "--source", stories, "--vocab-size", "60000", "--out-dir", tmp_path / "out")
     assert_one_line_error(result, "--vocab-size 60000", "only enough distinct pairs")
     assert not (tmp_path / "out").exists()
 

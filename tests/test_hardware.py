@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run, train_flags
+from conftest import REPO, run, train_flags, write_small_vocab_tokens
 
 from tinystories import device as dev
-from tinystories import formats
 from tinystories.config import TrainConfig
 from tinystories.errors import BadInput
 from tinystories.kernels.fused_ce import fused_head_loss
@@ -188,11 +187,11 @@ def test_cuda_compile_needs_triton_and_compute_capability_7(gpu, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A model with a 256-token vocabulary (fast steps) and a token file."""
+    """A model with a 300-token vocabulary (fast steps) and a token file of that tokenizer."""
     d = tmp_path_factory.mktemp("hardware")
-    formats.write_tokens(d / "train.bin", np.random.default_rng(0).integers(0, 256, 4000).astype(np.uint16))
+    write_small_vocab_tokens(d / "train.bin", np.random.default_rng(0).integers(0, 300, 4000), 300)
     run("create_model.py", "-o", d / "model.bin", "--layers", "1", "--heads", "2", "--channels", "16",
-        "--block-size", "16", "--vocab-size", "256")
+        "--block-size", "16", "--tokenizer", d / "tokenizer.json")
     return d
 
 

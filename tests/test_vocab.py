@@ -38,7 +38,8 @@ def train_flags(data, model, checkpoint, *more) -> list[str]:
 def run_dir(tmp_path_factory):
     """data/ and other/ (two different BPEs), model.bin made for data's, ck.bin after STEPS steps on it."""
     d = tmp_path_factory.mktemp("vocab")
-    data, other = prepare(d / "data", VOCAB), prepare(d / "other", OTHER_VOCAB)
+    data = prepare(d / "data", VOCAB)
+    prepare(d / "other", OTHER_VOCAB)
     run("create_model.py", "--tokenizer", data / "tokenizer.json", *TINY, "-o", d / "model.bin")
     train(*train_flags(data, d / "model.bin", d / "ck.bin", "-n", str(STEPS)))
     return d
@@ -211,3 +212,13 @@ def test_vocab_size_writes_its_own_folder_by_default(tmp_path):
         cwd=tmp_path)
     assert read_token_header(tmp_path / "data" / "tinystories-bpe300" / "TinyStories_train.bin").tokenizer.vocab_size == 300
     assert not (tmp_path / "data" / "tinystories").exists()
+
+
+def test_synthetic_stories_train_the_vocabulary_they_fill(tmp_path):
+    """The offline smoke test (make demo without a network) asks for more tokens than synthetic text
+    fills: it gets a smaller BPE with a warning, where real stories get an error (test_bpe)."""
+    result = run(REPO / "prepare_data.py", "--source", "synthetic", "--synthetic-stories", "100", "--vocab-size", "4096",
+                 "--out-dir", tmp_path)
+    assert "warning: --vocab-size 4096: the SYNTHETIC stories fill only" in result.stderr
+    filled = read_token_header(tmp_path / "TinyStories_train.bin").tokenizer.vocab_size
+    assert 257 < filled < 4096 and tokenizer.load_bpe(tmp_path / "tokenizer.json").vocab_size == filled

@@ -45,9 +45,9 @@ def byte_alphabet() -> dict[str, int]:
 BYTE_OF_CHAR = byte_alphabet()
 
 
-def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train(texts: Iterable[str], vocab_size: int, exact: bool = True) -> Tokenizer:
     """A byte-level BPE of exactly `vocab_size` tokens learned from `texts`; BadInput when the texts
-    hold too few distinct pairs to reach it."""
+    hold too few distinct pairs to reach it (with exact=False: as many tokens as they fill, up to it)."""
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size must be in {MIN_VOCAB}..{MAX_VOCAB}, got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
@@ -57,7 +57,7 @@ def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   max_token_length=MAX_TOKEN_BYTES, show_progress=sys.stderr.isatty())
     tokenizer.train_from_iterator(texts, trainer)
-    if tokenizer.get_vocab_size() != vocab_size:
+    if exact and tokenizer.get_vocab_size() != vocab_size:
         raise BadInput(f"--vocab-size {vocab_size}: the train split has only enough distinct pairs for "
                        f"{tokenizer.get_vocab_size()} tokens; use a smaller --vocab-size or more stories")
     return ordinary(tokenizer)

@@ -12,7 +12,8 @@ import math
 import os
 import sys
 
-from .config import HF_ARCHIVE_URL, PRECISION_POLICY, RECIPES, GenerateConfig, PrepareConfig, TrainConfig
+from .config import (HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig,
+                     PrepareConfig, TrainConfig)
 from .errors import BadInput
 
 
@@ -159,6 +160,11 @@ def create_parser() -> Parser:
     p.add_argument("--seed", type=seed_int, default=1337, help="initialisation seed (default: %(default)s)")
     p.add_argument("--zero-init-proj", action="store_true", help="start the projections into the residual "
                    "stream (attention's and the MLP's c_proj weights) at zero, so every block starts as the identity")
+    p.add_argument("--preset", choices=sorted(MODEL_PRESETS), default=None, help="a named shape: " + "; ".join(
+        f"{name} = " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+        for name, values in MODEL_PRESETS.items()) + " (the flags given beside it still win); fastest is the "
+        "README's fastest way to a story model, with --tokenizer of prepare_data.py --vocab-size "
+        f"{RECOMMENDED_VOCAB}")
     return p
 
 
@@ -169,7 +175,11 @@ def create_main(argv=None) -> None:
     from .model import GPT
     from .tokenizer import VOCAB_SIZE, load_bpe
 
-    args = create_parser().parse_args(argv)
+    parser = create_parser()
+    preset = parser.parse_args(argv).preset
+    if preset:
+        parser.set_defaults(**MODEL_PRESETS[preset])
+    args = parser.parse_args(argv)
     tokenizer = load_bpe(args.tokenizer) if args.tokenizer else None
     vocab_size = args.vocab_size or (tokenizer.vocab_size if tokenizer else VOCAB_SIZE)
     if tokenizer and vocab_size != tokenizer.vocab_size:

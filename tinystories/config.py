@@ -121,6 +121,15 @@ RECIPES = {
 }
 
 
+# The fastest way to a story model (README; BENCHMARKS.md "Time to quality", chosen by
+# bench/bench_time_to_quality.py): prepare_data.py --vocab-size RECOMMENDED_VOCAB, a model of
+# create_model.py --preset fastest (its flags' values here), and ./train --config configs/fastest.toml.
+RECOMMENDED_VOCAB = 2048
+MODEL_PRESETS = {
+    "fastest": {"layers": 4, "heads": 4, "channels": 128, "block_size": 256},
+}
+
+
 def recipes_help() -> str:
     """--recipe's help: each recipe as the flags it stands for ('fast = --lr 0.001 --optimizer muon ...')."""
     spelling = {f.name: f.metadata["flag"].split("/")[-1] for f in fields(TrainConfig)}

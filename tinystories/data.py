@@ -268,11 +268,16 @@ def source_note(label: str, rule: str, val: SplitStats, train: SplitStats, token
             f"random.Random({SHUFFLE_SEED} + shard index within its split)\n")
 
 
-def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int) -> BPETokenizer:
-    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories."""
+def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, synthetic: bool) -> BPETokenizer:
+    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories.
+    Synthetic stories (a smoke test) use few words: for them a smaller vocabulary that their text
+    fills is trained instead, with a warning, where real stories would be an error."""
     start = time.time()
     stories = (story.strip() for shard in prefetch(train_shards) for story in shard.stories)
-    tokenizer = BPETokenizer(bpe.train(stories, vocab_size), bpe.FILE_NAME)
+    tokenizer = BPETokenizer(bpe.train(stories, vocab_size, exact=not synthetic), bpe.FILE_NAME)
+    if tokenizer.vocab_size < vocab_size:
+        print(f"warning: --vocab-size {vocab_size}: the SYNTHETIC stories fill only {tokenizer.vocab_size} tokens; "
+              f"training that many instead", file=sys.stderr)
     print(f"tokenizer: {tokenizer.name}, trained on the train split in {time.time() - start:.1f} s")
     return tokenizer
 
@@ -290,7 +295,8 @@ def prepare(cfg: PrepareConfig) -> None:
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
     print(f"source: {source.label}\nsplit: {rule}")
-    tokenizer = train_tokenizer(splits(source, val_source)[1], cfg.vocab_size) if cfg.vocab_size else gpt2()
+    tokenizer = (train_tokenizer(splits(source, val_source)[1], cfg.vocab_size, source.synthetic) if cfg.vocab_size
+                 else gpt2())
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])
