@@ -12,8 +12,9 @@ eval`'s windows and bytes: comparable across tokenizers, unlike loss per token):
                  configs/fastest.toml, given a training-time budget: the original's whole training
                  time, and a tenth of it (each a run of its own, its schedule sized to its budget)
 
-Training time is the sum of the training steps' wall-clock (evaluation excluded). The first step of
-every run (compiling, first-touch allocation) is reported apart and counted as one median step. A
+Every run is compiled (--compile on, what --compile auto picks for runs of a few hundred steps and
+more). Training time is the sum of the training steps' wall-clock (evaluation excluded). The first
+step of every run (compiling, first-touch allocation) is reported apart and counted as one median step. A
 budget becomes steps through the step time of the configuration, measured first in a throwaway run
 (the median of steps 4..12). A run's curve is (training seconds, training bytes, val bits per byte)
 at --evals points and at the end; training bytes are tokens trained x the train file's bytes per
@@ -88,7 +89,7 @@ def new_trainer(model: Path, data: Path, steps: int, settings: dict) -> Trainer:
                                                                 "checkpoint_every", "metrics")}
     cfg = TrainConfig(model=str(model), train_tokens=str(data / "TinyStories_train.bin"),
                       val_tokens=str(data / "TinyStories_val.bin"), max_steps=steps, val_every=0, sample_every=0,
-                      **settings)
+                      **{"compile": "on", **settings})
     with contextlib.redirect_stdout(io.StringIO()):
         return Trainer(cfg)
 
@@ -117,16 +118,17 @@ def bytes_per_token(data: Path) -> float:
     return float(lengths[np.asarray(tokens, dtype=np.int64)].sum() / tokens.size)
 
 
-def train_run(model: Path, data: Path, steps: int, settings: dict, evals: int, seed: int) -> dict:
-    """Train `steps` steps from `model`; the curve [(seconds, bytes, bpb)] at `evals` points and the end."""
+def train_run(model: Path, data: Path, steps: int, settings: dict, evals: int, seed: int, train_bpb: bool = False) -> dict:
+    """Train `steps` steps from `model`; the curve [(seconds, bytes, bpb)] at `evals` points and the end
+    (and with train_bpb, the final bits per byte on the train file's first as many tokens as val has)."""
     trainer = new_trainer(model, data, steps, settings)
     cfg, tokenizer = trainer.cfg, trainer.tokenizer
     val = formats.read_tokens(data / "TinyStories_val.bin")
     bytes_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * bytes_per_token(data)
     due = {round(steps * (i + 1) / evals) for i in range(evals)}
 
-    def bits_per_byte(model, runtime) -> float:
-        result = evaluate(model, val, tokenizer, cfg.seq_len, 32, runtime.device, runtime.precision)
+    def bits_per_byte(model, runtime, tokens=val) -> float:
+        result = evaluate(model, tokens, tokenizer, cfg.seq_len, 32, runtime.device, runtime.precision)
         model.train()
         return result.bits_per_byte
 
@@ -139,9 +141,11 @@ def train_run(model: Path, data: Path, steps: int, settings: dict, evals: int, s
             seconds = sum(times[1:]) + statistics.median(times)  # the first step counts as a median one
             curve.append((seconds, (step + 1) * bytes_per_step, bits_per_byte(trainer.model, trainer.runtime)))
     samples = [sample_story(trainer.model, tokenizer, seed + k, 120) for k in range(2)]
+    train = formats.read_tokens(data / "TinyStories_train.bin")[: val.size] if train_bpb else None
+    on_train = bits_per_byte(trainer.model, trainer.runtime, train) if train_bpb else None
     del trainer
     gc.collect()
-    return {"curve": curve, "final": curve[-1][2], "seconds": curve[-1][0], "first_step_s": times[0],
+    return {"train_bpb": on_train, "curve": curve, "final": curve[-1][2], "seconds": curve[-1][0], "first_step_s": times[0],
             "ms_per_step": 1000 * statistics.median(times), "steps": steps, "samples": samples}
 
 
