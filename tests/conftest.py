@@ -65,7 +65,7 @@ def write_small_vocab_tokens(path: Path, ids, vocab_size: int) -> None:
 
     small = small_tokenizer(vocab_size)
     formats.write_tokens(path, ids, small.record)
-    bpe.write(path.with_name(bpe.FILE_NAME), small.hf)
+    bpe.write(tokenizer.beside(path), small.hf)
 
 
 def write_tiny_run(folder: Path, config, n_tokens: int, seed: int) -> Path:

@@ -29,7 +29,7 @@ def prepare(out, vocab_size: int):
     return out
 
 
-def train_flags(data, model, checkpoint, *more) -> list[str]:
+def bpe_train_flags(data, model, checkpoint, *more) -> list[str]:
     return ["-e", model, "-c", checkpoint, "-i", data / "TinyStories_train.bin", "-j", data / "TinyStories_val.bin",
             "-b", "2", "-t", "32", "-l", "3e-3", "-v", "8", "-s", "8", "-g", "24", *more]
 
@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
     data = prepare(d / "data", VOCAB)
     prepare(d / "other", OTHER_VOCAB)
     run("create_model.py", "--tokenizer", data / "tokenizer.json", *TINY, "-o", d / "model.bin")
-    train(*train_flags(data, d / "model.bin", d / "ck.bin", "-n", str(STEPS)))
+    train(*bpe_train_flags(data, d / "model.bin", d / "ck.bin", "-n", str(STEPS)))
     return d
 
 
@@ -89,8 +89,8 @@ def test_val_bits_per_byte_is_logged_with_the_bpe_bytes(run_dir):
 
 def test_resume_with_a_bpe_equals_one_run(run_dir, tmp_path):
     data = run_dir / "data"
-    train(*train_flags(data, run_dir / "model.bin", tmp_path / "half.bin", "-n", str(STEPS // 2)))
-    train(*train_flags(data, tmp_path / "half.bin", tmp_path / "half.bin", "-n", str(STEPS)))
+    train(*bpe_train_flags(data, run_dir / "model.bin", tmp_path / "half.bin", "-n", str(STEPS // 2)))
+    train(*bpe_train_flags(data, tmp_path / "half.bin", tmp_path / "half.bin", "-n", str(STEPS)))
     a, b = read_model(run_dir / "ck.bin"), read_model(tmp_path / "half.bin")
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
 
@@ -176,7 +176,7 @@ def test_train_refuses_a_gpt2_model_on_bpe_tokens(run_dir, tmp_path):
 
 def test_train_refuses_a_checkpoint_of_another_tokenizer(run_dir, tmp_path):
     other = run_dir / "other"
-    result = train(*train_flags(other, run_dir / "ck.bin", tmp_path / "ck.bin", "-n", "20"), check=False)
+    result = train(*bpe_train_flags(other, run_dir / "ck.bin", tmp_path / "ck.bin", "-n", "20"), check=False)
     assert_one_line_error(result, f"-e {run_dir / 'ck.bin'}: made for a tokenizer of {VOCAB} tokens")
 
 

@@ -19,8 +19,9 @@ stands and how it was trained:
 and its tensors are the optimizer's state, as each optimizer declares it (optim.Part: AdamW's
 moments `adam_m.<param>`, `adam_v.<param>`, Muon's momentum `muon_m.<param>`), the torch RNG
 state (`torch_rng`) and, for a run on a trained BPE, its tokenizer.json (`tokenizer_json`, UTF-8
-bytes; the model header names the same tokenizer, tokenizer.for_model reads it). Rank 0 writes it; resuming puts every one of these back, so N steps + resume
-for M steps equal N + M steps without a stop. A checkpoint is never written from non-finite weights.
+bytes; the model header names the same tokenizer, tokenizer.for_model reads it). Rank 0 writes it;
+resuming puts every one of these back, so N steps + resume for M steps equal N + M steps without a
+stop. A checkpoint is never written from non-finite weights.
 """
 import os
 import uuid

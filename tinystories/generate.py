@@ -2,8 +2,9 @@
 
 A story starts after the tokenizer's end-of-text token (EOT), the way every story in the training
 data does, and ends at the next EOT. The tokenizer is the one the model is made for
-(tokenizer.for_model: GPT-2's, or the trained BPE a checkpoint carries). Sampling runs on the CPU with a CPU `torch.Generator`, so a seed
-names the same story whatever device computes the logits (up to rounding in those logits).
+(tokenizer.for_model: GPT-2's, or the trained BPE a checkpoint carries). Sampling runs on the CPU
+with a CPU `torch.Generator`, so a seed names the same story whatever device computes the logits
+(up to rounding in those logits).
 
 Length: the EOT, the prompt and the new tokens but the last must fit the model's block size, so
 -n may be at most block size minus the prompt's tokens. More is an error, not a silent clamp.

@@ -45,7 +45,8 @@ Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a 
 model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
 to Vp rows of zeros. A folder whose vocabulary is not GPT-2's and whose tokenizer.json is a byte-level
 BPE of this project (what export wrote) gives a model whose header names that tokenizer, and the
-tokenizer.json beside the model file, where tokenizer.for_model finds it. Pickled weights (pytorch_model.bin) are refused: nothing here runs pickle.
+tokenizer.json beside the model file, where tokenizer.for_model finds it. Pickled weights
+(pytorch_model.bin) are refused: nothing here runs pickle.
 The config must be model_type "gpt2" with a tanh GELU, n_inner null or 4 C, LayerNorm eps 1e-5, plain
 attention scaling and no cross-attention (fields it leaves out take GPT2Config's defaults); the
 weights must be exactly the tensors above (names with or without `transformer.`; old files'
@@ -65,11 +66,12 @@ import tempfile
 import numpy as np
 
 from . import llmc
-from .bpe import EOT_TEXT, FILE_NAME as BPE_FILE_NAME
+from .bpe import EOT_TEXT
 from .config import GPTConfig
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
-from .tokenizer import VOCAB_SIZE, BPETokenizer, Tokenizer, load_bpe, vocabulary_files
+from .tokenizer import VOCAB_SIZE, BPETokenizer, Tokenizer, beside, load_bpe, vocabulary_files
+
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 EXPORT_FILES = frozenset(("config.json", "generation_config.json", SAFETENSORS, "README.md") + TOKENIZER_FILES)
@@ -287,7 +289,7 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     write_beside = tokenizer is not None and _needs_tokenizer_beside(output, tokenizer)
     write_model(output, config, llmc_params(config, tensors), tokenizer=tokenizer.record if tokenizer else None)
     if write_beside:
-        with atomic_write(os.path.join(os.path.dirname(os.path.abspath(output)), BPE_FILE_NAME)) as f:
+        with atomic_write(beside(os.path.abspath(output))) as f:
             f.write(tokenizer.json_text().encode())
     return config
 
@@ -307,7 +309,7 @@ def folder_tokenizer(folder: str, config: GPTConfig) -> BPETokenizer | None:
 def _needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
     """Whether the tokenizer.json beside the model file `output` is still to be written: False when the
     same tokenizer is there already; BadInput if another one is."""
-    path = os.path.join(os.path.dirname(os.path.abspath(output)), BPE_FILE_NAME)
+    path = beside(os.path.abspath(output))
     if not os.path.exists(path):
         return True
     there = load_bpe(path)

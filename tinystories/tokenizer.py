@@ -177,6 +177,11 @@ def load_bpe(path) -> BPETokenizer:
     return BPETokenizer(bpe.read(path), os.fspath(path))
 
 
+def beside(path) -> Path:
+    """Where a token or model file's tokenizer.json lies: the same folder."""
+    return Path(path).with_name(bpe.FILE_NAME)
+
+
 def describe(record: TokenizerRecord | None) -> str:
     """A tokenizer record in words, for messages."""
     if record is None:
@@ -190,15 +195,13 @@ def for_token_file(path) -> Tokenizer:
     record = read_token_header(path).tokenizer
     if record is None:
         return gpt2()
-    json_path = Path(path).with_name(bpe.FILE_NAME)
-    made_by = (f"{path}: made by a tokenizer of {record.vocab_size} tokens (EOT {record.eot}, "
-               f"sha256 {record.sha256[:16]}...)")
+    json_path = beside(path)
+    made_by = f"{path}: made by {describe(record)}"
     if not json_path.is_file():
         raise BadInput(f"{made_by}, but there is no {json_path} beside it")
     tokenizer = load_bpe(json_path)
     if tokenizer.record != record:
-        raise BadInput(f"{made_by}, but {json_path} is another one ({tokenizer.vocab_size} tokens, EOT "
-                       f"{tokenizer.eot}, sha256 {tokenizer.fingerprint[:16]}...)")
+        raise BadInput(f"{made_by}, but {json_path} is another one, {describe(tokenizer.record)}")
     return tokenizer
 
 
@@ -233,12 +236,12 @@ def for_model(model_path, tokenizer_path=None, model_file: ModelFile | None = No
     elif record is None and vocab == VOCAB_SIZE:
         return gpt2()
     else:
-        beside = Path(model_path).with_name(bpe.FILE_NAME)
-        if not beside.is_file():
+        json_path = beside(model_path)
+        if not json_path.is_file():
             raise BadInput(f"{model_path}: made for {describe(record) if record else f'a vocabulary of {vocab} tokens'}, "
                            f"and no tokenizer was found: pass --tokenizer FILE (the tokenizer.json that "
-                           f"prepare_data.py --vocab-size wrote) or put it beside the model as {beside}")
-        found, where = load_bpe(beside), os.fspath(beside)
+                           f"prepare_data.py --vocab-size wrote) or put it beside the model as {json_path}")
+        found, where = load_bpe(json_path), os.fspath(json_path)
     if record is not None:
         _check_same(found, record, where, model_path)
     elif found.vocab_size != vocab:
@@ -256,7 +259,7 @@ def for_training(train_tokens, val_tokens, model_path, model_file: ModelFile) ->
         val_record = read_token_header(val_tokens).tokenizer
         if val_record != tokenizer.record:
             raise BadInput(f"-j {val_tokens}: made by {describe(val_record)}, but {made_by}")
-    fix = (f"make one with create_model.py --tokenizer {Path(train_tokens).with_name(bpe.FILE_NAME)}"
+    fix = (f"make one with create_model.py --tokenizer {beside(train_tokens)}"
            if tokenizer.record else "make one with create_model.py")
     record, vocab = model_file.tokenizer, model_file.config.vocab_size
     if record is not None and record != tokenizer.record:
