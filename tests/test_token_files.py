@@ -61,7 +61,8 @@ def forge(path, header_values, body: bytes):
 
 
 @pytest.mark.parametrize("header, body, problem", [
-    ([20240520, 1, 3], np.array([1, 2, 50257], "<u2").tobytes(), "outside the vocabulary"),
+    ([20240520, 1, 3], np.array([1, 2, 50257], "<u2").tobytes(), r"outside the vocabulary \(size 50257\)"),
+    ([20240520, 1, 3, 320, 0], np.array([1, 2, 320], "<u2").tobytes(), r"outside the vocabulary \(size 320\)"),
     ([20240326, 1, 3], np.array([1, 2, 3], "<u2").tobytes(), "not an llm.c token file"),
     ([20240520, 2, 3], np.array([1, 2, 3], "<u2").tobytes(), "unsupported token file version"),
     ([20240520, 1, 4], np.array([1, 2, 3], "<u2").tobytes(), "truncated or corrupt"),
@@ -74,7 +75,7 @@ def forge(path, header_values, body: bytes):
 def test_bad_token_files_are_rejected(tmp_path, header, body, problem):
     path = forge(tmp_path / "bad.bin", header, body)
     with pytest.raises(BadInput, match=problem) as error:
-        read_tokens(path, vocab_size=50257)
+        read_tokens(path)  # the header's vocabulary, or GPT-2's
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 

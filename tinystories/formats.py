@@ -273,11 +273,11 @@ def _tokenizer_record(fields: np.ndarray, path) -> TokenizerRecord | None:
 
 def read_tokens(path, vocab_size: int | None = None) -> np.ndarray:
     """Memory-map an llm.c token file as a read-only uint16 array, after validating its header
-    (read_token_header) and, when vocab_size is given, that every id is below vocab_size."""
-    count = read_token_header(path).count
-    tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
-    if vocab_size is not None:
-        _check_token_range(path, tokens, vocab_size)
+    (read_token_header) and that every id is below vocab_size; by default below the vocabulary size of
+    the tokenizer the header names (a header naming none is GPT-2's, llm.c's, of GPTConfig's default)."""
+    header = read_token_header(path)
+    tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(header.count,))
+    _check_token_range(path, tokens, vocab_size or (header.tokenizer.vocab_size if header.tokenizer else GPTConfig.vocab_size))
     return tokens
 
 
