@@ -20,25 +20,28 @@ from bench_time_to_quality import create_model, prepare, step_seconds, train_run
 
 from tinystories.config import GPTConfig
 
-BASE = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-3, "optimizer": "muon", "matrix_lr": 0.02,
+BASE = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-3, "optimizer": "muon", "matrix_lr": 0.01,
         "muon_momentum": 0.9, "embed_lr": 0.01, "beta2": 0.99, "lr_decay": "wsd", "cooldown": 0.4}
-SHAPES = {"4L128C": (4, 4, 128), "2L128C": (2, 4, 128), "4L96C": (4, 4, 96), "6L128C": (6, 4, 128), "4L192C": (4, 6, 192)}
-STAGE_1 = [(vocab, shape) for vocab in (1024, 2048, 4096) for shape in ("4L128C", "2L128C", "4L192C")]
-STAGE_2 = [{"matrix_lr": 0.01}, {"matrix_lr": 0.04}, {"embed_lr": 0.005}, {"embed_lr": 0.02},
-           {"batch_size": 4}, {"batch_size": 16}, {"cooldown": 0.6}]
+SHAPES = {"2L128C": (2, 4, 128), "3L128C": (3, 4, 128), "4L128C": (4, 4, 128), "4L96C": (4, 4, 96),
+          "4L192C": (4, 6, 192), "6L128C": (6, 4, 128)}
+STAGE_1 = [(vocab, shape) for vocab in (2048, 4096, 8192) for shape in ("2L128C", "3L128C", "4L128C")]
+STAGE_2 = [{"matrix_lr": 0.005}, {"matrix_lr": 0.02}, {"embed_lr": 0.005}, {"embed_lr": 0.02},
+           {"learning_rate": 3e-3}, {"batch_size": 4}, {"batch_size": 16}, {"cooldown": 0.2}, {"cooldown": 0.6}]
 
 
 def run(vocab: int, shape: str, settings: dict, args) -> dict:
     data = prepare(args.out / f"bpe{vocab}", vocab)
     layers, heads, channels = SHAPES[shape]
-    model = create_model(args.out / f"{shape}-{vocab}.bin", 1, "--tokenizer", data / "tokenizer.json",
-                         "--layers", layers, "--heads", heads, "--channels", channels)
+    model = create_model(args.out / f"{shape}-{vocab}-seed{args.seed}.bin", args.seed, "--tokenizer",
+                         data / "tokenizer.json", "--layers", layers, "--heads", heads, "--channels", channels)
+    settings = {**settings, "seed": args.seed}
     steps = max(1, round(args.budget / step_seconds(model, data, settings)))
-    result = train_run(model, data, steps, settings, evals=1, seed=1, train_bpb=True)
+    result = train_run(model, data, steps, settings, evals=1, seed=args.seed, train_bpb=True)
     mflops = GPTConfig(vocab_size=vocab, n_layer=layers, n_head=heads, n_embd=channels).flops_per_token(256) / 1e6
-    changed = " ".join(f"{k}={v}" for k, v in settings.items() if BASE.get(k) != v) or "base"
-    print(f"{vocab:5d} {shape:7s} {mflops:6.1f} MFLOP/token {result['ms_per_step']:6.1f} ms x {steps:4d} steps | "
-          f"val {result['final']:.4f} train {result['train_bpb']:.4f} bits per byte | {changed}", flush=True)
+    changed = " ".join(f"{k}={v}" for k, v in settings.items() if k != "seed" and BASE.get(k) != v) or "base"
+    print(f"{vocab:5d} {shape:7s} {mflops:6.1f} MFLOP/token {result['ms_per_step']:6.1f} ms x {steps:4d} steps = "
+          f"{result['seconds']:6.1f} s | val {result['final']:.4f} train {result['train_bpb']:.4f} bits per byte | "
+          f"seed {args.seed} {changed}", flush=True)
     return result
 
 
@@ -48,13 +51,16 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=0, help="1 or 2 only (default: both)")
     parser.add_argument("--vocab", type=int, default=2048, help="stage 2 alone: its vocabulary")
     parser.add_argument("--shape", default="4L128C", help=f"stage 2 alone: its shape ({', '.join(SHAPES)})")
+    parser.add_argument("--seed", type=int, default=1, help="initialisation and data seed")
+    parser.add_argument("--only", default=None, help="stage 1 alone, these candidates: VOCAB:SHAPE,...")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.out = args.out or Path(tempfile.mkdtemp(prefix="bench_shapes_"))
     args.out.mkdir(parents=True, exist_ok=True)
     best = (args.vocab, args.shape)
     if args.stage in (0, 1):
-        finals = {(vocab, shape): run(vocab, shape, BASE, args)["final"] for vocab, shape in STAGE_1}
+        candidates = STAGE_1 if args.only is None else [(int(v), s) for v, s in (c.split(":") for c in args.only.split(","))]
+        finals = {(vocab, shape): run(vocab, shape, BASE, args)["final"] for vocab, shape in candidates}
         best = min(finals, key=finals.get)
         print(f"stage 1 best: vocab {best[0]}, {best[1]}", flush=True)
     if args.stage in (0, 2):

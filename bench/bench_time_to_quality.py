@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tinystories import cli, config_file, formats
 from tinystories.config import MODEL_PRESETS, RECIPES, RECOMMENDED_VOCAB, TrainConfig
@@ -90,6 +91,7 @@ def new_trainer(model: Path, data: Path, steps: int, settings: dict) -> Trainer:
     cfg = TrainConfig(model=str(model), train_tokens=str(data / "TinyStories_train.bin"),
                       val_tokens=str(data / "TinyStories_val.bin"), max_steps=steps, val_every=0, sample_every=0,
                       **{"compile": "on", **settings})
+    torch._dynamo.reset()  # each run compiles afresh: no recompile limit across the runs of one process
     with contextlib.redirect_stdout(io.StringIO()):
         return Trainer(cfg)
 
