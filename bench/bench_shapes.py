@@ -22,8 +22,8 @@ from tinystories.config import GPTConfig
 
 BASE = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-3, "optimizer": "muon", "matrix_lr": 0.01,
         "muon_momentum": 0.9, "embed_lr": 0.01, "beta2": 0.99, "lr_decay": "wsd", "cooldown": 0.4}
-SHAPES = {"2L128C": (2, 4, 128), "3L128C": (3, 4, 128), "4L128C": (4, 4, 128), "4L96C": (4, 4, 96),
-          "4L192C": (4, 6, 192), "6L128C": (6, 4, 128)}
+SHAPES = {"1L128C": (1, 4, 128), "2L128C": (2, 4, 128), "3L128C": (3, 4, 128), "4L128C": (4, 4, 128),
+          "6L128C": (6, 4, 128), "2L96C": (2, 4, 96), "2L112C": (2, 4, 112), "3L96C": (3, 4, 96), "4L96C": (4, 4, 96), "4L192C": (4, 6, 192)}
 STAGE_1 = [(vocab, shape) for vocab in (2048, 4096, 8192) for shape in ("2L128C", "3L128C", "4L128C")]
 STAGE_2 = [{"matrix_lr": 0.005}, {"matrix_lr": 0.02}, {"embed_lr": 0.005}, {"embed_lr": 0.02},
            {"learning_rate": 3e-3}, {"batch_size": 4}, {"batch_size": 16}, {"cooldown": 0.2}, {"cooldown": 0.6}]

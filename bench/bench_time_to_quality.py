@@ -16,7 +16,7 @@ Every run is compiled (--compile on, what --compile auto picks for runs of a few
 more). Training time is the sum of the training steps' wall-clock (evaluation excluded). The first
 step of every run (compiling, first-touch allocation) is reported apart and counted as one median step. A
 budget becomes steps through the step time of the configuration, measured first in a throwaway run
-(the median of steps 4..12). A run's curve is (training seconds, training bytes, val bits per byte)
+(the median of steps 11..60). A run's curve is (training seconds, training bytes, val bits per byte)
 at --evals points and at the end; training bytes are tokens trained x the train file's bytes per
 token in its own tokenizer.
 
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 B, T = 4, 256  # the original's
 FASTEST_CONFIG = ROOT / "configs" / "fastest.toml"
-CALIBRATION_STEPS = 12
+CALIBRATION_STEPS = 60
 
 
 # ----------------------------------------------------------------------------- data and models
@@ -97,7 +97,7 @@ def new_trainer(model: Path, data: Path, steps: int, settings: dict) -> Trainer:
 
 
 def step_seconds(model: Path, data: Path, settings: dict) -> float:
-    """Median seconds of steps 4..CALIBRATION_STEPS of a throwaway run of these settings."""
+    """Median seconds of steps 11..CALIBRATION_STEPS of a throwaway run of these settings."""
     trainer = new_trainer(model, data, 1000, settings)
     times = []
     for step in range(CALIBRATION_STEPS):
@@ -106,7 +106,7 @@ def step_seconds(model: Path, data: Path, settings: dict) -> float:
         times.append(time.perf_counter() - start)
     del trainer
     gc.collect()
-    return statistics.median(times[3:])
+    return statistics.median(times[10:])
 
 
 def bytes_per_token(data: Path) -> float:
@@ -247,8 +247,8 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         results += runs_of_seed(seed, args)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))  # after each seed: a kill keeps them
     report(results)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out / "time_to_quality.png")
     print(f"\nresults in {args.out}")
 

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from conftest import REPO, TINY, assert_one_line_error, logged, run, run_cli, train
 
 from tinystories import tokenizer
+from tinystories.cli import train_parser
+from tinystories.config import MODEL_PRESETS, RECOMMENDED_VOCAB
+from tinystories.config_file import config_defaults
 from tinystories.formats import read_model, read_token_header, write_tokens
 from tinystories.generate import sample_story
 from tinystories.model import read_gpt
@@ -91,8 +94,11 @@ def test_resume_with_a_bpe_equals_one_run(run_dir, tmp_path):
     data = run_dir / "data"
     train(*bpe_train_flags(data, run_dir / "model.bin", tmp_path / "half.bin", "-n", str(STEPS // 2)))
     train(*bpe_train_flags(data, tmp_path / "half.bin", tmp_path / "half.bin", "-n", str(STEPS)))
+    one_run, resumed = logged(run_dir / "ck.bin", "train_loss"), logged(tmp_path / "half.bin", "train_loss")
+    assert resumed == one_run  # every step's loss, so a failure shows the first step that differs
     a, b = read_model(run_dir / "ck.bin"), read_model(tmp_path / "half.bin")
-    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    differ = {k: float(np.abs(a.params[k] - b.params[k]).max()) for k in a.params if not np.array_equal(a.params[k], b.params[k])}
+    assert not differ  # {tensor: largest difference}
 
 
 def test_bits_per_byte_of_a_fixed_text_by_hand(run_dir, tmp_path):
@@ -222,3 +228,28 @@ def test_synthetic_stories_train_the_vocabulary_they_fill(tmp_path):
     assert "warning: --vocab-size 4096: the SYNTHETIC stories fill only" in result.stderr
     filled = read_token_header(tmp_path / "TinyStories_train.bin").tokenizer.vocab_size
     assert 257 < filled < 4096 and tokenizer.load_bpe(tmp_path / "tokenizer.json").vocab_size == filled
+
+
+# ----------------------------------------------------------------------------- the recommended path (make demo)
+
+def test_preset_fastest_takes_its_shape_and_the_tokenizers_vocabulary(run_dir, tmp_path):
+    run("create_model.py", "--preset", "fastest", "--tokenizer", run_dir / "data" / "tokenizer.json",
+        "-o", tmp_path / "fastest.bin")
+    config, preset = read_model(tmp_path / "fastest.bin").config, MODEL_PRESETS["fastest"]
+    assert (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size) == (
+        preset["layers"], preset["heads"], preset["channels"], preset["block_size"], VOCAB)
+    run("create_model.py", "--preset", "fastest", "--layers", "3", "--tokenizer", run_dir / "data" / "tokenizer.json",
+        "-o", tmp_path / "three.bin")
+    assert preset["layers"] != 3 and read_model(tmp_path / "three.bin").config.n_layer == 3  # a flag beside it wins
+
+
+def test_fastest_config_is_the_demos_path():
+    """configs/fastest.toml reads as ./train's flags, on the files make demo makes: the token files of
+    prepare_data.py --vocab-size RECOMMENDED_VOCAB, fastest_model.bin, checkpoint fastest.bin."""
+    settings = config_defaults(train_parser(), str(REPO / "configs" / "fastest.toml"))
+    folder = f"data/tinystories-bpe{RECOMMENDED_VOCAB}"
+    assert settings["train_tokens"] == f"{folder}/TinyStories_train.bin"
+    assert settings["val_tokens"] == f"{folder}/TinyStories_val.bin"
+    assert (settings["model"], settings["checkpoint"]) == ("fastest_model.bin", "fastest.bin")
+    makefile = (REPO / "Makefile").read_text()
+    assert "-o fastest_model.bin" in makefile and "./generate -e fastest.bin" in makefile
