@@ -4,6 +4,8 @@
 #              ./train --config configs/fastest.toml, a story (data: Hugging Face, else DATA=path, else synthetic)
 # make train   the original's quick start: 10k steps of the default model at B=32, T=256
 # make test    the test suite
+# make llama   llama.cpp for the GGUF tests and for running exported models: llama-cpp-python built from
+#              its source into .venv (once), llama.cpp's source in .venv/llama.cpp
 # make test-other-cpu   the tests that train or generate, on this CPU acting as the other kind
 #              (TINYSTORIES_CPU_BF16: 1 where it has no native bf16, 0 where it has)
 PYTHON ?= python3
@@ -16,7 +18,10 @@ TOKENS := data/tinystories/TinyStories_train.bin
 VOCAB := $(shell sed -n 's/^RECOMMENDED_VOCAB = //p' tinystories/config.py)
 BPE_DIR := data/tinystories-bpe$(VOCAB)
 
-.PHONY: setup demo train data test test-other-cpu test-gpu clean
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA := $(VENV)/.llama-installed
+
+.PHONY: setup demo train data test test-other-cpu test-gpu llama clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +33,19 @@ $(INSTALLED): pyproject.toml | $(PY)
 	touch $@
 
 setup: $(INSTALLED)
+
+# the source distribution holds llama.cpp itself (vendor/llama.cpp, with convert_hf_to_gguf.py); the
+# multimodal library (LLAVA_BUILD) is not needed here
+$(LLAMA): | $(INSTALLED)
+	rm -rf $(VENV)/llama-src $(VENV)/llama.cpp
+	$(PY) -m pip download -q --no-deps --no-binary :all: "$(LLAMA_CPP_PYTHON)" -d $(VENV)/llama-src
+	tar -xzf $(VENV)/llama-src/*.tar.gz -C $(VENV)/llama-src
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q $(VENV)/llama-src/llama_cpp_python-*/
+	mv $(VENV)/llama-src/llama_cpp_python-*/vendor/llama.cpp $(VENV)/llama.cpp
+	rm -rf $(VENV)/llama-src
+	touch $@
+
+llama: $(LLAMA)
 
 data: $(TOKENS)
 

@@ -63,6 +63,20 @@ def train(texts: Iterable[str], vocab_size: int, exact: bool = True) -> Tokenize
     return ordinary(tokenizer)
 
 
+def from_vocabulary(tokens: list[str], merges: list[str], where: str) -> Tokenizer:
+    """The byte-level BPE of token strings (in id order, spelled in the byte alphabet, with EOT_TEXT
+    among them) and merges ("a b", in rank order), as `train` builds it: for a GGUF file's tokenizer."""
+    try:
+        model = models.BPE({token: i for i, token in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges])
+    except Exception as e:  # the plain Exception `tokenizers` raises for a merge of unknown tokens
+        raise BadInput(f"{where}: its tokens and merges are not a BPE ({one_line(e)[:200]})") from None
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(EOT_TEXT, special=True)])
+    return parse(tokenizer.to_str(), where)
+
+
 def ordinary(tokenizer: Tokenizer) -> Tokenizer:
     """The tokenizer, set to encode `<|endoftext|>` in a text as ordinary text (like tiktoken's
     encode_ordinary); the file does not store this setting."""

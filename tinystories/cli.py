@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from .config import (HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig,
+from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig,
                      PrepareConfig, TrainConfig)
 from .errors import BadInput
 
@@ -294,44 +294,68 @@ def eval_main(argv=None) -> None:
 def export_parser() -> Parser:
     p = Parser(prog="tinystories export", description=(
         "Write a Hugging Face transformers GPT-2 folder (config.json, model.safetensors, tokenizer files) "
-        "from an llm.c model file or checkpoint; load it with GPT2LMHeadModel.from_pretrained(folder)."))
+        "from an llm.c model file or checkpoint; load it with GPT2LMHeadModel.from_pretrained(folder). "
+        "With --gguf, a GGUF file for llama.cpp (besides or instead of the folder)."))
     p.add_argument("-e", "--model", default="checkpoint.bin",
                    help="model or checkpoint file, fp32 or llm.c bf16 (default: %(default)s)")
-    p.add_argument("-o", "--output", required=True, help="folder to write (built beside it, then renamed into place)")
+    p.add_argument("-o", "--output", help="folder to write (built beside it, then renamed into place)")
     p.add_argument("--force", action="store_true", help=(
         "replace --output even if it holds files that export does not write (the whole folder is replaced); "
         "without it, only an empty folder or a previous export is replaced"))
+    p.add_argument("--gguf", metavar="FILE", help="a GGUF file to write for llama.cpp (its gpt2 architecture, "
+                   "with the tokenizer; written beside it, then renamed into place)")
+    p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--gguf's weight type for the 2-D weights "
+                   "(biases and norms stay f32; q8_0 and q4_0 need channels divisible by 32) (default: %(default)s)")
     p.add_argument("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
 
 
 def export_main(argv=None) -> None:
-    args = export_parser().parse_args(argv)
-    from . import hf
+    parser = export_parser()
+    args = parser.parse_args(argv)
+    if not (args.output or args.gguf):
+        parser.error("one of -o/--output (a Hugging Face folder) and --gguf (a llama.cpp file) is required")
     from .tokenizer import for_model
 
-    names = hf.export(args.model, args.output, for_model(args.model, args.tokenizer), force=args.force)
-    print(f"wrote {args.output}: {', '.join(names)}")
+    tokenizer = for_model(args.model, args.tokenizer)
+    if args.gguf:
+        from .gguf_file import export_gguf
+
+        size = export_gguf(args.model, args.gguf, tokenizer, args.type)
+        print(f"wrote {args.gguf}: {args.type}, {size:,} bytes")
+    if args.output:
+        from . import hf
+
+        names = hf.export(args.model, args.output, tokenizer, force=args.force)
+        print(f"wrote {args.output}: {', '.join(names)}")
 
 
 # ----------------------------------------------------------------------------- import
 
 def import_parser() -> Parser:
     p = Parser(prog="tinystories import", description=(
-        "Convert a Hugging Face GPT-2 folder (config.json + model.safetensors) into an llm.c fp32 model "
-        "file that ./train and ./generate read. Pickled weights (pytorch_model.bin) are refused."))
-    p.add_argument("-i", "--input", required=True, help="Hugging Face model folder")
+        "Convert a Hugging Face GPT-2 folder (config.json + model.safetensors), or a GGUF file that export "
+        "--gguf wrote, into an llm.c fp32 model file that ./train and ./generate read. Pickled weights "
+        "(pytorch_model.bin) are refused."))
+    p.add_argument("-i", "--input", required=True, help="Hugging Face model folder, or a .gguf file")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
     p.add_argument("--block-size", type=positive_int, default=None,
-                   help="keep only the first N positions (default: all of the model's n_positions)")
+                   help="keep only the first N positions (default: all of the model's n_positions; a folder only)")
     return p
 
 
 def import_main(argv=None) -> None:
     args = import_parser().parse_args(argv)
-    from . import hf
+    if os.path.isfile(args.input):
+        from .gguf_file import import_gguf
 
-    config = hf.import_folder(args.input, args.output, block_size=args.block_size)
+        if args.block_size is not None:
+            raise BadInput("--block-size: only for a Hugging Face folder, not a GGUF file")
+        config = import_gguf(args.input, args.output)
+    else:
+        from . import hf
+
+        config = hf.import_folder(args.input, args.output, block_size=args.block_size)
     print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
           f"block {config.block_size}, vocab {config.vocab_size}; {config.num_parameters(padded=False):,} parameters")
 

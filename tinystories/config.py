@@ -80,6 +80,9 @@ class GPTConfig:
 HF_ARCHIVE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
 HF_ARCHIVE_SIZE = 1_608_001_638
 
+# export --gguf --type: the weight types of a GGUF file that llama.cpp runs at this model size (gguf_file.py)
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+
 # --precision auto, written once (device.resolve_precision implements it; help texts and README point here)
 PRECISION_POLICY = ("auto = bf16 on CUDA compute capability 8.0+ and on CPUs with native bf16 (AVX512-BF16 or AMX), "
                     "fp16 on CUDA 7.x (V100, T4), else fp32 (MPS included)")
@@ -124,9 +127,9 @@ RECIPES = {
 # The fastest way to a story model (README; BENCHMARKS.md "Time to quality", chosen by
 # bench/bench_time_to_quality.py): prepare_data.py --vocab-size RECOMMENDED_VOCAB, a model of
 # create_model.py --preset fastest (its flags' values here), and ./train --config configs/fastest.toml.
-RECOMMENDED_VOCAB = 2048
+RECOMMENDED_VOCAB = 4096
 MODEL_PRESETS = {
-    "fastest": {"layers": 4, "heads": 4, "channels": 128, "block_size": 256},
+    "fastest": {"layers": 1, "heads": 4, "channels": 128, "block_size": 256},
 }
 
 

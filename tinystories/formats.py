@@ -72,9 +72,10 @@ MAX_TOKEN_VOCAB = 1 << 16  # token ids are uint16
 # ----------------------------------------------------------------------------- helpers
 
 @contextlib.contextmanager
-def atomic_write(path):
-    """Open a temp file beside `path` for binary writing; on success fsync it and rename it over
-    `path`. On any error (or a kill) the temp file is removed/abandoned and `path` is untouched."""
+def atomic_path(path):
+    """A temp file's path beside `path`, for a writer that opens files by name; on success fsync the
+    file and rename it over `path`. On any error (or a kill) the temp file is removed/abandoned and
+    `path` is untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -87,10 +88,13 @@ def atomic_write(path):
         raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -99,6 +103,14 @@ def atomic_write(path):
             raise BadInput(f"{path}: write failed: {e.strerror or e}") from None
         raise
     fsync_folder(folder)  # make the rename itself durable
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Open a temp file beside `path` for binary writing; on success fsync it and rename it over
+    `path` (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def fsync_folder(folder) -> None:

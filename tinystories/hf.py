@@ -2,7 +2,8 @@
 
 Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoTokenizer.from_pretrained
 (folder)` and `pipeline("text-generation", model=folder)`, offline)
-    config.json             GPT2Config: our shape, activation "gelu_new" (GELU, tanh form), LayerNorm
+    config.json             GPT2Config: our shape (the block size as n_positions, and as n_ctx, the old name
+                            that llama.cpp's convert_hf_to_gguf.py reads), activation "gelu_new" (GELU, tanh form), LayerNorm
                             eps 1e-5, n_inner null (= 4 C), tied output head, bos/eos = the EOT id. Dropouts
                             are 0.0 because our model has none: eval mode is unaffected either way,
                             and fine-tuning in transformers then trains the same network we trained.
@@ -135,7 +136,8 @@ def llmc_params(config: GPTConfig, tensors: dict[str, np.ndarray]) -> dict[str, 
 def gpt2_config_json(config: GPTConfig, eot: int) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
         "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
@@ -286,7 +288,7 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
     tensors = read_gpt2_tensors(folder, config, tied)
     config = dataclasses.replace(config, block_size=block_size or config.block_size)
     tokenizer = folder_tokenizer(folder, config)
-    write_beside = tokenizer is not None and _needs_tokenizer_beside(output, tokenizer)
+    write_beside = tokenizer is not None and needs_tokenizer_beside(output, tokenizer)
     write_model(output, config, llmc_params(config, tensors), tokenizer=tokenizer.record if tokenizer else None)
     if write_beside:
         with atomic_write(beside(os.path.abspath(output))) as f:
@@ -306,7 +308,7 @@ def folder_tokenizer(folder: str, config: GPTConfig) -> BPETokenizer | None:
     return tokenizer
 
 
-def _needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
+def needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
     """Whether the tokenizer.json beside the model file `output` is still to be written: False when the
     same tokenizer is there already; BadInput if another one is."""
     path = beside(os.path.abspath(output))
