@@ -88,9 +88,11 @@ def llama_cpp_runs(model: GPT, n: int, seed: int, threads: int, folder: str) -> 
 def llama_story(llm, n: int) -> list[int]:
     out = []
     for token in llm.generate([EOT], temp=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-        if token == EOT or len(out) == n:
+        if token == EOT:
             break
         out.append(token)
+        if len(out) == n:  # before llama.cpp feeds it back: the last id needs no position
+            break
     return out
 
 

@@ -24,9 +24,10 @@ from tinystories.model import read_gpt
 PROMPT = "Once upon a time"
 TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun."
 GREEDY_TOKENS = 40
-# largest |log p| difference from our fp32 model over TEXT's positions, by weight type (llama.cpp on
-# CPU: GELU from an f16 table, f16 K/V cache; then the weights' own rounding)
-LOGPROB_TOLERANCE = {"f32": 0.02, "f16": 0.05, "q8_0": 0.15}
+# largest |log p| difference from our fp32 model over TEXT's positions, by weight type: about 3x what
+# llama.cpp 0.3.36 (llama-cpp-python) gave on CPU, 2026-12-03 (f32 0.0004/0.0006, f16 0.0014/0.0010,
+# q8_0 0.026/0.023 for the BPE/GPT-2 models; q4_0 0.24/0.43 is not tested, see README)
+LOGPROB_TOLERANCE = {"f32": 0.002, "f16": 0.005, "q8_0": 0.08}
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +174,11 @@ def llama_greedy(llm, prompt_ids: list[int], n: int, eot: int) -> list[int]:
     """llama.cpp's greedy continuation of prompt_ids (at most n ids, stopping before an eot)."""
     out = []
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-        if token == eot or len(out) == n:
+        if token == eot:
             break
         out.append(token)
+        if len(out) == n:  # before llama.cpp feeds it back
+            break
     return out
 
 
