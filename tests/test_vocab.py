@@ -97,7 +97,8 @@ def test_resume_with_a_bpe_equals_one_run(run_dir, tmp_path):
     one_run, resumed = logged(run_dir / "ck.bin", "train_loss"), logged(tmp_path / "half.bin", "train_loss")
     assert resumed == one_run  # every step's loss, so a failure shows the first step that differs
     a, b = read_model(run_dir / "ck.bin"), read_model(tmp_path / "half.bin")
-    differ = {k: float(np.abs(a.params[k] - b.params[k]).max()) for k in a.params if not np.array_equal(a.params[k], b.params[k])}
+    differ = {k: float(np.abs(a.params[k] - b.params[k]).max())
+              for k in a.params if not np.array_equal(a.params[k], b.params[k])}
     assert not differ  # {tensor: largest difference}
 
 

@@ -44,9 +44,9 @@ import numpy as np
 from . import bpe, llmc
 from .config import GGUF_TYPES, GPTConfig
 from .errors import BadInput
-from .formats import atomic_path, atomic_write, read_model, write_model
+from .formats import atomic_path, read_model
 from .sources import one_line
-from .tokenizer import BPETokenizer, Tokenizer, beside, gpt2
+from .tokenizer import BPETokenizer, Tokenizer, gpt2
 
 LAYER_NORM_EPS = 1e-5
 BLOCK_VALUES = 32  # q8_0 and q4_0 quantise rows in blocks of 32 values
@@ -97,9 +97,8 @@ def vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
 
     model = json.loads(tokenizer.json_text() if isinstance(tokenizer, BPETokenizer) else tokenizer_json())["model"]
     tokens = [""] * tokenizer.vocab_size
-    for token, index in model["vocab"].items():
+    for token, index in model["vocab"].items():  # <|endoftext|> included: both BPEs hold it in their vocab
         tokens[index] = token
-    tokens[tokenizer.eot] = "<|endoftext|>"  # an added token: not in the BPE's own vocab
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, merges
 
@@ -253,7 +252,7 @@ def read_tokenizer(reader, path) -> Tokenizer:
 def import_gguf(path, output) -> GPTConfig:
     """Convert a GGUF file that export --gguf wrote into our fp32 llm.c model file (and its
     tokenizer.json beside it, for a trained BPE). Returns the written model's config."""
-    from .hf import needs_tokenizer_beside
+    from .hf import write_imported_model
 
     path = os.fspath(path)
     if os.path.exists(output) and os.path.samefile(path, output):
@@ -261,11 +260,5 @@ def import_gguf(path, output) -> GPTConfig:
     reader = read_gguf(path)
     config = read_config(reader, path)
     tokenizer = read_tokenizer(reader, path)
-    params = read_params(reader, config, path)
-    is_bpe = isinstance(tokenizer, BPETokenizer)
-    write_beside = is_bpe and needs_tokenizer_beside(output, tokenizer)
-    write_model(output, config, params, tokenizer=tokenizer.record)
-    if write_beside:
-        with atomic_write(beside(os.path.abspath(output))) as f:
-            f.write(tokenizer.json_text().encode())
+    write_imported_model(output, config, read_params(reader, config, path), tokenizer)
     return config

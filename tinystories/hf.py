@@ -2,11 +2,12 @@
 
 Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoTokenizer.from_pretrained
 (folder)` and `pipeline("text-generation", model=folder)`, offline)
-    config.json             GPT2Config: our shape (the block size as n_positions, and as n_ctx, the old name
-                            that llama.cpp's convert_hf_to_gguf.py reads), activation "gelu_new" (GELU, tanh form), LayerNorm
-                            eps 1e-5, n_inner null (= 4 C), tied output head, bos/eos = the EOT id. Dropouts
-                            are 0.0 because our model has none: eval mode is unaffected either way,
-                            and fine-tuning in transformers then trains the same network we trained.
+    config.json             GPT2Config: our shape (the block size as n_positions, and as n_ctx, the old
+                            name that llama.cpp's convert_hf_to_gguf.py reads), activation "gelu_new"
+                            (GELU, tanh form), LayerNorm eps 1e-5, n_inner null (= 4 C), tied output
+                            head, bos/eos = the EOT id. Dropouts are 0.0 because our model has none:
+                            eval mode is unaffected either way, and fine-tuning in transformers then
+                            trains the same network we trained.
     generation_config.json  bos/eos/pad = the EOT id
     model.safetensors       fp32 GPT-2 state dict, names `transformer.*`:
                               wte.weight (V, C)          our wte without its padding rows
@@ -287,13 +288,19 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
         raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
     tensors = read_gpt2_tensors(folder, config, tied)
     config = dataclasses.replace(config, block_size=block_size or config.block_size)
-    tokenizer = folder_tokenizer(folder, config)
-    write_beside = tokenizer is not None and needs_tokenizer_beside(output, tokenizer)
-    write_model(output, config, llmc_params(config, tensors), tokenizer=tokenizer.record if tokenizer else None)
+    write_imported_model(output, config, llmc_params(config, tensors), folder_tokenizer(folder, config))
+    return config
+
+
+def write_imported_model(output, config: GPTConfig, params: dict[str, np.ndarray], tokenizer: Tokenizer | None) -> None:
+    """Write an imported model file whose header names `tokenizer` and, for a trained BPE, its
+    tokenizer.json beside it (where tokenizer.for_model finds it), unless the same one is there
+    already; BadInput, with nothing written, if another one is (import of a folder or a GGUF file)."""
+    write_beside = isinstance(tokenizer, BPETokenizer) and _needs_tokenizer_beside(output, tokenizer)
+    write_model(output, config, params, tokenizer=tokenizer.record if tokenizer else None)
     if write_beside:
         with atomic_write(beside(os.path.abspath(output))) as f:
             f.write(tokenizer.json_text().encode())
-    return config
 
 
 def folder_tokenizer(folder: str, config: GPTConfig) -> BPETokenizer | None:
@@ -308,7 +315,7 @@ def folder_tokenizer(folder: str, config: GPTConfig) -> BPETokenizer | None:
     return tokenizer
 
 
-def needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
+def _needs_tokenizer_beside(output, tokenizer: BPETokenizer) -> bool:
     """Whether the tokenizer.json beside the model file `output` is still to be written: False when the
     same tokenizer is there already; BadInput if another one is."""
     path = beside(os.path.abspath(output))
