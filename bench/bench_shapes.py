@@ -7,10 +7,13 @@ as fit the --budget seconds at its own step time (measured first, as bench_time_
 and is scored in bits per byte on the whole validation excerpt, and on as many tokens of the
 train excerpt (its first ones), so over-fitting shows as a train figure far below the val one.
 Stage 1 crosses vocabularies and shapes with the base settings; stage 2 varies the rates and the
-batch of stage 1's best; every run is printed, so what lost is on record.
+batch of stage 1's best; stage 3 varies the weight decay (against over-fitting the 0.5M-token
+excerpt) of one shape at fixed step counts (--steps; no step-time noise); every run is printed, so
+what lost is on record.
 
     .venv/bin/python bench/bench_shapes.py --budget 14            # a tenth of the original's time
     .venv/bin/python bench/bench_shapes.py --budget 140 --stage 1 # the original's whole time
+    .venv/bin/python bench/bench_shapes.py --stage 3 --vocab 4096 --shape 1L128C --steps 210,2000
 """
 import argparse
 import tempfile
@@ -27,15 +30,17 @@ SHAPES = {"1L128C": (1, 4, 128), "2L128C": (2, 4, 128), "3L128C": (3, 4, 128), "
 STAGE_1 = [(vocab, shape) for vocab in (2048, 4096, 8192) for shape in ("2L128C", "3L128C", "4L128C")]
 STAGE_2 = [{"matrix_lr": 0.005}, {"matrix_lr": 0.02}, {"embed_lr": 0.005}, {"embed_lr": 0.02},
            {"learning_rate": 3e-3}, {"batch_size": 4}, {"batch_size": 16}, {"cooldown": 0.2}, {"cooldown": 0.6}]
+STAGE_3 = [{"weight_decay": wd} for wd in (0.0, 0.1, 0.3, 0.5, 0.7, 1.0, 2.0)]
 
 
-def run(vocab: int, shape: str, settings: dict, args) -> dict:
+def run(vocab: int, shape: str, settings: dict, args, steps: int | None = None) -> dict:
+    """Train one candidate for `steps`, or for the steps that fit --budget at its step time."""
     data = prepare(args.out / f"bpe{vocab}", vocab)
     layers, heads, channels = SHAPES[shape]
     model = create_model(args.out / f"{shape}-{vocab}-seed{args.seed}.bin", args.seed, "--tokenizer",
                          data / "tokenizer.json", "--layers", layers, "--heads", heads, "--channels", channels)
     settings = {**settings, "seed": args.seed}
-    steps = max(1, round(args.budget / step_seconds(model, data, settings)))
+    steps = steps or max(1, round(args.budget / step_seconds(model, data, settings)))
     result = train_run(model, data, steps, settings, evals=1, seed=args.seed, train_bpb=True)
     mflops = GPTConfig(vocab_size=vocab, n_layer=layers, n_head=heads, n_embd=channels).flops_per_token(256) / 1e6
     changed = " ".join(f"{k}={v}" for k, v in settings.items() if k != "seed" and BASE.get(k) != v) or "base"
@@ -48,9 +53,10 @@ def run(vocab: int, shape: str, settings: dict, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=14.0, help="training seconds per candidate")
-    parser.add_argument("--stage", type=int, default=0, help="1 or 2 only (default: both)")
-    parser.add_argument("--vocab", type=int, default=2048, help="stage 2 alone: its vocabulary")
-    parser.add_argument("--shape", default="4L128C", help=f"stage 2 alone: its shape ({', '.join(SHAPES)})")
+    parser.add_argument("--stage", type=int, default=0, help="1, 2 or 3 only (default: 1 and 2)")
+    parser.add_argument("--vocab", type=int, default=2048, help="stage 2 or 3 alone: its vocabulary")
+    parser.add_argument("--shape", default="4L128C", help=f"stage 2 or 3 alone: its shape ({', '.join(SHAPES)})")
+    parser.add_argument("--steps", default="210,2000", help="stage 3: the step counts, separated by commas")
     parser.add_argument("--seed", type=int, default=1, help="initialisation and data seed")
     parser.add_argument("--only", default=None, help="stage 1 alone, these candidates: VOCAB:SHAPE,...")
     parser.add_argument("--out", type=Path, default=None)
@@ -66,6 +72,10 @@ def main() -> None:
     if args.stage in (0, 2):
         for change in STAGE_2:
             run(*best, {**BASE, **change}, args)
+    if args.stage == 3:
+        for steps in map(int, args.steps.split(",")):
+            for change in STAGE_3:
+                run(*best, {**BASE, **change}, args, steps)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ per-group learning rates, --recipe layering and create_model.py --zero-init-proj
 import math
 
 import numpy as np
+import pytest
 import torch
 from conftest import REPO, TINY, logged, run, train, train_flags
 
@@ -61,11 +62,12 @@ def loss_of(model, step: int) -> torch.Tensor:
 
 
 def slow_muon_run(model: GPT, cfg: TrainConfig, steps: int) -> None:
-    """The reference: per-matrix Muon in float64 (c_attn as q, k, v), torch's AdamW for the rest."""
+    """The reference: per-matrix Muon in float64 (c_attn as q, k, v) with decoupled weight decay,
+    torch's AdamW for the rest (decay on the embeddings only)."""
     matrices = {name: p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("h.")}
     rest = [p for name, p in model.named_parameters() if name not in matrices]
     embeddings = [p for name, p in model.named_parameters() if name.startswith(("wte", "wpe"))]
-    adamw = torch.optim.AdamW([{"params": embeddings, "lr": cfg.embed_lr},
+    adamw = torch.optim.AdamW([{"params": embeddings, "lr": cfg.embed_lr, "weight_decay": cfg.weight_decay},
                                {"params": [p for p in rest if all(p is not e for e in embeddings)], "lr": cfg.learning_rate,
                                 "weight_decay": 0.0}], betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=0.0)
     momentum = {name: np.zeros(p.shape) for name, p in matrices.items()}
@@ -79,13 +81,15 @@ def slow_muon_run(model: GPT, cfg: TrainConfig, steps: int) -> None:
                 update = (1 - mu) * grad + mu * momentum[name]
                 parts = np.split(update, 3) if name.endswith("c_attn.weight") else [update]
                 step_ = np.concatenate([slow_orthogonalise(m) * 0.2 * math.sqrt(max(m.shape)) for m in parts])
+                p.mul_(1 - cfg.matrix_lr * cfg.weight_decay)
                 p -= torch.from_numpy(cfg.matrix_lr * step_).float()
         adamw.step()
         model.zero_grad(set_to_none=True)
 
 
-def test_muon_step_matches_the_slow_reference():
-    cfg = TrainConfig(optimizer="muon", learning_rate=2e-3, embed_lr=5e-3, matrix_lr=1e-2)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_muon_step_matches_the_slow_reference(weight_decay):
+    cfg = TrainConfig(optimizer="muon", learning_rate=2e-3, embed_lr=5e-3, matrix_lr=1e-2, weight_decay=weight_decay)
     ours, reference = tiny_model(), tiny_model()
     optimizer = make_optimizer(ours, cfg)
     set_learning_rate(optimizer, cfg.learning_rate)

@@ -188,7 +188,9 @@ class TrainConfig:
                                "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic "
                                "otherwise, eager runs always are (costs ~25%% of the compiled speed on CPU)")
     seed: int = flag("--seed", 1337, "seed for sampling and any randomness in training", rule=INT64)
-    weight_decay: float = flag("--weight-decay", 0.0, "AdamW weight decay (matrices only)", rule=FINITE_AT_LEAST_0)
+    weight_decay: float = flag("--weight-decay", 0.0, "decoupled weight decay of the embeddings and the "
+                                "blocks' matrices (in AdamW, and in Muon with --optimizer muon): each step "
+                                "scales them by 1 - its rate x this", rule=FINITE_AT_LEAST_0)
     beta1: float = flag("--beta1", 0.9, "AdamW beta1", rule=FRACTION)
     beta2: float = flag("--beta2", 0.95, "AdamW beta2", rule=FRACTION)
     eps: float = flag("--eps", 1e-8, "AdamW epsilon", rule=FINITE_POSITIVE)
