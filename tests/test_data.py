@@ -122,13 +122,21 @@ def test_two_runs_are_byte_identical_whatever_the_workers(tmp_path, monkeypatch)
 
 # ----------------------------------------------------------------------------- interrupted runs
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT at its default, as a terminal's foreground job has it. A
+    SIGINT ignored by whatever started the test run would be inherited (and rightly honoured, as for
+    a shell's background job), and the Ctrl-C below would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long_prepare(out: Path) -> subprocess.Popen:
     """prepare_data.py with 2 workers on a million synthetic stories (minutes of work), in a process
     group of its own, once it has begun writing (a temp file beside the outputs)."""
     proc = subprocess.Popen([sys.executable, str(REPO / "prepare_data.py"), "--source", "synthetic",
                              "--synthetic-stories", "1000000", "--workers", "2", "--out-dir", str(out),
                              "--tokenizer-file", str(out / "gpt2_tokenizer.bin")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.tmp")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
