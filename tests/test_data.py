@@ -160,6 +160,20 @@ def test_ctrl_c_stops_at_once_quietly_and_leaves_nothing(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_sigterm_stops_it_as_quietly_as_ctrl_c(tmp_path):
+    """SIGTERM to prepare_data.py alone (kill PID): it stops its workers itself; none prints a traceback."""
+    proc = start_long_prepare(tmp_path / "out")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("prepare_data.py still running 10 s after SIGTERM")
+    assert (proc.returncode, err) == (128 + signal.SIGTERM, "stopped by SIGTERM\n")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_run_after_a_killed_one_removes_its_temp_files(tmp_path):
     out = tmp_path / "out"
     proc = start_long_prepare(out)

@@ -1,5 +1,5 @@
-"""Stopping ./train with signals: SIGINT or SIGTERM finish the current step, save a checkpoint at the
-step reached and exit with 128 + the signal's number (130, 143: as shells report it, so a script can
+"""Stopping ./train with signals: SIGINT, SIGTERM or SIGHUP (a closed terminal) finish the current step,
+save a checkpoint at the step reached and exit with 128 + the signal's number (130, 143, 129: as shells report it, so a script can
 tell an unfinished run from a finished one), and that checkpoint resumes; a second SIGINT exits at once with 130 and
 leaves the previous checkpoint loadable (the final save it interrupts never replaces it).
 
@@ -51,12 +51,20 @@ def train_args(files, ck, *extra):
                          seq_len=16, learning_rate=None, device="cpu"), *extra]
 
 
+def default_stop_signals() -> None:
+    """In the child before exec: SIGINT and SIGHUP at their defaults, as a terminal's foreground job has
+    them (a test run started with nohup, or in the background, would pass them on ignored, and ./train
+    rightly leaves an ignored signal ignored)."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Training:
     """A training subprocess whose stdout and stderr lines are collected as they arrive."""
 
     def __init__(self, argv):
         self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
         self.lines = {"stdout": [], "stderr": []}
         self.arrivals = queue.Queue()
         self.readers = [threading.Thread(target=self._collect, args=(name,), daemon=True) for name in self.lines]
@@ -111,7 +119,7 @@ def train_steps(ck) -> list[int]:
     return [r["step"] for r in metrics_log(ck) if "train_loss" in r]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_stop_signal_saves_and_resumes(files, tmp_path, start, signum):
     ck = tmp_path / "ck.bin"
     run = start(["-m", "tinystories", "train", *train_args(files, ck, "-n", "100000")])

@@ -24,7 +24,7 @@ from typing import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .errors import BadInput
-from .formats import MAX_TOKEN_VOCAB, atomic_write
+from .formats import MAX_TOKEN_VOCAB, atomic_write, read_small_file
 from .sources import one_line
 
 EOT_TEXT = "<|endoftext|>"
@@ -32,6 +32,7 @@ FILE_NAME = "tokenizer.json"  # beside the token files it made
 MIN_VOCAB = 257  # the 256 bytes and <|endoftext|>: no merges
 MAX_VOCAB = MAX_TOKEN_VOCAB  # token files hold uint16 ids
 MAX_TOKEN_BYTES = 255
+MAX_FILE_BYTES = 64 << 20  # a tokenizer.json of 65,536 tokens is about 4 MB
 
 
 def byte_alphabet() -> dict[str, int]:
@@ -91,44 +92,91 @@ def write(path, tokenizer: Tokenizer) -> None:
 
 
 def read(path) -> Tokenizer:
-    """Read and validate a byte-level BPE tokenizer.json (the kind `train` makes), or BadInput."""
+    """Read and validate a byte-level BPE tokenizer.json (the kind `train` makes), or BadInput. Only a
+    regular file of at most MAX_FILE_BYTES is read (not a pipe or a device)."""
     path = os.fspath(path)
+    data = read_small_file(path, MAX_FILE_BYTES)
     try:
-        with open(path, encoding="utf-8") as f:
-            return parse(f.read(), path)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+        return parse(data.decode("utf-8"), path)
+    except UnicodeDecodeError as e:
         raise BadInput(f"{path}: cannot read it as text ({one_line(e)})") from None
 
 
 def parse(text: str, where: str) -> Tokenizer:
-    """The tokenizer of a tokenizer.json's text, validated (BadInput naming `where` otherwise)."""
+    """The tokenizer of a tokenizer.json's text, validated (BadInput naming `where` otherwise). The file
+    is checked before the `tokenizers` library reads it (some settings make it panic)."""
     try:
         spec = json.loads(text)
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as e:  # not JSON, or the plain Exception `tokenizers` raises
+    except (ValueError, RecursionError) as e:
         raise BadInput(f"{where}: not a readable tokenizer.json ({one_line(e)[:200]})") from None
-    problem = _unsupported(spec, tokenizer)
+    problem = _unsupported(spec) if isinstance(spec, dict) else "not a JSON object"
     if problem:
         raise BadInput(f"{where}: not a byte-level BPE tokenizer.json of this project ({problem})")
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as e:  # the plain Exception `tokenizers` raises
+        raise BadInput(f"{where}: not a readable tokenizer.json ({one_line(e)[:200]})") from None
     return ordinary(tokenizer)
 
 
-def _unsupported(spec: dict, tokenizer: Tokenizer) -> str | None:
-    """What makes a parsed tokenizer.json other than the byte-level BPE described above, or None."""
-    kinds = {part: (spec.get(part) or {}).get("type") for part in ("model", "pre_tokenizer", "decoder")}
-    if kinds != {"model": "BPE", "pre_tokenizer": "ByteLevel", "decoder": "ByteLevel"}:
-        return f"model, pre-tokenizer, decoder: {kinds['model']}, {kinds['pre_tokenizer']}, {kinds['decoder']}"
-    if spec["pre_tokenizer"].get("add_prefix_space") or not spec["pre_tokenizer"].get("use_regex", True):
-        return "its ByteLevel pre-tokenizer adds a prefix space or skips GPT-2's regex"
-    if spec.get("normalizer") is not None:
-        return "it has a normalizer"
-    added = [(t.get("content"), t.get("special")) for t in spec.get("added_tokens") or []]
-    if added != [(EOT_TEXT, True)]:
-        return f"added tokens {added!r:.80}, expected only {EOT_TEXT} (special)"
-    if not MIN_VOCAB <= tokenizer.get_vocab_size() <= MAX_VOCAB:
-        return f"vocab size {tokenizer.get_vocab_size()}, outside {MIN_VOCAB}..{MAX_VOCAB}"
+# Every setting that changes how a tokenizer.json encodes, as `train` writes it (GPT-2's own has the
+# same; the empty prefix and suffix are the Hub's spelling of none). The fingerprint covers only each
+# id's bytes, so a file that differs anywhere here encodes differently under the same name: refused.
+CANONICAL = {
+    "": {"truncation": (None,), "padding": (None,), "normalizer": (None,)},
+    "model": {"type": ("BPE",), "dropout": (None,), "unk_token": (None,), "continuing_subword_prefix": (None, ""),
+              "end_of_word_suffix": (None, ""), "fuse_unk": (False, None), "byte_fallback": (False, None),
+              "ignore_merges": (False, None)},
+    "pre_tokenizer": {"type": ("ByteLevel",), "add_prefix_space": (False,), "use_regex": (True, None)},
+    "decoder": {"type": ("ByteLevel",)},
+}
+EOT_ENTRY = {"content": EOT_TEXT, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+             "special": True}
+
+
+def _unsupported(spec: dict) -> str | None:
+    """What makes a tokenizer.json other than the byte-level BPE described above (CANONICAL, exactly one
+    added token, merges in canonical order: canonical_merges), or None."""
+    for part, settings in CANONICAL.items():
+        section = spec.get(part) if part else spec
+        if not isinstance(section, dict):
+            return f"{part or 'the file'} is {section!r:.40}, expected a ByteLevel/BPE object"
+        for key, allowed in settings.items():
+            if section.get(key) not in allowed:
+                return f"{part + '.' if part else ''}{key} is {section.get(key)!r:.40}, expected {allowed[0]!r}"
+    post = spec.get("post_processor")
+    if post is not None and (not isinstance(post, dict) or post.get("type") != "ByteLevel"):
+        return f"post_processor {post!r:.60}, expected none or ByteLevel"
+    added = spec.get("added_tokens")
+    if not (isinstance(added, list) and len(added) == 1 and isinstance(added[0], dict)
+            and {k: added[0].get(k) for k in EOT_ENTRY} == EOT_ENTRY):
+        return f"added tokens {added!r:.80}, expected only {EOT_TEXT} (special, no stripping)"
+    return canonical_merges(spec["model"])
+
+
+def canonical_merges(model: dict) -> str | None:
+    """None when the BPE's vocabulary and merges are in canonical order, as `train` writes them: the
+    merges in the order of the ids they make, each making a token of higher id than its two parts,
+    and every token longer than one character made by exactly one merge; else what is wrong."""
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not (isinstance(vocab, dict) and isinstance(merges, list)):
+        return "model.vocab or model.merges is missing"
+    if not MIN_VOCAB <= len(vocab) <= MAX_VOCAB:
+        return f"vocab size {len(vocab)}, outside {MIN_VOCAB}..{MAX_VOCAB}"
+    made = 0
+    for rank, merge in enumerate(merges):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            return f"merge {rank} ({merge!r:.40}) is not a pair of tokens"
+        ids = [vocab.get(pair[0]), vocab.get(pair[1]), vocab.get(pair[0] + pair[1])]
+        if None in ids:
+            return f"merge {rank} ({' '.join(pair)!r:.40}) joins or makes a token not in its vocab"
+        if not (ids[2] > made and ids[2] > max(ids[:2])):
+            return f"merges are not in canonical order (merge {rank}, {' '.join(pair)!r:.40}, makes id {ids[2]})"
+        made = ids[2]
+    joined = sum(len(token) > 1 for token in vocab if token != EOT_TEXT)
+    if joined != len(merges):
+        return f"{joined} tokens of several bytes but {len(merges)} merges (each such token needs exactly one)"
     return None
 
 

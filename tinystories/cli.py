@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
 
 from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB,
@@ -80,6 +81,10 @@ TOKENIZER_HELP = ("the tokenizer.json of a model made for a trained BPE (prepare
                   "model file is found without this flag; the model's header says which tokenizer it must be")
 
 
+FORCE_HELP = ("replace -o even when it holds a checkpoint, a token or tokenizer file or a GGUF file (without it, "
+              "only a model file is replaced)")
+
+
 for _f in (positive_int, non_negative_int, positive_float, non_negative_float, seed_int, bpe_vocab_size):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
@@ -148,6 +153,7 @@ def prepare_main(argv=None) -> None:
 def create_parser() -> Parser:
     p = Parser(prog="create_model.py", description="Write a randomly initialised GPT-2 style model (llm.c model.bin format, fp32).")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--layers", type=positive_int, default=4, help="transformer blocks (default: %(default)s)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
@@ -173,6 +179,7 @@ def create_main(argv=None) -> None:
     from .config import GPTConfig
     from .formats import write_model
     from .model import GPT
+    from .outputs import MODEL, check_output
     from .tokenizer import VOCAB_SIZE, load_bpe
 
     parser = create_parser()
@@ -192,6 +199,8 @@ def create_main(argv=None) -> None:
         config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(str(e)) from None
+    check_output(args.output, "-o", replaces=(MODEL,), force="--force", forced=args.force,
+                 inputs={"--tokenizer": args.tokenizer})
     model = GPT(config)
     model.init_weights(args.seed, zero_proj=args.zero_init_proj)
     write_model(args.output, config, llmc.model_params(model), tokenizer=tokenizer.record if tokenizer else None)
@@ -221,10 +230,16 @@ def train_parser() -> Parser:
     return p
 
 
+def train_input_files(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags (dests) naming the files ./train reads."""
+    return ("model", "train_tokens", *(("val_tokens",) if args.val_every else ()))
+
+
 def train_main(argv=None) -> None:
     from .config_file import parse_with_config
 
-    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES))))
+    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES),
+                                               input_files=train_input_files)))
     from . import train
 
     stopped_by = train.train(cfg)
@@ -300,8 +315,9 @@ def export_parser() -> Parser:
                    help="model or checkpoint file, fp32 or llm.c bf16 (default: %(default)s)")
     p.add_argument("-o", "--output", help="folder to write (built beside it, then renamed into place)")
     p.add_argument("--force", action="store_true", help=(
-        "replace --output even if it holds files that export does not write (the whole folder is replaced); "
-        "without it, only an empty folder or a previous export is replaced"))
+        "replace --output even if it holds files that export does not write (the whole folder is replaced), "
+        "and --gguf even if it holds a model, checkpoint, token or tokenizer file; without it, only an empty "
+        "folder or a previous export is replaced"))
     p.add_argument("--gguf", metavar="FILE", help="a GGUF file to write for llama.cpp (its gpt2 architecture, "
                    "with the tokenizer; written beside it, then renamed into place)")
     p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--gguf's weight type for the 2-D weights "
@@ -315,12 +331,22 @@ def export_main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not (args.output or args.gguf):
         parser.error("one of -o/--output (a Hugging Face folder) and --gguf (a llama.cpp file) is required")
+    from .bpe import MIN_VOCAB
+    from .outputs import GGUF, check_output
     from .tokenizer import for_model
 
-    tokenizer = for_model(args.model, args.tokenizer)
     if args.gguf:
+        check_output(args.gguf, "--gguf", replaces=(GGUF,), force="--force", forced=args.force,
+                     inputs={"-e": args.model, "--tokenizer": args.tokenizer})
+    tokenizer = for_model(args.model, args.tokenizer)
+    if args.gguf and tokenizer.vocab_size <= MIN_VOCAB:
+        raise BadInput(f"--gguf {args.gguf}: the model's tokenizer has no merges ({tokenizer.vocab_size} tokens: the "
+                       f"bytes and <|endoftext|>); a GGUF BPE needs merges (llama.cpp and import refuse one without)")
+    if args.gguf:
+        from .formats import remove_stale_temp_files
         from .gguf_file import export_gguf
 
+        remove_stale_temp_files(args.gguf)  # of an export killed mid-write
         size = export_gguf(args.model, args.gguf, tokenizer, args.type)
         print(f"wrote {args.gguf}: {args.type}, {size:,} bytes")
     if args.output:
@@ -339,13 +365,17 @@ def import_parser() -> Parser:
         "(pytorch_model.bin) are refused."))
     p.add_argument("-i", "--input", required=True, help="Hugging Face model folder, or a .gguf file")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--block-size", type=positive_int, default=None,
                    help="keep only the first N positions (default: all of the model's n_positions; a folder only)")
     return p
 
 
 def import_main(argv=None) -> None:
+    from .outputs import MODEL, check_output
+
     args = import_parser().parse_args(argv)
+    check_output(args.output, "-o", replaces=(MODEL,), force="--force", forced=args.force, inputs={"-i": args.input})
     if os.path.isfile(args.input):
         from .gguf_file import import_gguf
 
@@ -376,6 +406,9 @@ def plot_parser() -> Parser:
 def plot_main(argv=None) -> None:
     args = plot_parser().parse_args(argv)
     from . import plot
+    from .outputs import check_output
+
+    check_output(args.output, "-o", inputs={path: path for path in args.metrics})
 
     runs = plot.plot(args.metrics, args.output, x=args.x, log=args.log)
     print(f"wrote {args.output}")
@@ -397,9 +430,23 @@ COMMANDS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (a kill, a closed terminal) as an exception, so that a command unwinds as it does
+    on Ctrl-C: temp files removed, worker processes stopped, one line instead of tracebacks."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # the ones not ignored (nohup) become Terminated
+
+
 def run(entry, argv=None, prog: str | None = None) -> None:
-    """Run one command's main; turn BadInput into one line on stderr and exit status 2."""
+    """Run one command's main; turn BadInput into one line on stderr and exit status 2, and a stop
+    signal into one line and its shell status (130 for Ctrl-C, 128 + N for signal N)."""
     prog = prog or os.path.basename(sys.argv[0])
+    previous = {s: signal.signal(s, _terminated) for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL}
     try:
         entry(argv)
     except BadInput as e:
@@ -408,9 +455,16 @@ def run(entry, argv=None, prog: str | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated as e:
+        signum = signal.Signals(e.args[0])
+        print(f"stopped by {signum.name}", file=sys.stderr)
+        sys.exit(128 + signum)
     except BrokenPipeError:  # e.g. ./generate | head: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv=None) -> None:

@@ -43,6 +43,7 @@ Checkpoint = model file + training-state trailer (ours)
     size == model size + 1024 + P
 """
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -78,14 +79,7 @@ def atomic_path(path):
     `path` is untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: folder {folder} does not exist") from None
-    except PermissionError:
-        raise BadInput(f"{path}: folder {folder} is not writable") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
+    fd, tmp = make_temp_file(path)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.close(fd)
@@ -103,6 +97,23 @@ def atomic_path(path):
             raise BadInput(f"{path}: write failed: {e.strerror or e}") from None
         raise
     fsync_folder(folder)  # make the rename itself durable
+
+
+def make_temp_file(path, where: str | None = None) -> tuple[int, str]:
+    """(fd, name) of a new temp file `<name>.<random>.tmp` beside `path`, as atomic_path writes, or
+    BadInput naming `where` (default: the path) when it cannot be made there (no such folder, not
+    writable, a name too long for the file system)."""
+    path = os.fspath(path)
+    where = where or path
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"{where}: folder {folder} does not exist") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise BadInput(f"{where}: folder {folder} is not writable ({e.strerror})") from None
+        raise BadInput(f"{where}: cannot write in {folder}: {e.strerror}") from None
 
 
 @contextlib.contextmanager

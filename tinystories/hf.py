@@ -72,6 +72,7 @@ from .bpe import EOT_TEXT
 from .config import GPTConfig
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
+from .outputs import remove_stale_folders
 from .tokenizer import VOCAB_SIZE, BPETokenizer, Tokenizer, beside, load_bpe, vocabulary_files
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -211,6 +212,7 @@ def export(model_path, folder, tokenizer: Tokenizer | None, force: bool = False)
     _check_replaceable(folder, model_path, force)
     files = export_files(model_path, os.path.basename(target), tokenizer)
     parent = os.path.dirname(target)
+    remove_stale_folders(target)  # of an export killed mid-write
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     except OSError as e:

@@ -214,8 +214,10 @@ class Console:
         self.print(f"train {cfg.train_tokens}: {loader.tokens.size:,} tokens of the {tokenizer} "
                    f"({loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
 
-    def resumed(self, state, changed: list[str]) -> None:
-        self.print(f"resuming run {state.run_id} at step {state.step} (data position {state.data_position:,})")
+    def resumed(self, state, changed: list[str], schedule: list[str] = ()) -> None:
+        """`changed`: what changes the data a step sees (a note); `schedule`: the learning rate's settings."""
+        other = f"; now with {', '.join(schedule)}" if schedule else ""
+        self.print(f"resuming run {state.run_id} at step {state.step} (data position {state.data_position:,}){other}")
         if changed:
             self.print(f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the checkpoint's; "
                        f"resuming at its data position anyway (losses will not match an uninterrupted run)", error=True)

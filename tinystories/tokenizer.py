@@ -19,6 +19,7 @@ Tokenizer file (llm.c `gpt2_tokenizer.bin`)
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -172,9 +173,20 @@ def gpt2() -> GPT2Tokenizer:
     return GPT2Tokenizer()
 
 
-def load_bpe(path) -> BPETokenizer:
-    """The byte-level BPE of a tokenizer.json, validated (BadInput naming the file otherwise)."""
-    return BPETokenizer(bpe.read(path), os.fspath(path))
+def load_bpe(path) -> Tokenizer:
+    """The byte-level BPE of a tokenizer.json, validated (BadInput naming the file otherwise); GPT-2's
+    own tokenizer (gpt2(), which GPT-2's token and model files name by naming none) when it is GPT-2's
+    tokenizer.json: the same ids, bytes and merges."""
+    tokenizer = BPETokenizer(bpe.read(path), os.fspath(path))
+    return gpt2() if is_gpt2(tokenizer) else tokenizer
+
+
+def is_gpt2(tokenizer: BPETokenizer) -> bool:
+    if (tokenizer.vocab_size, tokenizer.eot) != (VOCAB_SIZE, EOT) or tokenizer.fingerprint != gpt2().fingerprint:
+        return False
+    merges = json.loads(tokenizer.json_text())["model"]["merges"]
+    with open(vocabulary_files()[0], encoding="utf-8") as f:  # vocab.bpe: a version line, then "a b" per merge
+        return [m if isinstance(m, str) else " ".join(m) for m in merges] == f.read().split("\n")[1:-1]
 
 
 def beside(path) -> Path:

@@ -39,18 +39,21 @@ from .loader import TokenLoader
 from .metrics import Console
 from .model import read_gpt
 from .optim import learning_rate, make_optimizer
+from .outputs import OutputLock
 from .retention import Retention
 from .runtime import training_runtime
 from .step import TrainStep
 
 
 class StopSignals:
-    """First SIGINT/SIGTERM: finish the current step, save, exit cleanly. Second SIGINT: exit now
-    (every file is written atomically, so nothing is corrupted)."""
+    """First SIGINT/SIGTERM/SIGHUP (the terminal or the ssh session closed; not when ignored, as
+    under nohup): finish the current step, save, exit cleanly. Second SIGINT: exit now (every file
+    is written atomically, so nothing is corrupted)."""
 
     def __init__(self):
         self.requested = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                          if signal.getsignal(s) is not signal.SIG_IGN}
 
     def _handle(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:
@@ -64,6 +67,16 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+def check_step_size(cfg: TrainConfig, train_tokens: int, seq_len: int) -> None:
+    """BadInput when one step (-b sequences of -t tokens, --grad-accum times) needs more tokens than
+    the whole train file holds: its micro-batches would be built before the first step."""
+    tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
+    if cfg.grad_accum > 1 and tokens_per_step > train_tokens - 1:  # one micro-batch too many: the loader says so
+        raise BadInput(f"--grad-accum {cfg.grad_accum}: a step of -b {cfg.batch_size} x -t {seq_len} x {cfg.grad_accum} "
+                       f"= {tokens_per_step:,} tokens is more than the train file -i {cfg.train_tokens} holds "
+                       f"({train_tokens:,}); lower --grad-accum or -b")
+
+
 def run_length(cfg: TrainConfig, train_tokens: int, seq_len: int) -> int:
     """The run's steps: -n, or one epoch of the train file (-1)."""
     if cfg.max_steps > 0:
@@ -72,9 +85,23 @@ def run_length(cfg: TrainConfig, train_tokens: int, seq_len: int) -> int:
 
 
 class Trainer:
-    """One training run, composed in __init__ from a TrainConfig; run() is the loop."""
+    """One training run, composed in __init__ from a TrainConfig; run() is the loop. While it lives,
+    rank 0 holds -c's lock (outputs.OutputLock): one run per checkpoint."""
 
     def __init__(self, cfg: TrainConfig):
+        self.lock = None
+        try:
+            self._compose(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up -c's lock (a killed run's is released by the kernel)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _compose(self, cfg: TrainConfig) -> None:
         cfg.validate()
         metrics.check_extras(cfg)
         self.cfg = cfg
@@ -92,13 +119,17 @@ class Trainer:
                                                 cfg.model, model_file)
         train_tokens = read_tokens(cfg.train_tokens, config.vocab_size)
         self.total_steps = run_length(cfg, train_tokens.size, T)
+        check_step_size(cfg, train_tokens.size, T)
         self.runtime = rt = training_runtime(cfg, self.total_steps)
         self.model.head_loss = rt.head_loss.load()
         self.model.to(rt.device)
         self.optimizer = make_optimizer(self.model, cfg, capturable=rt.cuda_graphs)
-        self.setup = checkpoint.training_setup(cfg, T, rt.dist.world)
+        self.setup = checkpoint.training_setup(cfg, T, rt.dist.world, train_tokens.size)
         resumed = model_file.state is not None
         self.state = checkpoint.restore(model_file, cfg.model, self.model, self.optimizer, self.setup) if resumed else RunState()
+        self.complete = resumed and self.state.step >= self.total_steps  # the same command again, once it finished
+        if self.complete:
+            return  # run() says so, and writes nothing
         self._check_outputs()
         B = cfg.batch_size // rt.dist.world
         self.train_loader = TokenLoader(cfg.train_tokens, B, T, rt.dist.rank, rt.dist.world, tokens=train_tokens)
@@ -112,7 +143,8 @@ class Trainer:
                       if rt.dist.master else metrics.Sinks([]))
         self.console.started(cfg, rt, config, T, self.train_loader, self.tokenizer.name)
         if resumed:
-            self.console.resumed(self.state, checkpoint.changed_setup(model_file, self.setup))
+            self.console.resumed(self.state, checkpoint.changed_setup(model_file, self.setup),
+                                 checkpoint.changed_setup(model_file, self.setup, checkpoint.SCHEDULE_KEYS))
         self.saved_step = None  # the step of this run's last save to -c
         self.last_batch = None  # the latest step's (last) micro-batch
 
@@ -122,7 +154,12 @@ class Trainer:
         cfg = self.cfg
         self.metrics_path = metrics.metrics_path(cfg.metrics, cfg.checkpoint)
         self.retention = Retention(cfg.checkpoint, cfg.keep, self.state.run_id) if cfg.checkpoint else None
-        checkpoint.check_output_paths(cfg, self.metrics_path, self.state.run_id)
+        derived = self.retention.paths(self.total_steps, cfg.val_every > 0) if self.retention else []
+        checkpoint.check_output_paths(cfg, self.metrics_path, derived)
+        if cfg.checkpoint and self.runtime.dist.master:
+            self.lock = OutputLock(cfg.checkpoint, "-c")
+        if cfg.checkpoint and not cfg.overwrite:
+            checkpoint.check_not_another_run(cfg.checkpoint, self.state.run_id)
         if self.runtime.dist.master:
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
@@ -134,6 +171,12 @@ class Trainer:
     def run(self) -> signal.Signals | None:
         """Train to the last step, or until a signal; returns the signal that stopped the run early, if any."""
         cfg, state, dist = self.cfg, self.state, self.runtime.dist
+        if self.complete:
+            if dist.master:
+                print(f"-e {cfg.model}: the run is complete (step {state.step}; -n {cfg.max_steps} asks for "
+                      f"{self.total_steps}); nothing to train, nothing written")
+            dist.close()
+            return None
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
         signals = StopSignals()
         start_time = time.time()
@@ -179,6 +222,7 @@ class Trainer:
             signals.restore()
             self.sinks.close()
             dist.close()
+            self.release()
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's share of the next step's grad_accum micro-batches, on the device."""
