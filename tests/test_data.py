@@ -174,6 +174,19 @@ def test_sigterm_stops_it_as_quietly_as_ctrl_c(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_second_run_on_the_same_out_dir_stops_at_once(tmp_path):
+    """Its first step would remove the temp files of the first run, which it takes for a killed one's."""
+    out = tmp_path / "out"
+    proc = start_long_prepare(out)
+    try:
+        second = run_prepare_data("--source", "synthetic", "--synthetic-stories", "200", "--out-dir", out,
+                                  "--tokenizer-file", out / "gpt2_tokenizer.bin")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert_one_line_error(second, f"--out-dir {out}", f"another run (pid {proc.pid})")
+
+
 def test_a_run_after_a_killed_one_removes_its_temp_files(tmp_path):
     out = tmp_path / "out"
     proc = start_long_prepare(out)

@@ -39,7 +39,7 @@ from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
-from .outputs import TOKENIZER_FILE, TOKENIZER_JSON, TOKENS, check_output, check_writable
+from .outputs import TOKENIZER_FILE, TOKENIZER_JSON, TOKENS, OutputLock, check_output, check_writable
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
@@ -317,7 +317,9 @@ def prepare(cfg: PrepareConfig) -> None:
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])
-    with story_encoder(cfg.workers, tokenizer) as encode, staged(outputs) as temps:
+    # one run per --out-dir (the lock is taken before staged() removes the temp files a killed run left)
+    with (OutputLock(train_file, f"--out-dir {cfg.out_dir}:"), story_encoder(cfg.workers, tokenizer) as encode,
+          staged(outputs) as temps):
         val = write_split(val_shards, temps[0], encode, tokenizer, "val", (val_source or source).label)
         train = write_split(train_shards, temps[1], encode, tokenizer, "train", source.label)
         write_tokenizer_file(temps[2], tokenizer)

@@ -128,7 +128,7 @@ class OutputLock:
                 holder = self._holder(fd)
                 os.close(fd)
                 raise BadInput(f"{flag} {path}: another run ({holder}) is writing it; wait for it to end, "
-                               f"or choose another {flag}") from None
+                               f"or write elsewhere") from None
             if self._still_there(fd):
                 self.fd = fd
             else:  # the holder removed the file between our open and our lock: lock the new one
@@ -151,6 +151,12 @@ class OutputLock:
             return os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             return False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         if self.fd is not None:
