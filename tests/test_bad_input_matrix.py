@@ -316,6 +316,7 @@ CASES = [
          bad=lambda d: raw(d, "train.bin")),
     case("train-metrics-is-the-model", "train", "-e {bad} --metrics {bad}", ["--metrics {bad}", "-e"],
          bad=lambda d: raw(d, "model.bin")),
+    case("train-tensorboard-under-a-file", "train", "--tensorboard {afile}/tb", ["--tensorboard {afile}/tb", "cannot write"]),
     case("train-checkpoint-is-a-device", "train", "-c {device}", ["-c {device}", "not a regular file"], skip=NOT_ROOT),
     case("train-checkpoint-is-a-pipe", "train", "-c {fifo}", ["-c {fifo}", "not a regular file"]),
     case("train-metrics-is-a-device", "train", "--metrics {device}", ["--metrics {device}", "not a regular file"],

@@ -332,7 +332,7 @@ def export_main(argv=None) -> None:
     if not (args.output or args.gguf):
         parser.error("one of -o/--output (a Hugging Face folder) and --gguf (a llama.cpp file) is required")
     from .bpe import MIN_VOCAB
-    from .outputs import GGUF, check_output
+    from .outputs import GGUF, OutputLock, check_output
     from .tokenizer import for_model
 
     if args.gguf:
@@ -342,18 +342,22 @@ def export_main(argv=None) -> None:
     if args.gguf and tokenizer.vocab_size <= MIN_VOCAB:
         raise BadInput(f"--gguf {args.gguf}: the model's tokenizer has no merges ({tokenizer.vocab_size} tokens: the "
                        f"bytes and <|endoftext|>); a GGUF BPE needs merges (llama.cpp and import refuse one without)")
+    # each output locked while written (an export removes what a killed one left); the folder first, as
+    # its own checks (a folder it may replace, room for its temp folder) come before it writes anything
+    if args.output:
+        from . import hf
+
+        with OutputLock(os.path.abspath(args.output), "-o"):
+            names = hf.export(args.model, args.output, tokenizer, force=args.force)
+        print(f"wrote {args.output}: {', '.join(names)}")
     if args.gguf:
         from .formats import remove_stale_temp_files
         from .gguf_file import export_gguf
 
-        remove_stale_temp_files(args.gguf)  # of an export killed mid-write
-        size = export_gguf(args.model, args.gguf, tokenizer, args.type)
+        with OutputLock(args.gguf, "--gguf"):
+            remove_stale_temp_files(args.gguf)
+            size = export_gguf(args.model, args.gguf, tokenizer, args.type)
         print(f"wrote {args.gguf}: {args.type}, {size:,} bytes")
-    if args.output:
-        from . import hf
-
-        names = hf.export(args.model, args.output, tokenizer, force=args.force)
-        print(f"wrote {args.output}: {', '.join(names)}")
 
 
 # ----------------------------------------------------------------------------- import

@@ -112,7 +112,10 @@ class TensorBoardSink:
 
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise BadInput(f"--tensorboard {folder}: is a file, expected a folder for the event files")
-        self.writer = SummaryWriter(folder, purge_step=None if resume_step is None else resume_step + 1)
+        try:
+            self.writer = SummaryWriter(folder, purge_step=None if resume_step is None else resume_step + 1)
+        except OSError as e:  # a parent that is a file, a folder it may not write
+            raise BadInput(f"--tensorboard {folder}: cannot write event files there: {e.strerror or e}") from None
 
     def write(self, record: dict) -> None:
         for tag, value in scalars(record).items():
