@@ -107,7 +107,8 @@ def check_writable(path, where: str) -> None:
     """BadInput naming `where` unless a temp file for `path` can be made beside it (made and removed)."""
     fd, tmp = make_temp_file(path, where)
     os.close(fd)
-    os.unlink(tmp)
+    with contextlib.suppress(FileNotFoundError):  # removed already by the writer that owns `path` (rank 0's start)
+        os.unlink(tmp)
 
 
 class OutputLock:
