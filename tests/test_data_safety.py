@@ -186,7 +186,7 @@ def test_rerunning_a_finished_run_says_so_and_writes_nothing(files, tmp_path):
     for steps in ("3", "2"):  # the same command again, and one asking for fewer steps
         result = train(files, "-e", ck, "-c", ck, "-n", steps)
         assert result.returncode == 0, result.stderr
-        assert "the run is complete (step 3" in result.stdout and "nothing written" in result.stdout
+        assert "the run is complete (at step 3;" in result.stdout and "nothing written" in result.stdout
         assert {p.name: digest(p) for p in tmp_path.iterdir()} == before
 
 

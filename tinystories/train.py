@@ -173,7 +173,7 @@ class Trainer:
         cfg, state, dist = self.cfg, self.state, self.runtime.dist
         if self.complete:
             if dist.master:
-                print(f"-e {cfg.model}: the run is complete (step {state.step}; -n {cfg.max_steps} asks for "
+                print(f"-e {cfg.model}: the run is complete (at step {state.step}; this command trains to step "
                       f"{self.total_steps}); nothing to train, nothing written")
             dist.close()
             return None
