@@ -144,33 +144,25 @@ def start_long_prepare(out: Path) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_stops_at_once_quietly_and_leaves_nothing(tmp_path):
-    """A terminal's Ctrl-C reaches the whole process group, the tokenizer workers included."""
+@pytest.mark.parametrize("signum, to_group, line", [
+    (signal.SIGINT, True, "interrupted"),  # a terminal's Ctrl-C reaches the whole process group, the workers included
+    (signal.SIGTERM, False, "stopped by SIGTERM"),  # `kill PID`: it stops its workers itself, none prints a traceback
+], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_it_at_once_quietly_and_leaves_nothing(tmp_path, signum, to_group, line):
     proc = start_long_prepare(tmp_path / "out")
-    os.killpg(proc.pid, signal.SIGINT)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     start = time.monotonic()
     try:
         _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("prepare_data.py still running 10 s after Ctrl-C")
+        pytest.fail(f"prepare_data.py still running 10 s after {signum.name}")
     assert time.monotonic() - start < 5
-    assert (proc.returncode, err) == (130, "interrupted\n")
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-def test_sigterm_stops_it_as_quietly_as_ctrl_c(tmp_path):
-    """SIGTERM to prepare_data.py alone (kill PID): it stops its workers itself; none prints a traceback."""
-    proc = start_long_prepare(tmp_path / "out")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("prepare_data.py still running 10 s after SIGTERM")
-    assert (proc.returncode, err) == (128 + signal.SIGTERM, "stopped by SIGTERM\n")
+    assert (proc.returncode, err) == (128 + signum, line + "\n")
     assert list((tmp_path / "out").iterdir()) == []
 
 
