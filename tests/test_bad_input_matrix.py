@@ -578,3 +578,28 @@ def test_read_only_checkpoint_folder(inputs, read_only_folder, capsys):
     with pytest.raises(formats.BadInput, match="not writable|Read-only file system"):
         formats.write_model(read_only_folder / "ck.bin", SMALL, formats.read_model(inputs / "model.bin").params)
     assert (read_only_folder / "ck.bin").read_bytes() == SENTINEL
+
+
+# ----------------------------------------------------------------------------- JSON nested too deeply
+
+NESTED = "[" * 100_000 + "]" * 100_000  # Python's json recurses once per level
+
+
+@pytest.mark.parametrize("command, where", [("import", "config.json"), ("plot", "run.jsonl"), ("prepare", "shard.json")])
+def test_json_nested_too_deeply_is_one_line(tmp_path, capsys, command, where):
+    """Every JSON reader of a user's file: a RecursionError would be a traceback (the config file's TOML is a case above)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (tmp_path / "out").mkdir()
+    (folder / where).write_text(f'{{"step": 1, "x": {NESTED}}}\n{{"step": 2}}\n' if command == "plot" else NESTED)
+    (folder / "train.json").write_text('[{"story": "Once upon a time."}]')  # prepare's train shard (the first is val)
+    argv = {"import": ["-i", str(folder), "-o", str(tmp_path / "m.bin")],
+            "plot": [str(folder / where), "-o", str(tmp_path / "loss.png")],
+            "prepare": ["--source", str(folder), "--out-dir", str(tmp_path / "out"), "--workers", "1"]}[command]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(ENTRIES[command], argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert where in lines[0] and ("nested too deeply" in lines[0] or "maximum recursion" in lines[0]), lines[0]
+    assert snapshot(tmp_path) == before

@@ -344,7 +344,7 @@ def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
         raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
     try:
         raw = json.loads(read_small_file(path, MAX_JSON_BYTES))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a JSON object")
@@ -385,7 +385,7 @@ def _safetensors_paths(folder: str) -> list[str]:
     if os.path.isfile(index):
         try:
             shards = sorted(set(json.loads(read_small_file(index, MAX_JSON_BYTES))["weight_map"].values()))
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise BadInput(f"{index}: not a valid safetensors index (expected a JSON weight_map)") from None
         return [os.path.join(folder, os.path.basename(str(shard))) for shard in shards]
     pickles = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))

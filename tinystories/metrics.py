@@ -64,7 +64,7 @@ class MetricsLog:
             try:
                 if json.loads(line)["step"] <= step:
                     kept.append(line + b"\n")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # torn or foreign line
         with atomic_write(self.path) as f:
             f.write(b"".join(kept))
