@@ -12,6 +12,10 @@
             for the file system stops the command before its first step, not at its first save
 
 Each refusal is one BadInput line naming the flag, the path and the problem.
+
+OutputLock: one writer per output while it runs (./train's -c, prepare_data.py's --out-dir, an
+export's outputs), as a writer removes the temp files that a killed writer of the same output left
+(formats.remove_stale_temp_files, remove_stale_folders).
 """
 import contextlib
 import fcntl
@@ -30,11 +34,10 @@ from .tokenizer import TOKENIZER_MAGIC
 GGUF_MAGIC = b"GGUF"  # a GGUF file's first 4 bytes
 MODEL, CHECKPOINT, TOKENS, GGUF = "a model file", "a checkpoint", "a token file", "a GGUF file"
 TOKENIZER_FILE, TOKENIZER_JSON = "an llm.c tokenizer file", "a tokenizer.json"
-PROTECTED = (MODEL, CHECKPOINT, TOKENS, TOKENIZER_FILE, TOKENIZER_JSON, GGUF)
 
 
 def file_kind(path) -> str | None:
-    """What the regular file at `path` holds, when it is one of this project's formats (PROTECTED):
+    """What the regular file at `path` holds, when it is one of this project's formats (MODEL ... GGUF):
     by its magic number (a model file with a training state is a checkpoint), or by the name
     tokenizer.json. None for any other file."""
     if os.path.basename(path) == bpe.FILE_NAME:
@@ -60,7 +63,7 @@ def file_kind(path) -> str | None:
 def check_output(path, flag: str, replaces: tuple[str, ...] = (), force: str | None = None,
                  forced: bool = False, inputs: dict | None = None) -> None:
     """BadInput unless the command may write `path` (given as `flag`): see the module docstring.
-    `replaces`: the PROTECTED kinds the command writes itself (it may replace them); `force`: the flag
+    `replaces`: the kinds (file_kind) the command writes itself (it may replace them); `force`: the flag
     that allows replacing the others, `forced`: whether it was given; `inputs`: {flag: path} of the
     files the command reads, which it never replaces, even forced."""
     path = os.fspath(path)
