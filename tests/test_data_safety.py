@@ -164,7 +164,7 @@ def test_a_second_run_on_the_same_checkpoint_stops_at_once_naming_the_first(file
     assert steps == list(range(1, saved["step"] + 1))  # one run's log, to the step its checkpoint holds
     assert not lock.exists()  # released at the end
 
-    killed = subprocess.Popen([sys.executable, "-m", "tinystories", *map(str, start[:-6]), "-e", ck, "-c", ck,
+    killed = subprocess.Popen([sys.executable, "-m", "tinystories", *map(str, start[:-8]), "-e", ck, "-c", ck,
                                "-n", "100000", "-k", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: lock.exists() and lock.read_text().strip() == str(killed.pid), killed, "the lock")
