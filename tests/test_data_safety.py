@@ -72,6 +72,16 @@ def test_rerunning_the_starting_command_refuses_to_replace_the_run(files, tmp_pa
     assert digest(ck) != before[0]
 
 
+def test_a_fresh_run_never_empties_another_runs_metrics_log(files, tmp_path):
+    log = tmp_path / "shared.jsonl"
+    start = ("-e", files / "model.bin", "-n", "2", "--metrics", log)
+    assert train(files, *start, "-c", tmp_path / "a.bin").returncode == 0
+    before = digest(log)
+    assert_one_line_error(train(files, *start, "-c", tmp_path / "b.bin"), f"--metrics {log}", "another run's log",
+                          "--overwrite")
+    assert digest(log) == before and not (tmp_path / "b.bin").exists()
+
+
 def run_id(path) -> str:
     return formats.read_model(path).state.meta["run_id"]
 

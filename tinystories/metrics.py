@@ -39,6 +39,14 @@ def metrics_path(metrics: str | None, checkpoint: str | None) -> str | None:
     return checkpoint + ".metrics.jsonl" if checkpoint else None
 
 
+def check_fresh_log(path: str) -> None:
+    """BadInput when --metrics names a log that holds records: a fresh run empties its log, and this one
+    is another run's (--overwrite allows it; a log beside -c is covered by -c's own check)."""
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        raise BadInput(f"--metrics {path}: holds another run's log, which a fresh run would empty; choose another "
+                       f"file, or pass --overwrite to replace it")
+
+
 class MetricsLog:
     """JSON lines, one record per logged step. Each record is one write() of a whole line, so a
     kill leaves at most a torn last line, which readers skip. On resume, records past the resumed

@@ -160,6 +160,8 @@ class Trainer:
             self.lock = OutputLock(cfg.checkpoint, "-c")
         if cfg.checkpoint and not cfg.overwrite:
             checkpoint.check_not_another_run(cfg.checkpoint, self.state.run_id)
+        if cfg.metrics and self.state.step == 0 and not cfg.overwrite:
+            metrics.check_fresh_log(cfg.metrics)
         if self.runtime.dist.master:
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
