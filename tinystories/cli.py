@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 
 from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB,
                      GenerateConfig, PrepareConfig, TrainConfig)
@@ -450,7 +451,8 @@ def run(entry, argv=None, prog: str | None = None) -> None:
     """Run one command's main; turn BadInput into one line on stderr and exit status 2, and a stop
     signal into one line and its shell status (130 for Ctrl-C, 128 + N for signal N)."""
     prog = prog or os.path.basename(sys.argv[0])
-    previous = {s: signal.signal(s, _terminated) for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL}
+    previous = {s: signal.signal(s, _terminated) for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL
+                and threading.current_thread() is threading.main_thread()}  # only the main thread may set handlers
     try:
         entry(argv)
     except BadInput as e:
