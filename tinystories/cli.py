@@ -12,8 +12,8 @@ import math
 import os
 import sys
 
-from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB,
-                     GenerateConfig, PrepareConfig, TrainConfig)
+from .config import (EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES,
+                     RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
 from .errors import BadInput
 
 
@@ -275,8 +275,12 @@ def eval_parser() -> Parser:
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
     a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or "
-      + PRECISION_POLICY)
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="fp32 (the reference figure), bf16 "
+      "autocast (the matrix products; softmax and sums stay fp32), or " + PRECISION_POLICY)
+    a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the scoring: auto = on for "
+      f"{EVAL_COMPILE_MIN_TOKENS:,} tokens or more, where its start-up (~10-20 s on CPU) pays")
+    a("--max-tokens", type=non_negative_int, default=0, metavar="N", help="score only the first N tokens, in whole "
+      "windows of -t + 1 tokens (./train --val-max-tokens N gives the same figures); 0 = the whole file")
     a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
     a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
