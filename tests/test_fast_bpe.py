@@ -2,6 +2,7 @@
 excerpt and on arbitrary unicode, and `tokenizers` alone wherever the conditions of its proof fail."""
 import json
 
+import numpy as np
 import pytest
 import tiktoken
 from hypothesis import HealthCheck, find, given, settings
@@ -115,3 +116,23 @@ def test_tokenizer_json_round_trips_unchanged(trained, tmp_path):
     bpe.write(again, reread.hf)
     assert path.read_bytes() == again.read_bytes() == trained.hf.to_str().encode()
     assert reread.fast is not None and reread.fingerprint == trained.fingerprint
+
+
+def test_bpe_sample_is_the_train_splits_first_stories_and_deterministic(head_stories, tmp_path):
+    """--bpe-sample-bytes N: the BPE is the one trained on the train split's first stories (in source order)
+    up to N bytes, the same file on every run, and both splits are encoded with it."""
+    from conftest import run_prepare
+
+    source = tmp_path / "s.txt"
+    source.write_text("\n<|endoftext|>\n".join(head_stories), encoding="utf-8")
+    flags = ["--source", str(source), "--vocab-size", "600", "--bpe-sample-bytes", "300000"]
+    one, two = run_prepare(tmp_path / "one", *flags), run_prepare(tmp_path / "two", *flags, workers=2)
+    assert (one / bpe.FILE_NAME).read_bytes() == (two / bpe.FILE_NAME).read_bytes()
+    for name in ("TinyStories_train.bin", "TinyStories_val.bin"):
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+    train_split = [s.strip() for i, s in enumerate(head_stories) if i % 50]  # a .txt holds out every 50th as val
+    sizes = np.cumsum([len(s.encode()) for s in train_split])
+    sample = train_split[: int(np.searchsorted(sizes, 300_000, side="right"))]
+    assert (one / bpe.FILE_NAME).read_text() == bpe.train(sample, 600).to_str()
+    everything = run_prepare(tmp_path / "all", "--source", str(source), "--vocab-size", "600", "--bpe-sample-bytes", "0")
+    assert (everything / bpe.FILE_NAME).read_text() == bpe.train(train_split, 600).to_str() != bpe.train(sample, 600).to_str()

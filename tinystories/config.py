@@ -127,6 +127,9 @@ RECIPES = {
 }
 
 
+# prepare_data.py --vocab-size trains the BPE on this many bytes of the train split's first stories (--bpe-sample-bytes)
+BPE_SAMPLE_BYTES = 200_000_000
+
 # The fastest way to a story model (README; BENCHMARKS.md "Time to quality", chosen by
 # bench/bench_time_to_quality.py): prepare_data.py --vocab-size RECOMMENDED_VOCAB, a model of
 # create_model.py --preset fastest (its flags' values here), and ./train --config configs/fastest.toml.
@@ -259,6 +262,7 @@ class PrepareConfig:
     out_dir: str
     tokenizer_file: str | None  # None: gpt2_tokenizer.bin, or <out_dir>/tokenizer.bin with vocab_size
     vocab_size: int | None  # None: GPT-2's tokenizer; else train a byte-level BPE of this many tokens
+    bpe_sample_bytes: int  # with vocab_size: train it on the train split's first stories, up to this many bytes (0: all)
     cache_dir: str
     url: str
     sha256: str | None
