@@ -150,3 +150,17 @@ def test_max_tokens_bad_input(workdir, tmp_path):
                           "--val-max-tokens 100: needs --val-batches all")
     assert_one_line_error(train(*flags, "--val-batches", "all", "--val-max-tokens", "20", check=False),
                           "--val-max-tokens 20: less than one window of -t + 1 = 33 tokens")
+
+
+def test_eval_progress_in_a_log_says_the_time_left(monkeypatch, capsys):
+    """Where stderr is no terminal (a log), a long scoring prints lines with its rate and the time left."""
+    from tinystories import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0)
+    model = GPT(CONFIG)
+    model.init_weights(3)
+    evaluate.evaluate(model, story_tokens(60)[: 33 * 7], tokenizer.gpt2(), 32, batch_size=3,
+                      device=torch.device("cpu"), progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("tokens/s, about" in line and "s left)" in line for line in lines)
+    assert lines[-1].startswith("  eval: 224 of 224 tokens")

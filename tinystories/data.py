@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from . import bpe
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
+from .progress import progress
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
@@ -115,12 +115,6 @@ def prefetch(items: Iterator) -> Iterator:
         if item is done:
             return
         yield item
-
-
-def progress(**kwargs) -> tqdm:
-    """A tqdm bar on a terminal; silent when stderr is not one (logs get plain lines instead)."""
-    return tqdm(disable=not sys.stderr.isatty(), **kwargs)
-
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import COMPILE_AUTO_MIN_STEPS, EVAL_COMPILE_MIN_TOKENS
 from .device import autocast, use_compile
+from .progress import Progress
 
 HEAD_ROWS = 1024  # positions whose logits (rows x V) are held at once
 
@@ -98,37 +99,43 @@ def evaluate(model, tokens: np.ndarray, tokenizer, seq_len: int, batch_size: int
              precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False, nats_function=None,
              stop=None) -> EvalResult | None:
     """Score `tokens` (N,) of `tokenizer` in the windows above, `batch_size` windows per forward pass
-    (the full batches through `nats_function`, window_nats by default; compiled_window_nats() compiles it). Under torchrun each rank scores every world-th
-    batch; the result is this rank's share (sum them). `stop()`, called by every rank after each round
-    of batches, ends the scoring early when it returns True: the result is then None."""
+    (the full batches through `nats_function`, window_nats by default; compiled_window_nats() compiles
+    it). Under torchrun each rank scores every world-th batch; the result is this rank's share (sum
+    them). `stop()`, called by every rank after each round of batches, ends the scoring early when it
+    returns True: the result is then None. `progress`: a bar, or lines in a log (progress.Progress)."""
     was_training = model.training
     model.eval()
-    spans = windows(tokens.size, seq_len)
-    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
-    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
+    batches = window_batches(windows(tokens.size, seq_len), seq_len, batch_size)
     lengths = byte_lengths(tokenizer)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     targets = nbytes = 0
     score = nats_function or window_nats
-    rounds = range(0, len(batches), world)
-    if progress:
-        from .data import progress as progress_bar
-
-        rounds = progress_bar(iterable=rounds, desc="eval", unit="batch")
-    for first in rounds:
+    shown = Progress("eval", sum(b - a - 1 for batch in batches for a, b in batch), "tokens") if progress else None
+    stopped = False
+    for first in range(0, len(batches), world):
         if first + rank < len(batches):
-            batch = batches[first + rank]
-            rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64) for a, b in batch]))  # (B, T+1)
+            rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64)
+                                              for a, b in batches[first + rank]]))  # (B, T+1)
             x, y = rows[:, :-1].to(device), rows[:, 1:]  # (B, T) each
             full_batch = x.shape == (batch_size, seq_len)  # compiled for that shape only
             nats += (score if full_batch else window_nats)(model, x, y.to(device), precision)
             targets += y.numel()
             nbytes += int(lengths[y].sum())
+        if shown:
+            shown.update(sum(b - a - 1 for batch in batches[first : first + world] for a, b in batch))
         if stop is not None and stop():
-            model.train(was_training)
-            return None
+            stopped = True
+            break
     model.train(was_training)
-    return EvalResult(targets, float(nats), nbytes)
+    if shown:
+        shown.close()
+    return None if stopped else EvalResult(targets, float(nats), nbytes)
+
+
+def window_batches(spans: list[tuple[int, int]], seq_len: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The windows in batches of batch_size full windows (the last may hold fewer), then the tail alone."""
+    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
+    return [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
 
 
 @functools.cache
