@@ -7,9 +7,12 @@ and memory only, never for quality). Each command runs as a user runs it, in its
   train            create_model.py --preset fastest, then ./train --config configs/fastest.toml on the
                    bpe4096 files: start-up (to the first step), ms/step, and the time around each validation
                    (the gap between the steps before and after it, less a step: it also holds the sample
-                   printed and the checkpoint saved at the same steps, so it overstates validation)
-  eval             python -m tinystories eval of the trained model on the whole val file (--precision auto,
-                   --compile auto: bf16 and compiled on this CPU)
+                   printed and the checkpoint saved at the same steps, so it overstates validation).
+                   --train-steps N runs N steps with -v N/3 (and --compile on, as the config's run compiles)
+                   instead of the config's 2,000 (-v 500), and projects the config's own run from the measured
+                   start-up, ms/step and validation
+  eval             python -m tinystories eval of the trained model on the val file (--precision auto,
+                   --compile auto: bf16 and compiled on this CPU); --eval-max-tokens N: its first N tokens
 
     .venv/bin/python bench/bench_fullsize.py --corpus /work/fullsize [--only prepare-gpt2,prepare-bpe,train,eval]
 writes into CORPUS/run/ and prints one line per command, then a table for BENCHMARKS.md.
@@ -60,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, required=True, help="folder of train.txt and val.txt")
     parser.add_argument("--only", default=",".join(STEPS), help="comma-separated: " + ", ".join(STEPS))
+    parser.add_argument("--train-steps", type=int, default=0, help="steps of the train run (0: the config's)")
+    parser.add_argument("--eval-max-tokens", type=int, default=0, help="eval --max-tokens (0: the whole val file)")
     args = parser.parse_args()
     run = args.corpus / "run"
     run.mkdir(exist_ok=True)
@@ -72,11 +77,13 @@ def main() -> None:
         results["prepare bpe4096"] = timed(prepare(args.corpus, bpe_dir, "--vocab-size", "4096"), run / "prepare-bpe.log")
     model, ck = run / "fastest_model.bin", run / "fastest.bin"
     if "train" in only:
+        # a short run compiles as the config's 2,000 steps do (--compile auto compiles from 200 steps)
+        steps = ["-n", args.train_steps, "-v", args.train_steps // 3, "--compile", "on"] if args.train_steps else []
         timed([sys.executable, "create_model.py", "--preset", "fastest", "--tokenizer", bpe_dir / "tokenizer.json",
                "-o", model], run / "create.log")
         results["train"] = timed([sys.executable, "-m", "tinystories", "train", "--config", "configs/fastest.toml",
                                   "-e", model, "-c", ck, "-i", bpe_dir / "TinyStories_train.bin",
-                                  "-j", bpe_dir / "TinyStories_val.bin", "--overwrite"], run / "train.log")
+                                  "-j", bpe_dir / "TinyStories_val.bin", "--overwrite", *steps], run / "train.log")
         figures = train_figures(Path(str(ck) + ".metrics.jsonl"))
         print(json.dumps(figures))
         wall = results["train"][0]
@@ -84,9 +91,14 @@ def main() -> None:
         print(f"train: startup {figures['startup_s']:.1f} s, {figures['ms_per_step']:.1f} ms/step, "
               f"{figures['validations']} validations, {around:.2f} s around each: "
               f"{figures['validations'] * around / wall:.1%} of the {wall:.0f} s wall-clock")
+        if args.train_steps:  # the config's run: 2,000 steps, a validation at 0 and every 500
+            projected = figures["startup_s"] + 2000 * figures["ms_per_step"] / 1000 + 4 * around
+            print(f"projected for the config's 2,000 steps: {projected:.0f} s, 5 validations {5 * around / projected:.1%} "
+                  f"of it (step 0's counted as one more)")
     if "eval" in only:
         results["eval"] = timed([sys.executable, "-m", "tinystories", "eval", "-e", ck, "-i",
-                                 bpe_dir / "TinyStories_val.bin", "--json"], run / "eval.log")
+                                 bpe_dir / "TinyStories_val.bin", "--json", "--max-tokens", args.eval_max_tokens],
+                                run / "eval.log")
         figures = json.loads((run / "eval.log").read_text().splitlines()[-1])
         print(f"eval: {figures['targets']:,} tokens, {figures['targets'] / results['eval'][0]:,.0f} tokens/s "
               f"(process wall-clock), precision {figures['precision']}, compiled {figures['compiled']}")
