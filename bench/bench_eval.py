@@ -116,7 +116,7 @@ def main() -> None:
     train = B * T / timings["train step"].best
     for name, timing in timings.items():
         rate = (B * T if name == "train step" else scored) / timing.best
-        extra = "" if name == "train step" else f"  {rate / before:5.2f}x before  {train / rate:5.2f}x slower than training"
+        extra = "" if name == "train step" else f"  {rate / before:5.2f}x before  {rate / train:5.2f}x training's"
         result = "" if name == "train step" else f"  bits/byte {timing.result.bits_per_byte:.6f}"
         print(f"{name:22s} {rate:10,.0f} tokens/s  warm-up {timing.warmup_s:5.1f} s{extra}{result}")
 

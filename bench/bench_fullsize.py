@@ -74,7 +74,8 @@ def main() -> None:
     if "prepare-gpt2" in only:
         results["prepare gpt2"] = timed(prepare(args.corpus, run / "gpt2"), run / "prepare-gpt2.log")
     if "prepare-bpe" in only:
-        results["prepare bpe4096"] = timed(prepare(args.corpus, bpe_dir, "--vocab-size", "4096"), run / "prepare-bpe.log")
+        results["prepare bpe4096"] = timed(prepare(args.corpus, bpe_dir, "--vocab-size", "4096"),
+                                           run / "prepare-bpe.log")
     model, ck = run / "fastest_model.bin", run / "fastest.bin"
     if "train" in only:
         # a short run compiles as the config's 2,000 steps do (--compile auto compiles from 200 steps)
@@ -93,8 +94,8 @@ def main() -> None:
               f"{figures['validations'] * around / wall:.1%} of the {wall:.0f} s wall-clock")
         if args.train_steps:  # the config's run: 2,000 steps, a validation at 0 and every 500
             projected = figures["startup_s"] + 2000 * figures["ms_per_step"] / 1000 + 4 * around
-            print(f"projected for the config's 2,000 steps: {projected:.0f} s, 5 validations {5 * around / projected:.1%} "
-                  f"of it (step 0's counted as one more)")
+            print(f"projected for the config's 2,000 steps: {projected:.0f} s, 5 validations "
+                  f"{5 * around / projected:.1%} of it (step 0's counted as one more)")
     if "eval" in only:
         results["eval"] = timed([sys.executable, "-m", "tinystories", "eval", "-e", ck, "-i",
                                  bpe_dir / "TinyStories_val.bin", "--json", "--max-tokens", args.eval_max_tokens],

@@ -75,7 +75,8 @@ def test_eval_command_json_and_text(workdir, tmp_path):
     assert abs(figures["loss"] - want_loss) < 1e-6 and abs(figures["bits_per_byte"] - want_bpb) < 1e-6
     assert figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
     assert figures["precision"] == "fp32" and figures["compiled"] is False  # a small file: compiling would not pay
-    default = json.loads(run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json", check=True).stdout)
+    default = json.loads(run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json",
+                                 check=True).stdout)
     assert default["precision"] == resolve_precision("auto", torch.device("cpu"))  # bf16 where the CPU has it
     assert default["loss"] == pytest.approx(want_loss, rel=1e-3) and default["targets"] == figures["targets"]
     text = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--precision", "fp32", check=True).stdout

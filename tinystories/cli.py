@@ -12,8 +12,8 @@ import math
 import os
 import sys
 
-from .config import (BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES,
-                     RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
+from .config import (BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS,
+                     PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
 from .errors import BadInput
 
 

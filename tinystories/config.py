@@ -262,7 +262,7 @@ class PrepareConfig:
     out_dir: str
     tokenizer_file: str | None  # None: gpt2_tokenizer.bin, or <out_dir>/tokenizer.bin with vocab_size
     vocab_size: int | None  # None: GPT-2's tokenizer; else train a byte-level BPE of this many tokens
-    bpe_sample_bytes: int  # with vocab_size: train it on the train split's first stories, up to this many bytes (0: all)
+    bpe_sample_bytes: int  # with vocab_size: train it on the train split's first stories up to this many bytes (0: all)
     cache_dir: str
     url: str
     sha256: str | None

@@ -271,8 +271,8 @@ def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, sample_bytes
     what = f"the first {sample_bytes / 1e6:,.0f} MB of the train split" if sample_bytes else "the train split"
     print(f"tokenizer: training a byte-level BPE of {vocab_size} tokens on {what} (--bpe-sample-bytes)", flush=True)
     sample = SampleStats()
-    tokenizer = BPETokenizer(bpe.train(sample.first_stories(train_shards, sample_bytes), vocab_size, exact=not synthetic),
-                             bpe.FILE_NAME)
+    stories = sample.first_stories(train_shards, sample_bytes)
+    tokenizer = BPETokenizer(bpe.train(stories, vocab_size, exact=not synthetic), bpe.FILE_NAME)
     if tokenizer.vocab_size < vocab_size:
         print(f"warning: --vocab-size {vocab_size}: the SYNTHETIC stories fill only {tokenizer.vocab_size} tokens; "
               f"training that many instead", file=sys.stderr)
