@@ -202,3 +202,84 @@ def token_bytes(tokenizer: Tokenizer, where: str) -> list[bytes]:
             raise BadInput(f"{where}: token {i} holds {len(piece)} bytes (1..{MAX_TOKEN_BYTES} fit the llm.c tokenizer file)")
         pieces.append(piece)
     return pieces
+
+
+# ----------------------------------------------------------------------------- the fast, exact encoder
+
+def tiktoken_encoding(tokenizer: Tokenizer, pieces: list[bytes]):
+    """A tiktoken Encoding whose encode_ordinary gives exactly the ids `tokenizer.encode` gives (for
+    any text `tokenizer` accepts), about 4x as fast; or None, with why_not_tiktoken's reason, when the
+    conditions below do not hold (then only `tokenizer` encodes). `pieces`: every id's bytes.
+
+    The two differ in how they merge. `tokenizers` merges the listed pair (x, y) of lowest merge rank,
+    leftmost first. tiktoken merges any adjacent pair whose concatenation is a token, by that token's
+    rank (its id), leftmost first, and returns a whole pre-tokenized piece at once when it is a token.
+    With ranks = ids they agree when:
+      (1) the model has no options that change `tokenizers`' merging or output (dropout, subword prefix
+          or suffix, byte fallback, ignore_merges, unknown token, truncation, padding, post-processor);
+      (2) all 256 bytes are tokens, and every other token but <|endoftext|> is the result of exactly one
+          merge, whose results' ids increase with merge rank, each part of a merge being a byte or the
+          result of an earlier merge;
+      (3) every token's own bytes encode to that token alone (`tokenizers`' BPE reaches it).
+    Proof. By (2) a merge only creates pairs of higher rank, so both run through ranks in increasing
+    order, leftmost first, and while they agree they are in the same state. Suppose tiktoken first
+    departs from `tokenizers` by merging adjacent tokens x', y' into token t although (x', y') is not
+    t's merge (x, y): no pair of lower rank is left anywhere, so every merge of rank below t's is done.
+    The bytes of t are then cut just before x' and after y', and no merge so far crossed those cuts, so
+    inside them the state is the one `tokenizers` reaches on t's bytes alone after the merges of rank
+    below t's. By (3) that state goes on to t, and only t's merge makes t, so it is [x, y], not
+    [x', y']. So tiktoken never departs, and both end when no listed pair is left: the same ids. A
+    piece that is itself a token encodes to it in both, by (3). Pre-tokenization is GPT-2's regex in
+    both (tested on arbitrary unicode); text that is not valid UTF-8 (lone surrogates), which
+    `tokenizers` refuses, is left to it."""
+    if why_not_tiktoken(tokenizer, pieces) is not None:
+        return None
+    import tiktoken
+
+    eot_id = eot(tokenizer)
+    ranks = {piece: i for i, piece in enumerate(pieces) if i != eot_id}
+    return tiktoken.Encoding(name="bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+
+# tiktoken's pattern for GPT-2 (r50k_base), the regex of `tokenizers`' ByteLevel pre-tokenizer
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PLAIN_MODEL = {"dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                "fuse_unk": False, "byte_fallback": False, "ignore_merges": False}
+
+
+def why_not_tiktoken(tokenizer: Tokenizer, pieces: list[bytes]) -> str | None:
+    """Which condition of tiktoken_encoding `tokenizer` breaks, or None when it meets them all."""
+    spec = json.loads(tokenizer.to_str())
+    model = spec["model"]
+    changed = [k for k, plain in _PLAIN_MODEL.items() if model.get(k, plain) not in (plain, "")]
+    changed += [k for k in ("truncation", "padding", "post_processor") if spec.get(k) is not None]
+    if changed:
+        return f"(1) it sets {', '.join(changed)}"
+    eot_id = eot(tokenizer)
+    id_of = {piece: i for i, piece in enumerate(pieces) if i != eot_id}
+    if len(id_of) != len(pieces) - 1 or any(bytes([b]) not in id_of for b in range(256)):
+        return "(2) two tokens hold the same bytes, or a byte is not a token"
+    made = {}  # id of a merge's result -> its merge rank
+    for rank, merge in enumerate(model["merges"]):
+        x, y = merge.split(" ") if isinstance(merge, str) else merge
+        parts = [tokenizer.token_to_id(x), tokenizer.token_to_id(y)]
+        result = id_of.get(pieces[parts[0]] + pieces[parts[1]]) if None not in parts else None
+        if result is None or result in made or any(len(pieces[p]) > 1 and p not in made for p in parts):
+            return f"(2) merge {rank} ({x} {y}) makes no new token from earlier ones"
+        if made and result < max(made):
+            return f"(2) merge {rank} ({x} {y}) makes a token of a lower id than an earlier merge"
+        made[result] = rank
+    if len(made) != len(id_of) - 256:
+        return "(2) a token of several bytes is not made by a merge"
+    for i, piece in enumerate(pieces):
+        if i != eot_id and [t.id for t in tokenizer.model.tokenize(spelled(piece))] != [i]:
+            return f"(3) token {i} ({piece!r:.40}) does not encode to itself"
+    return None
+
+
+CHAR_OF_BYTE = {b: c for c, b in BYTE_OF_CHAR.items()}
+
+
+def spelled(piece: bytes) -> str:
+    """Bytes spelled in the byte alphabet, as tokenizer.json's tokens are."""
+    return "".join(CHAR_OF_BYTE[b] for b in piece)

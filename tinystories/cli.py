@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 
-from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB,
-                     GenerateConfig, PrepareConfig, TrainConfig)
+from .config import (BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS,
+                     PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
 from .errors import BadInput
 
 
@@ -121,6 +121,11 @@ def prepare_parser() -> Parser:
         "split with Hugging Face tokenizers, deterministically; write it as <out-dir>/tokenizer.json and as "
         "an llm.c tokenizer file, and encode both splits with it (each story preceded by its <|endoftext|> "
         "id). The token files' headers record it. Default: GPT-2's tokenizer"))
+    p.add_argument("--bpe-sample-bytes", type=non_negative_int, default=BPE_SAMPLE_BYTES, metavar="N", help=(
+        "with --vocab-size: train the BPE on the train split's first stories, up to N bytes of text (0 = all of "
+        "it); the same stories every run, so training stays deterministic. On a stand-in of TinyStories' size the "
+        "default is within 0.01 %% in held-out bytes per token of twice as much (BENCHMARKS.md \"At full size\") "
+        "(default: %(default)s)"))
     p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
     p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
     p.add_argument("--sha256", default=None, help=(
@@ -291,8 +296,12 @@ def eval_parser() -> Parser:
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
     a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or "
-      + PRECISION_POLICY)
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="fp32 (the reference figure), bf16 "
+      "autocast (the matrix products; softmax and sums stay fp32), or " + PRECISION_POLICY)
+    a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the scoring: auto = on for "
+      f"{EVAL_COMPILE_MIN_TOKENS:,} tokens or more, where its start-up (~10-20 s on CPU) pays")
+    a("--max-tokens", type=non_negative_int, default=0, metavar="N", help="score only the first N tokens, in whole "
+      "windows of -t + 1 tokens (./train --val-max-tokens N gives the same figures); 0 = the whole file")
     a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
     a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from . import bpe
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
@@ -40,6 +39,7 @@ from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
 from .outputs import TOKENIZER_FILE, TOKENIZER_JSON, TOKENS, OutputLock, check_output, check_writable
+from .progress import progress
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
@@ -121,12 +121,6 @@ def prefetch(items: Iterator) -> Iterator:
         if item is done:
             return
         yield item
-
-
-def progress(**kwargs) -> tqdm:
-    """A tqdm bar on a terminal; silent when stderr is not one (logs get plain lines instead)."""
-    return tqdm(disable=not sys.stderr.isatty(), **kwargs)
-
 
 
 @dataclass
@@ -283,18 +277,42 @@ def source_note(label: str, rule: str, val: SplitStats, train: SplitStats, token
             f"random.Random({SHUFFLE_SEED} + shard index within its split)\n")
 
 
-def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, synthetic: bool) -> BPETokenizer:
-    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories.
-    Synthetic stories (a smoke test) use few words: for them a smaller vocabulary that their text
-    fills is trained instead, with a warning, where real stories would be an error."""
+def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, sample_bytes: int, synthetic: bool) -> BPETokenizer:
+    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories, the
+    first ones in split order up to sample_bytes of UTF-8 text (0: all). Synthetic stories (a smoke test)
+    use few words: for them a smaller vocabulary that their text fills is trained instead, with a
+    warning, where real stories would be an error."""
     start = time.time()
-    stories = (story.strip() for shard in prefetch(train_shards) for story in shard.stories)
+    what = f"the first {sample_bytes / 1e6:,.0f} MB of the train split" if sample_bytes else "the train split"
+    print(f"tokenizer: training a byte-level BPE of {vocab_size} tokens on {what} (--bpe-sample-bytes)", flush=True)
+    sample = SampleStats()
+    stories = sample.first_stories(train_shards, sample_bytes)
     tokenizer = BPETokenizer(bpe.train(stories, vocab_size, exact=not synthetic), bpe.FILE_NAME)
     if tokenizer.vocab_size < vocab_size:
         print(f"warning: --vocab-size {vocab_size}: the SYNTHETIC stories fill only {tokenizer.vocab_size} tokens; "
               f"training that many instead", file=sys.stderr)
-    print(f"tokenizer: {tokenizer.name}, trained on the train split in {time.time() - start:.1f} s")
+    print(f"tokenizer: {tokenizer.name}, trained on {sample.stories:,} stories ({sample.bytes / 1e6:,.1f} MB) in "
+          f"{time.time() - start:.1f} s")
     return tokenizer
+
+
+@dataclass
+class SampleStats:
+    stories: int = 0
+    bytes: int = 0
+
+    def first_stories(self, shards: Iterator[Shard], max_bytes: int) -> Iterator[str]:
+        """The stripped stories of `shards` in order, until the next would pass max_bytes of UTF-8 (0: all),
+        counted here. (Read without prefetch: a thread left waiting to hand over the next shard would keep it.)"""
+        for shard in shards:
+            for story in shard.stories:
+                story = story.strip()
+                size = len(story.encode())
+                if max_bytes and self.bytes + size > max_bytes:
+                    return
+                self.stories += 1
+                self.bytes += size
+                yield story
 
 
 def prepare(cfg: PrepareConfig) -> None:
@@ -312,8 +330,8 @@ def prepare(cfg: PrepareConfig) -> None:
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
     print(f"source: {source.label}\nsplit: {rule}")
-    tokenizer = (train_tokenizer(splits(source, val_source)[1], cfg.vocab_size, source.synthetic) if cfg.vocab_size
-                 else gpt2())
+    tokenizer = (train_tokenizer(splits(source, val_source)[1], cfg.vocab_size, cfg.bpe_sample_bytes, source.synthetic)
+                 if cfg.vocab_size else gpt2())
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])

@@ -28,11 +28,10 @@ from dataclasses import asdict
 
 import torch
 
-from . import checkpoint, metrics, tokenizer
+from . import checkpoint, evaluate, metrics, tokenizer
 from .checkpoint import RunState
 from .config import TrainConfig
 from .errors import BadInput
-from .evaluate import val_loss
 from .formats import read_tokens, remove_stale_temp_files
 from .generate import sample_story
 from .loader import TokenLoader
@@ -60,7 +59,8 @@ class StopSignals:
             print("\nsecond interrupt: exiting now", file=sys.stderr, flush=True)
             os._exit(130)
         self.requested = signal.Signals(signum)
-        print(f"\n{self.requested.name}: stopping after this step", file=sys.stderr, flush=True)
+        print(f"\n{self.requested.name}: stopping after this step (or this validation batch)", file=sys.stderr,
+              flush=True)
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
@@ -135,6 +135,7 @@ class Trainer:
         self.train_loader = TokenLoader(cfg.train_tokens, B, T, rt.dist.rank, rt.dist.world, tokens=train_tokens)
         self.train_loader.position = self.state.data_position
         self.val_loader = TokenLoader(cfg.val_tokens, B, T, rt.dist.rank, rt.dist.world, config.vocab_size) if cfg.val_every else None
+        self.val_nats = self._val_scoring() if cfg.val_every else None
         self.train_step = TrainStep(self.model, self.optimizer, rt, cfg.grad_accum, cfg.grad_clip,
                                     self.state.skipped_steps, self.state.loss_scale)
         self.console = Console(self.total_steps, enabled=rt.dist.master)
@@ -147,6 +148,23 @@ class Trainer:
                                  checkpoint.changed_setup(model_file, self.setup, checkpoint.SCHEDULE_KEYS))
         self.saved_step = None  # the step of this run's last save to -c
         self.last_batch = None  # the latest step's (last) micro-batch
+
+    def _val_scoring(self):
+        """The function that scores --val-batches all (evaluate.window_nats, compiled when the run compiles
+        and its validations score enough tokens in all); BadInput for a --val-max-tokens without it, or
+        shorter than a window."""
+        cfg, T = self.cfg, self.seq_len
+        if cfg.val_max_tokens and cfg.val_batches != "all":
+            raise BadInput(f"--val-max-tokens {cfg.val_max_tokens}: needs --val-batches all (it bounds the tokens "
+                           f"that scores)")
+        if cfg.val_batches != "all":
+            return None
+        if 0 < cfg.val_max_tokens < T + 1:
+            raise BadInput(f"--val-max-tokens {cfg.val_max_tokens}: less than one window of -t + 1 = {T + 1} tokens")
+        per_validation = evaluate.prefix(self.val_loader.tokens, cfg.val_max_tokens, T).size
+        validations = self.total_steps // cfg.val_every + 2  # step 0, every -v steps, the last
+        return evaluate.scoring_function("auto" if self.runtime.compile else "off", per_validation * validations,
+                                         self.runtime.device)
 
     def _check_outputs(self) -> None:
         """-c and the metrics log can be written without overwriting an input or another run's files;
@@ -183,10 +201,9 @@ class Trainer:
         signals = StopSignals()
         start_time = time.time()
         try:
-            if cfg.val_every and state.step == 0:
-                self.validate()
+            interrupted = cfg.val_every and state.step == 0 and not self.validate(signals)
             window_start, window_steps = time.perf_counter(), 0
-            while state.step < self.total_steps:
+            while not interrupted and state.step < self.total_steps:
                 loss, norm = self.train_step(self.next_batches(), learning_rate(cfg, state.step, self.total_steps))
                 state.step += 1
                 state.tokens += tokens_per_step
@@ -205,8 +222,8 @@ class Trainer:
                                   "grad_norm": norm.item(), "ms_per_step": seconds * 1000, "tokens_per_s": tokens_per_step / seconds,
                                   "tokens": state.tokens, "time": time.time() - start_time})
                 self._check_divergence()
-                if cfg.val_every and (due["val"] or last):
-                    self.validate()
+                if cfg.val_every and (due["val"] or last) and not self.validate(signals):
+                    break  # a signal during validation: save now
                 if due["sample"] and dist.master:
                     self.sinks.write({"step": state.step, "sample": sample_story(
                         self.model, self.tokenizer, cfg.seed + state.step, cfg.sample_length)})
@@ -246,10 +263,17 @@ class Trainer:
 
     # -- validation and saves
 
-    def validate(self) -> None:
-        loss, bits_per_byte = val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime, self.tokenizer)
-        if not self.runtime.dist.master:
-            return
+    def validate(self, signals: StopSignals) -> bool:
+        """Score the val file and record it; False, recording nothing, when a signal (on any rank) cut it short."""
+        dist = self.runtime.dist
+        figures = evaluate.val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime, self.tokenizer,
+                                    self.cfg.val_max_tokens, self.val_nats,
+                                    stop=lambda: dist.any(signals.requested is not None))
+        if figures is None:
+            return False
+        loss, bits_per_byte = figures
+        if not dist.master:
+            return True
         state = self.state
         record = {"step": state.step, "val_loss": loss, "tokens": state.tokens}
         if bits_per_byte is not None:
@@ -261,6 +285,7 @@ class Trainer:
             if self.retention:
                 self._write(self.retention.best_path)
                 self.console.saved_best(self.retention.best_path, loss)
+        return True
 
     def save(self, final: bool = False) -> None:
         """Write -c (rank 0), unless the latest step was bad or the weights now give a non-finite loss on
