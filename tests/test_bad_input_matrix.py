@@ -9,8 +9,10 @@ one pytest id below, so `pytest -v` lists them all.
 import dataclasses
 import errno
 import math
+import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -117,11 +119,57 @@ def tokenizer_bytes(vocab=3, version=2, magic=tokenizer.TOKENIZER_MAGIC, pieces=
     return lambda d: formats.make_header(magic, version, vocab, vocab - 1) + body + tail
 
 
+def tokenizer_json_with(edit):
+    """The inputs' tokenizer.json (a trained BPE of 512 tokens) after edit(spec) changed its JSON."""
+    def make(d):
+        spec = json.loads(raw(d, "tokenizer.json"))
+        edit(spec)
+        return json.dumps(spec).encode()
+    return make
+
+
+def setting(part: str, key: str, value):
+    def edit(spec):
+        (spec[part] if part else spec)[key] = value
+    return tokenizer_json_with(edit)
+
+
+def swap_first_merges(spec):
+    merges = spec["model"]["merges"]
+    merges[0], merges[1] = merges[1], merges[0]
+
+
+GGUF_METADATA = {  # what read_config reads first, as export --gguf writes it (a 1-layer model of 2 tokens)
+    "gpt2.context_length": ("uint32", 64), "gpt2.embedding_length": ("uint32", 8),
+    "gpt2.feed_forward_length": ("uint32", 32), "gpt2.block_count": ("uint32", 1),
+    "gpt2.attention.head_count": ("uint32", 1), "tokenizer.ggml.tokens": ("array", ["a", "b"]),
+    "gpt2.attention.layer_norm_epsilon": ("float32", 1e-5)}
+
+
+def gguf_metadata_with(key: str, kind: str, value):
+    """A GGUF file of GGUF_METADATA (no tensors) with `key` written as `kind` (a GGUFWriter add_<kind>)."""
+    def make(d):
+        import gguf
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "m.gguf")
+            writer = gguf.GGUFWriter(path, "gpt2")
+            for name, (how, data) in dict(GGUF_METADATA, **{key: (kind, value)}).items():
+                getattr(writer, f"add_{how}")(name, data)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            return open(path, "rb").read()
+    return make
+
+
 # ----------------------------------------------------------------------------- the cases
 
 def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None):
     """One malformed input. `args` and `needles` may use {bad} (a file holding bad(d) bytes),
-    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile}, {fifo};
+    {ck} (the sentinel checkpoint), {model}, {gpt2vocab}, {train}, {val}, {folder}, {missing}, {afile}, {fifo},
+    {device} (a character device like /dev/null, made by root only: its cases are skipped otherwise);
     `locked` names the one of them made unreadable (a file) or unwritable (a folder)."""
     marks = [pytest.mark.skipif(True, reason=skip)] if skip else []
     return pytest.param((command, args, needles, bad, env or {}, locked), id=id, marks=marks)
@@ -130,6 +178,8 @@ def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None)
 TENSOR_NAMES = [name for name, _ in formats.model_tensor_shapes(SMALL)]
 AS_ROOT = ROOT_SKIP if os.geteuid() == 0 else None
 HAS_CUDA = "CUDA is available here" if torch.cuda.is_available() else None
+NOT_ROOT = None if os.geteuid() == 0 else "only root makes a device node (and only root can rename over one)"
+LONG_NAME = "c" * 250  # fits a file name (255 bytes), but not its temp file's, <name>.<8 characters>.tmp
 
 CASES = [
     # model files (-e)
@@ -266,6 +316,21 @@ CASES = [
          bad=lambda d: raw(d, "train.bin")),
     case("train-metrics-is-the-model", "train", "-e {bad} --metrics {bad}", ["--metrics {bad}", "-e"],
          bad=lambda d: raw(d, "model.bin")),
+    case("train-tensorboard-under-a-file", "train", "--tensorboard {afile}/tb", ["--tensorboard {afile}/tb", "cannot write"]),
+    case("train-checkpoint-is-a-device", "train", "-c {device}", ["-c {device}", "not a regular file"], skip=NOT_ROOT),
+    case("train-checkpoint-is-a-pipe", "train", "-c {fifo}", ["-c {fifo}", "not a regular file"]),
+    case("train-metrics-is-a-device", "train", "--metrics {device}", ["--metrics {device}", "not a regular file"],
+         skip=NOT_ROOT),
+    case("train-checkpoint-is-a-token-file", "train", "-c {bad}", ["-c {bad}", "holds a token file", "--overwrite"],
+         bad=lambda d: raw(d, "train.bin")),
+    case("train-checkpoint-name-too-long-for-its-temp-file", "train", "-c {folder}/" + LONG_NAME,
+         ["-c {folder}/" + LONG_NAME, "File name too long"]),
+    case("train-checkpoint-step-file-name-too-long", "train", "-k 1 --keep 1 -c {folder}/" + LONG_NAME[:236] + ".bin",
+         ["-c {folder}/" + LONG_NAME[:236] + ".bin", ".step1.bin", "File name too long"]),
+    case("train-grad-accum-beyond-the-train-file", "train", "--grad-accum 100000000",
+         ["--grad-accum 100000000", "more than the train file"]),
+    case("config-nested-too-deeply", "train", "--config {bad}", ["--config {bad}", "nested too deeply"],
+         bad=lambda d: b"a = " + b"[" * 5000 + b"]" * 5000),
     case("train-world-size-without-torchrun", "train", "", ["WORLD_SIZE=2", "torchrun"], env={"WORLD_SIZE": "2"}),
     case("train-world-size-not-a-number", "train", "", ["WORLD_SIZE='banana'", "integer"], env={"WORLD_SIZE": "banana"}),
     case("train-world-size-0", "train", "", ["WORLD_SIZE='0'", "1 or more"], env={"WORLD_SIZE": "0"}),
@@ -290,6 +355,35 @@ CASES = [
          bad=lambda d: formats.model_bytes(GPT2_VOCAB, {name: np.full(shape, 3e38, np.float32)
                                                         for name, shape in formats.model_tensor_shapes(GPT2_VOCAB)})),
     case("generate-model-is-a-token-file", "generate", "-e {train}", ["{train}", "not an llm.c model file"]),
+    case("generate-tokenizer-is-a-device", "generate", "-e {model} --tokenizer /dev/zero", ["/dev/zero", "not a regular file"]),
+    case("generate-tokenizer-is-a-pipe", "generate", "-e {model} --tokenizer {fifo}", ["{fifo}", "not a regular file"]),
+    # a hand-edited tokenizer.json: anything that changes how it encodes, which its fingerprint (each id's bytes) misses
+    case("tokenizer-json-merges-reordered", "tokenizer.json", "{bad}", ["{bad}", "canonical order"],
+         bad=tokenizer_json_with(swap_first_merges)),
+    case("tokenizer-json-merge-dropped", "tokenizer.json", "{bad}", ["{bad}", "merges"],
+         bad=tokenizer_json_with(lambda spec: spec["model"]["merges"].pop())),
+    case("tokenizer-json-truncation", "tokenizer.json", "{bad}", ["{bad}", "truncation"],
+         bad=setting("", "truncation", {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0})),
+    case("tokenizer-json-padding", "tokenizer.json", "{bad}", ["{bad}", "padding"],
+         bad=setting("", "padding", {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
+                                     "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"})),
+    case("tokenizer-json-bpe-dropout", "tokenizer.json", "{bad}", ["{bad}", "dropout"], bad=setting("model", "dropout", 0.5)),
+    case("tokenizer-json-continuing-subword-prefix", "tokenizer.json", "{bad}", ["{bad}", "continuing_subword_prefix"],
+         bad=setting("model", "continuing_subword_prefix", "##")),  # the `tokenizers` library panics on it
+    case("tokenizer-json-end-of-word-suffix", "tokenizer.json", "{bad}", ["{bad}", "end_of_word_suffix"],
+         bad=setting("model", "end_of_word_suffix", "</w>")),
+    case("tokenizer-json-ignore-merges", "tokenizer.json", "{bad}", ["{bad}", "ignore_merges"],
+         bad=setting("model", "ignore_merges", True)),
+    case("tokenizer-json-normalizer", "tokenizer.json", "{bad}", ["{bad}", "normalizer"],
+         bad=setting("", "normalizer", {"type": "Lowercase"})),
+    case("tokenizer-json-prefix-space", "tokenizer.json", "{bad}", ["{bad}", "add_prefix_space"],
+         bad=setting("pre_tokenizer", "add_prefix_space", True)),
+    case("tokenizer-json-eot-stripping", "tokenizer.json", "{bad}", ["{bad}", "added tokens"],
+         bad=tokenizer_json_with(lambda spec: spec["added_tokens"][0].update(lstrip=True))),
+    case("tokenizer-json-post-processor", "tokenizer.json", "{bad}", ["{bad}", "post_processor"],
+         bad=setting("", "post_processor", {"type": "TemplateProcessing", "single": [], "pair": [], "special_tokens": {}})),
+    case("tokenizer-json-not-an-object", "tokenizer.json", "{bad}", ["{bad}", "not a JSON object"], bad=lambda d: b"[1]"),
+    case("tokenizer-json-is-a-device", "tokenizer.json", "/dev/zero", ["/dev/zero", "not a regular file"]),
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
     case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
@@ -301,6 +395,40 @@ CASES = [
     case("create-output-folder-missing", "create", "-o {missing}/m.bin --layers 1 --channels 8 --heads 1",
          ["{missing}/m.bin", "does not exist"]),
     case("create-output-is-a-folder", "create", "-o {folder} --layers 1 --channels 8 --heads 1", ["{folder}"]),
+    case("create-output-is-a-device", "create", "-o {device} --layers 1 --channels 8 --heads 1",
+         ["-o {device}", "not a regular file"], skip=NOT_ROOT),
+    case("create-output-is-a-pipe", "create", "-o {fifo} --layers 1 --channels 8 --heads 1", ["-o {fifo}", "not a regular file"]),
+    case("create-output-is-a-checkpoint", "create", "-o {bad} --layers 1 --channels 8 --heads 1",
+         ["-o {bad}", "holds a checkpoint", "--force"], bad=lambda d: raw(d, "ck.bin")),
+    case("create-output-is-a-token-file", "create", "-o {bad} --layers 1 --channels 8 --heads 1",
+         ["-o {bad}", "holds a token file", "--force"], bad=lambda d: raw(d, "train.bin")),
+    case("create-output-is-its-tokenizer", "create", "-o {bad} --tokenizer {bad} --force",
+         ["-o {bad}", "same file as --tokenizer"], bad=lambda d: raw(d, "tokenizer.json")),
+    # export and import
+    case("export-gguf-over-its-model", "export", "-e {bad} --gguf {bad} --force", ["--gguf {bad}", "same file as -e"],
+         bad=lambda d: raw(d, "model.bin")),
+    case("export-gguf-over-a-checkpoint", "export", "-e {model} --gguf {bad}", ["--gguf {bad}", "holds a checkpoint", "--force"],
+         bad=lambda d: raw(d, "ck.bin")),
+    case("export-gguf-over-a-token-file", "export", "-e {model} --gguf {bad}", ["--gguf {bad}", "holds a token file"],
+         bad=lambda d: raw(d, "train.bin")),
+    case("export-gguf-is-a-device", "export", "-e {model} --gguf {device}", ["--gguf {device}", "not a regular file"],
+         skip=NOT_ROOT),
+    case("export-gguf-name-too-long", "export", "-e {model} --gguf {folder}/" + LONG_NAME, ["--gguf", "File name too long"]),
+    case("import-output-is-a-checkpoint", "import", "-i {folder} -o {bad}", ["-o {bad}", "holds a checkpoint", "--force"],
+         bad=lambda d: raw(d, "ck.bin")),
+    case("import-output-is-a-device", "import", "-i {folder} -o {device}", ["-o {device}", "not a regular file"],
+         skip=NOT_ROOT),
+    case("import-output-is-its-input", "import", "-i {bad} -o {bad} --force", ["-o {bad}", "same file as -i"],
+         bad=gguf_metadata_with("gpt2.block_count", "uint32", 1)),
+    case("import-gguf-string-block-count", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "block_count", "an integer"],
+         bad=gguf_metadata_with("gpt2.block_count", "string", "2")),
+    case("import-gguf-float-context-length", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "context_length", "an integer"],
+         bad=gguf_metadata_with("gpt2.context_length", "float32", 64.0)),
+    case("import-gguf-bool-head-count", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "head_count", "an integer"],
+         bad=gguf_metadata_with("gpt2.attention.head_count", "bool", True)),
+    case("import-gguf-string-epsilon", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "layer_norm_epsilon", "a number"],
+         bad=gguf_metadata_with("gpt2.attention.layer_norm_epsilon", "string", "1e-5")),
+    case("plot-output-is-a-device", "plot", "{afile} -o {device}", ["-o {device}", "not a regular file"], skip=NOT_ROOT),
     # prepare_data.py
     case("prepare-source-unknown-kind", "prepare", "--source {afile} --out-dir {folder}", ["--source {afile}", "unknown kind"]),
     case("prepare-source-missing", "prepare", "--source {missing} --out-dir {folder}", ["--source {missing}", "no such file"]),
@@ -313,10 +441,16 @@ CASES = [
     case("prepare-workers-a-fork-bomb", "prepare", "--source synthetic --workers 100000 --out-dir {folder}",
          ["--workers 100000", "per core"]),
     case("prepare-out-dir-is-a-file", "prepare", "--source synthetic --out-dir {afile}", ["--out-dir {afile}"]),
+    case("prepare-tokenizer-file-is-a-device", "prepare", "--source synthetic --out-dir {folder} --tokenizer-file {device}",
+         ["--tokenizer-file {device}", "not a regular file"], skip=NOT_ROOT),
+    case("prepare-tokenizer-file-is-a-model", "prepare", "--source synthetic --out-dir {folder} --tokenizer-file {bad}",
+         ["--tokenizer-file {bad}", "holds a model file"], bad=lambda d: raw(d, "model.bin")),
 ]
 
 ENTRIES = {"train": cli.train_main, "generate": cli.generate_main, "create": cli.create_main,
-           "prepare": cli.prepare_main, "tokenizer": lambda argv: tokenizer.read_tokenizer_file(argv[0])}
+           "prepare": cli.prepare_main, "tokenizer": lambda argv: tokenizer.read_tokenizer_file(argv[0]),
+           "tokenizer.json": lambda argv: tokenizer.load_bpe(argv[0]), "export": cli.export_main,
+           "import": cli.import_main, "plot": cli.plot_main}
 
 
 def test_at_least_40_cases_are_checked():
@@ -343,11 +477,13 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("a plain file")
     (tmp_path / "folder").mkdir()
     os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer forever
+    if os.geteuid() == 0:  # a /dev/null of our own: a failing case must not break the machine's
+        os.mknod(tmp_path / "device", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     shutil.copy(inputs / "tokenizer.json", tmp_path)  # the tokenizer of the bad token files made from inputs'
     places = {"bad": tmp_path / "bad.bin", "ck": tmp_path / "ck.bin", "model": inputs / "model.bin",
               "gpt2vocab": inputs / "gpt2vocab.bin", "train": inputs / "train.bin", "val": inputs / "val.bin",
               "folder": tmp_path / "folder", "missing": tmp_path / "missing", "afile": tmp_path / "afile",
-              "fifo": tmp_path / "fifo"}
+              "fifo": tmp_path / "fifo", "device": tmp_path / "device"}
     if bad is not None:
         places["bad"].write_bytes(bad(inputs))
     if locked:
@@ -368,6 +504,7 @@ def test_bad_input(spec, inputs, tmp_path, capsys, monkeypatch):
     for needle in needles:
         assert needle.format(**places) in lines[0], lines[0]
     assert snapshot(tmp_path) == before  # the sentinel is intact; nothing appeared or vanished
+    assert not places["device"].exists() or places["device"].is_char_device()
     assert snapshot(inputs) == inputs_before
 
 
@@ -441,3 +578,28 @@ def test_read_only_checkpoint_folder(inputs, read_only_folder, capsys):
     with pytest.raises(formats.BadInput, match="not writable|Read-only file system"):
         formats.write_model(read_only_folder / "ck.bin", SMALL, formats.read_model(inputs / "model.bin").params)
     assert (read_only_folder / "ck.bin").read_bytes() == SENTINEL
+
+
+# ----------------------------------------------------------------------------- JSON nested too deeply
+
+NESTED = "[" * 100_000 + "]" * 100_000  # Python's json recurses once per level
+
+
+@pytest.mark.parametrize("command, where", [("import", "config.json"), ("plot", "run.jsonl"), ("prepare", "shard.json")])
+def test_json_nested_too_deeply_is_one_line(tmp_path, capsys, command, where):
+    """Every JSON reader of a user's file: a RecursionError would be a traceback (the config file's TOML is a case above)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (tmp_path / "out").mkdir()
+    (folder / where).write_text(f'{{"step": 1, "x": {NESTED}}}\n{{"step": 2}}\n' if command == "plot" else NESTED)
+    (folder / "train.json").write_text('[{"story": "Once upon a time."}]')  # prepare's train shard (the first is val)
+    argv = {"import": ["-i", str(folder), "-o", str(tmp_path / "m.bin")],
+            "plot": [str(folder / where), "-o", str(tmp_path / "loss.png")],
+            "prepare": ["--source", str(folder), "--out-dir", str(tmp_path / "out"), "--workers", "1"]}[command]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(ENTRIES[command], argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert where in lines[0] and ("nested too deeply" in lines[0] or "maximum recursion" in lines[0]), lines[0]
+    assert snapshot(tmp_path) == before

@@ -126,8 +126,8 @@ def test_for_token_file_refuses_a_missing_or_other_tokenizer(trained, stories, t
 
 @pytest.mark.parametrize("content, problem", [
     ("not json", "not a readable tokenizer.json"),
-    ('{"model": {"type": "BPE"}}', "not a readable tokenizer.json"),
-    ("wordlevel", "model, pre-tokenizer, decoder: WordLevel"),
+    ('{"model": {"type": "BPE"}}', "pre_tokenizer is None"),
+    ("wordlevel", "model.type is 'WordLevel', expected 'BPE'"),
     ("no eot", "added tokens []"),
 ])
 def test_read_refuses_other_tokenizer_files(trained, tmp_path, content, problem):

@@ -144,20 +144,39 @@ def start_long_prepare(out: Path) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_stops_at_once_quietly_and_leaves_nothing(tmp_path):
-    """A terminal's Ctrl-C reaches the whole process group, the tokenizer workers included."""
+@pytest.mark.parametrize("signum, to_group, line", [
+    (signal.SIGINT, True, "interrupted"),  # a terminal's Ctrl-C reaches the whole process group, the workers included
+    (signal.SIGTERM, False, "stopped by SIGTERM"),  # `kill PID`: it stops its workers itself, none prints a traceback
+], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_it_at_once_quietly_and_leaves_nothing(tmp_path, signum, to_group, line):
     proc = start_long_prepare(tmp_path / "out")
-    os.killpg(proc.pid, signal.SIGINT)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     start = time.monotonic()
     try:
         _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("prepare_data.py still running 10 s after Ctrl-C")
+        pytest.fail(f"prepare_data.py still running 10 s after {signum.name}")
     assert time.monotonic() - start < 5
-    assert (proc.returncode, err) == (130, "interrupted\n")
+    assert (proc.returncode, err) == (128 + signum, line + "\n")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_second_run_on_the_same_out_dir_stops_at_once(tmp_path):
+    """Its first step would remove the temp files of the first run, which it takes for a killed one's."""
+    out = tmp_path / "out"
+    proc = start_long_prepare(out)
+    try:
+        second = run_prepare_data("--source", "synthetic", "--synthetic-stories", "200", "--out-dir", out,
+                                  "--tokenizer-file", out / "gpt2_tokenizer.bin")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert_one_line_error(second, f"--out-dir {out}", f"another run (pid {proc.pid})")
 
 
 def test_a_run_after_a_killed_one_removes_its_temp_files(tmp_path):

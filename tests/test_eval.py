@@ -10,6 +10,7 @@ from conftest import assert_one_line_error, run, run_cli, story_tokens, train, t
 
 from tinystories import evaluate, formats, llmc, tokenizer
 from tinystories.config import GPTConfig
+from tinystories.device import resolve_precision
 from tinystories.model import GPT
 
 
@@ -66,13 +67,19 @@ def test_bits_per_byte_counts_multibyte_tokens_once():
 
 def test_eval_command_json_and_text(workdir, tmp_path):
     model = workdir / "model.bin"
-    out = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json", check=True).stdout
+    out = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json", "--precision", "fp32",
+                  check=True).stdout
     figures = json.loads(out)
     tokens = formats.read_tokens(workdir / "val.bin")
     want_loss, want_bpb = reference(loaded(model), np.asarray(tokens), 32)
     assert abs(figures["loss"] - want_loss) < 1e-6 and abs(figures["bits_per_byte"] - want_bpb) < 1e-6
     assert figures["perplexity"] == pytest.approx(math.exp(figures["loss"]))
-    text = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", check=True).stdout
+    assert figures["precision"] == "fp32" and figures["compiled"] is False  # a small file: compiling would not pay
+    default = json.loads(run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json",
+                                 check=True).stdout)
+    assert default["precision"] == resolve_precision("auto", torch.device("cpu"))  # bf16 where the CPU has it
+    assert default["loss"] == pytest.approx(want_loss, rel=1e-3) and default["targets"] == figures["targets"]
+    text = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--precision", "fp32", check=True).stdout
     assert f"loss {figures['loss']:.6f}" in text and f"bits per byte {figures['bits_per_byte']:.6f}" in text
 
 
@@ -101,7 +108,8 @@ def test_val_batches_all_is_the_eval_figure(workdir, tmp_path):
     out = train("-e", workdir / "model.bin", "-c", ck, "-n", "3", *train_flags(workdir, val_every=3),
                 "--val-batches", "all", "--precision", "fp32").stdout
     last = [line for line in out.splitlines() if line.startswith("step") and "val loss" in line][-1].split()
-    figures = json.loads(run_cli("eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32", "--json", check=True).stdout)
+    figures = json.loads(run_cli("eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32", "--json", "--precision",
+                                 "fp32", check=True).stdout)
     assert last[:2] == ["step", "3/3"]
     assert last[2:5] == ["|", "val", "loss"] and last[-5:-1] == ["val", "bits", "per", "byte"]
     assert abs(float(last[5]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
@@ -110,3 +118,50 @@ def test_val_batches_all_is_the_eval_figure(workdir, tmp_path):
     assert abs(meta["last_val_bits_per_byte"] - figures["bits_per_byte"]) < 1e-6
     assert train("-e", workdir / "model.bin", "-n", "1", *train_flags(workdir), "--val-batches", "none",
                  check=False).returncode == 2
+
+
+def test_prefix_is_whole_windows_or_the_whole_file():
+    tokens = np.arange(100)
+    assert evaluate.prefix(tokens, 0, 4) is tokens and evaluate.prefix(tokens, 100, 4) is tokens
+    assert evaluate.prefix(tokens, 99, 4).tolist() == list(range(95))  # 19 windows of 5
+    assert evaluate.prefix(tokens, 4, 4).size == 0
+
+
+def test_val_max_tokens_scores_what_eval_max_tokens_scores(workdir, tmp_path):
+    """./train --val-batches all --val-max-tokens N logs the figures of eval --max-tokens N on the same
+    checkpoint: the first N tokens in whole windows (3 of 33 tokens for N = 100)."""
+    ck = tmp_path / "ck.bin"
+    out = train("-e", workdir / "model.bin", "-c", ck, "-n", "3", *train_flags(workdir, val_every=3),
+                "--val-batches", "all", "--val-max-tokens", "100", "--precision", "fp32").stdout
+    last = [line for line in out.splitlines() if line.startswith("step") and "val loss" in line][-1].split()
+    eval_args = ["eval", "-e", ck, "-i", workdir / "val.bin", "-t", "32", "--json", "--precision", "fp32"]
+    figures = json.loads(run_cli(*eval_args, "--max-tokens", "100", check=True).stdout)
+    assert figures["targets"] == 3 * 32
+    assert abs(float(last[5]) - figures["loss"]) < 2e-6 and abs(float(last[-1]) - figures["bits_per_byte"]) < 2e-6
+    whole = json.loads(run_cli(*eval_args, check=True).stdout)
+    assert whole["targets"] > figures["targets"] and whole["loss"] != figures["loss"]
+    assert json.loads(run_cli(*eval_args, "--max-tokens", "1000000", check=True).stdout) == whole
+
+
+def test_max_tokens_bad_input(workdir, tmp_path):
+    result = run_cli("eval", "-e", workdir / "model.bin", "-i", workdir / "val.bin", "-t", "32", "--max-tokens", "20")
+    assert_one_line_error(result, "--max-tokens 20: less than one window of -t + 1 = 33 tokens")
+    flags = ["-e", workdir / "model.bin", "-n", "1", *train_flags(workdir, val_every=1)]
+    assert_one_line_error(train(*flags, "--val-max-tokens", "100", check=False),
+                          "--val-max-tokens 100: needs --val-batches all")
+    assert_one_line_error(train(*flags, "--val-batches", "all", "--val-max-tokens", "20", check=False),
+                          "--val-max-tokens 20: less than one window of -t + 1 = 33 tokens")
+
+
+def test_eval_progress_in_a_log_says_the_time_left(monkeypatch, capsys):
+    """Where stderr is no terminal (a log), a long scoring prints lines with its rate and the time left."""
+    from tinystories import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0)
+    model = GPT(CONFIG)
+    model.init_weights(3)
+    evaluate.evaluate(model, story_tokens(60)[: 33 * 7], tokenizer.gpt2(), 32, batch_size=3,
+                      device=torch.device("cpu"), progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("tokens/s, about" in line and "s left)" in line for line in lines)
+    assert lines[-1].startswith("  eval: 224 of 224 tokens")

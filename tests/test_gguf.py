@@ -157,7 +157,7 @@ def test_import_of_a_damaged_gguf_is_one_line(trained, tmp_path):
     for bad in ("short.gguf", "text.gguf"):
         assert_one_line_error(run_cli("import", "-i", tmp_path / bad, "-o", tmp_path / "model.bin"),
                               bad, "not a readable GGUF file")
-    assert_one_line_error(run_cli("import", "-i", tmp_path / "m.gguf", "-o", tmp_path / "m.gguf"), "is the file it converts")
+    assert_one_line_error(run_cli("import", "-i", tmp_path / "m.gguf", "-o", tmp_path / "m.gguf"), "same file as -i")
     assert (tmp_path / "model.bin").read_bytes() == b"previous" and (tmp_path / "m.gguf").read_bytes() == data
     result = run_cli("import", "-i", tmp_path / "m.gguf", "-o", tmp_path / "out.bin", "--block-size", "8")
     assert_one_line_error(result, "--block-size")

@@ -5,7 +5,11 @@ checkpoint (-v 3: ck.best.bin). After every kill each of these files, when there
 valid file, and at most one step file more than --keep is left (a kill between a publish and the
 deletion); after the last, one uninterrupted resume finishes the run, and its per-step losses equal
 those of a run that was never killed, bit for bit (CPU), as do the final weights, the kept step files
-and the best checkpoint. Temp files a kill leaves mid-write are removed by the next start.
+and the best checkpoint. Temp files a kill leaves mid-write are removed by the next start. A kill may
+leave -c's lock file (ck.bin.lock), never its lock: the next life takes it over, and the end of the run
+removes it. Then the same command once more, on the finished run (the most common re-run), says the
+run is complete, exits 0 and changes no file. (A life killed after its final save left such a run to
+the next life: under load that happened, and the re-run crashed.)
 
 Each life is forked from a process that has already imported torch (multiprocessing's forkserver),
 so a life costs no import time; each runs the real command line, tinystories.cli.main(["train", ...]).
@@ -158,7 +162,7 @@ def test_kill_soak(files, tmp_path):
         kills += life.exitcode == -9
         seen_temps += len(temp_files(ck))
         beside = {p.name for p in tmp_path.glob("ck.*")} - {p.name for p in tmp_path.glob("ck.*.tmp")}
-        assert beside <= {"ck.bin", "ck.bin.metrics.jsonl", *kept_files(ck)}, f"{where}: unexpected files {beside}"
+        assert beside <= {"ck.bin", "ck.bin.metrics.jsonl", "ck.bin.lock", *kept_files(ck)}, f"{where}: unexpected files {beside}"
         check_kept(ck, where)
         if ck.exists():  # complete and valid, never half-written; never older than before
             steps.append(formats.read_model(ck).state.meta["step"])
@@ -171,6 +175,12 @@ def test_kill_soak(files, tmp_path):
                            capture_output=True, text=True, timeout=WAIT, env=env)
     assert final.returncode == 0, final.stderr
     assert list(tmp_path.glob("ck.*.tmp")) == [], "stale temp files were left beside the checkpoints"
+    assert not (tmp_path / "ck.bin.lock").exists(), "the finished run left its lock file"
+    finished = {p.name: p.read_bytes() for p in tmp_path.glob("ck.*")}
+    again = subprocess.run([sys.executable, "-m", "tinystories", "train", *command(files, ck)], cwd=REPO,
+                           capture_output=True, text=True, timeout=WAIT, env=env)
+    assert again.returncode == 0 and "the run is complete" in again.stdout, again.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("ck.*")} == finished
     expected, got = losses(reference), losses(ck)
     assert sorted(expected) == list(range(1, STEPS + 1))
     assert got == expected

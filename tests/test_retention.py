@@ -34,6 +34,7 @@ def test_keep_and_best(workdir, tmp_path):
     trainer = Trainer(TrainConfig(**vars(args)))
     assert trainer.state.results["best_val_loss"] == vals[best_step] and trainer.state.step == 6
     trainer.sinks.close()
+    trainer.release()  # -c's lock: run() would give it up at its end
 
 
 def test_publish_copies_where_hard_links_fail(tmp_path, monkeypatch):

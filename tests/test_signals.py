@@ -1,5 +1,5 @@
-"""Stopping ./train with signals: SIGINT or SIGTERM finish the current step, save a checkpoint at the
-step reached and exit with 128 + the signal's number (130, 143: as shells report it, so a script can
+"""Stopping ./train with signals: SIGINT, SIGTERM or SIGHUP (a closed terminal) finish the current step,
+save a checkpoint at the step reached and exit with 128 + the signal's number (130, 143, 129: as shells report it, so a script can
 tell an unfinished run from a finished one), and that checkpoint resumes; a second SIGINT exits at once with 130 and
 leaves the previous checkpoint loadable (the final save it interrupts never replaces it).
 
@@ -51,12 +51,20 @@ def train_args(files, ck, *extra):
                          seq_len=16, learning_rate=None, device="cpu"), *extra]
 
 
+def default_stop_signals() -> None:
+    """In the child before exec: SIGINT and SIGHUP at their defaults, as a terminal's foreground job has
+    them (a test run started with nohup, or in the background, would pass them on ignored, and ./train
+    rightly leaves an ignored signal ignored)."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Training:
     """A training subprocess whose stdout and stderr lines are collected as they arrive."""
 
     def __init__(self, argv):
         self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
         self.lines = {"stdout": [], "stderr": []}
         self.arrivals = queue.Queue()
         self.readers = [threading.Thread(target=self._collect, args=(name,), daemon=True) for name in self.lines]
@@ -111,7 +119,7 @@ def train_steps(ck) -> list[int]:
     return [r["step"] for r in metrics_log(ck) if "train_loss" in r]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_stop_signal_saves_and_resumes(files, tmp_path, start, signum):
     ck = tmp_path / "ck.bin"
     run = start(["-m", "tinystories", "train", *train_args(files, ck, "-n", "100000")])
@@ -147,3 +155,38 @@ def test_second_sigint_exits_at_once_and_keeps_the_previous_checkpoint(files, tm
     assert ck.read_bytes() == previous  # the interrupted save never replaced it
     saved = formats.read_model(ck)
     assert saved.state.meta["step"] % 2 == 0 and saved.state.meta["step"] >= 2
+
+
+# ./train, each validation batch announced on stderr and slowed down, so a signal lands during validation
+SLOW_VALIDATION = """
+import sys, time
+from tinystories import cli, evaluate
+window_nats = evaluate.window_nats
+def announced(*args):
+    print("validation batch", file=sys.stderr, flush=True)
+    time.sleep(0.05)
+    return window_nats(*args)
+evaluate.window_nats = announced
+cli.main(["train", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.parametrize("val_every", [1000, 3], ids=["step-0 validation", "validation at step 3"])
+def test_a_signal_during_validation_stops_it_and_saves(files, tmp_path, start, val_every):
+    """SIGTERM (a scheduler's) during a long validation: no waiting for its end, the checkpoint saved."""
+    ck = tmp_path / "ck.bin"
+    run = start(["-c", SLOW_VALIDATION, *train_args(files, ck, "-n", "100000", "-v", str(val_every), "--val-batches",
+                                                       "all", "-j", files / "train.bin")])
+    if val_every == 3:
+        run.wait_for("stdout", r"^step +3/100000 \| loss")
+    run.wait_for("stderr", "^validation batch", count=2 + (val_every == 3) * 150)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 128 + signal.SIGTERM, run.text("stderr")
+    stderr = run.text("stderr")
+    batches_after = stderr[stderr.index("SIGTERM: stopping"):].count("validation batch")
+    assert batches_after <= 1  # the batch under way when it came (of 147 a validation has)
+    step = 0 if val_every == 1000 else 3
+    assert f"stopped by SIGTERM at step {step}" in run.text("stdout")
+    assert formats.read_model(ck).state.meta["step"] == step
+    log = ck.with_name(ck.name + ".metrics.jsonl")  # the cut validation recorded nothing
+    assert (log.read_text() == "") if step == 0 else [r["step"] for r in metrics_log(ck) if "val_loss" in r] == [0]

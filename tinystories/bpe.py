@@ -24,7 +24,7 @@ from typing import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .errors import BadInput
-from .formats import MAX_TOKEN_VOCAB, atomic_write
+from .formats import MAX_TOKEN_VOCAB, atomic_write, read_small_file
 from .sources import one_line
 
 EOT_TEXT = "<|endoftext|>"
@@ -32,6 +32,7 @@ FILE_NAME = "tokenizer.json"  # beside the token files it made
 MIN_VOCAB = 257  # the 256 bytes and <|endoftext|>: no merges
 MAX_VOCAB = MAX_TOKEN_VOCAB  # token files hold uint16 ids
 MAX_TOKEN_BYTES = 255
+MAX_FILE_BYTES = 64 << 20  # a tokenizer.json of 65,536 tokens is about 4 MB
 
 
 def byte_alphabet() -> dict[str, int]:
@@ -91,44 +92,91 @@ def write(path, tokenizer: Tokenizer) -> None:
 
 
 def read(path) -> Tokenizer:
-    """Read and validate a byte-level BPE tokenizer.json (the kind `train` makes), or BadInput."""
+    """Read and validate a byte-level BPE tokenizer.json (the kind `train` makes), or BadInput. Only a
+    regular file of at most MAX_FILE_BYTES is read (not a pipe or a device)."""
     path = os.fspath(path)
+    data = read_small_file(path, MAX_FILE_BYTES)
     try:
-        with open(path, encoding="utf-8") as f:
-            return parse(f.read(), path)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+        return parse(data.decode("utf-8"), path)
+    except UnicodeDecodeError as e:
         raise BadInput(f"{path}: cannot read it as text ({one_line(e)})") from None
 
 
 def parse(text: str, where: str) -> Tokenizer:
-    """The tokenizer of a tokenizer.json's text, validated (BadInput naming `where` otherwise)."""
+    """The tokenizer of a tokenizer.json's text, validated (BadInput naming `where` otherwise). The file
+    is checked before the `tokenizers` library reads it (some settings make it panic)."""
     try:
         spec = json.loads(text)
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as e:  # not JSON, or the plain Exception `tokenizers` raises
+    except (ValueError, RecursionError) as e:
         raise BadInput(f"{where}: not a readable tokenizer.json ({one_line(e)[:200]})") from None
-    problem = _unsupported(spec, tokenizer)
+    problem = _unsupported(spec) if isinstance(spec, dict) else "not a JSON object"
     if problem:
         raise BadInput(f"{where}: not a byte-level BPE tokenizer.json of this project ({problem})")
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as e:  # the plain Exception `tokenizers` raises
+        raise BadInput(f"{where}: not a readable tokenizer.json ({one_line(e)[:200]})") from None
     return ordinary(tokenizer)
 
 
-def _unsupported(spec: dict, tokenizer: Tokenizer) -> str | None:
-    """What makes a parsed tokenizer.json other than the byte-level BPE described above, or None."""
-    kinds = {part: (spec.get(part) or {}).get("type") for part in ("model", "pre_tokenizer", "decoder")}
-    if kinds != {"model": "BPE", "pre_tokenizer": "ByteLevel", "decoder": "ByteLevel"}:
-        return f"model, pre-tokenizer, decoder: {kinds['model']}, {kinds['pre_tokenizer']}, {kinds['decoder']}"
-    if spec["pre_tokenizer"].get("add_prefix_space") or not spec["pre_tokenizer"].get("use_regex", True):
-        return "its ByteLevel pre-tokenizer adds a prefix space or skips GPT-2's regex"
-    if spec.get("normalizer") is not None:
-        return "it has a normalizer"
-    added = [(t.get("content"), t.get("special")) for t in spec.get("added_tokens") or []]
-    if added != [(EOT_TEXT, True)]:
-        return f"added tokens {added!r:.80}, expected only {EOT_TEXT} (special)"
-    if not MIN_VOCAB <= tokenizer.get_vocab_size() <= MAX_VOCAB:
-        return f"vocab size {tokenizer.get_vocab_size()}, outside {MIN_VOCAB}..{MAX_VOCAB}"
+# Every setting that changes how a tokenizer.json encodes, as `train` writes it (GPT-2's own has the
+# same; the empty prefix and suffix are the Hub's spelling of none). The fingerprint covers only each
+# id's bytes, so a file that differs anywhere here encodes differently under the same name: refused.
+CANONICAL = {
+    "": {"truncation": (None,), "padding": (None,), "normalizer": (None,)},
+    "model": {"type": ("BPE",), "dropout": (None,), "unk_token": (None,), "continuing_subword_prefix": (None, ""),
+              "end_of_word_suffix": (None, ""), "fuse_unk": (False, None), "byte_fallback": (False, None),
+              "ignore_merges": (False, None)},
+    "pre_tokenizer": {"type": ("ByteLevel",), "add_prefix_space": (False,), "use_regex": (True, None)},
+    "decoder": {"type": ("ByteLevel",)},
+}
+EOT_ENTRY = {"content": EOT_TEXT, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+             "special": True}
+
+
+def _unsupported(spec: dict) -> str | None:
+    """What makes a tokenizer.json other than the byte-level BPE described above (CANONICAL, exactly one
+    added token, merges in canonical order: canonical_merges), or None."""
+    for part, settings in CANONICAL.items():
+        section = spec.get(part) if part else spec
+        if not isinstance(section, dict):
+            return f"{part or 'the file'} is {section!r:.40}, expected a ByteLevel/BPE object"
+        for key, allowed in settings.items():
+            if section.get(key) not in allowed:
+                return f"{part + '.' if part else ''}{key} is {section.get(key)!r:.40}, expected {allowed[0]!r}"
+    post = spec.get("post_processor")
+    if post is not None and (not isinstance(post, dict) or post.get("type") != "ByteLevel"):
+        return f"post_processor {post!r:.60}, expected none or ByteLevel"
+    added = spec.get("added_tokens")
+    if not (isinstance(added, list) and len(added) == 1 and isinstance(added[0], dict)
+            and {k: added[0].get(k) for k in EOT_ENTRY} == EOT_ENTRY):
+        return f"added tokens {added!r:.80}, expected only {EOT_TEXT} (special, no stripping)"
+    return canonical_merges(spec["model"])
+
+
+def canonical_merges(model: dict) -> str | None:
+    """None when the BPE's vocabulary and merges are in canonical order, as `train` writes them: the
+    merges in the order of the ids they make, each making a token of higher id than its two parts,
+    and every token longer than one character made by exactly one merge; else what is wrong."""
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not (isinstance(vocab, dict) and isinstance(merges, list)):
+        return "model.vocab or model.merges is missing"
+    if not MIN_VOCAB <= len(vocab) <= MAX_VOCAB:
+        return f"vocab size {len(vocab)}, outside {MIN_VOCAB}..{MAX_VOCAB}"
+    made = 0
+    for rank, merge in enumerate(merges):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            return f"merge {rank} ({merge!r:.40}) is not a pair of tokens"
+        ids = [vocab.get(pair[0]), vocab.get(pair[1]), vocab.get(pair[0] + pair[1])]
+        if None in ids:
+            return f"merge {rank} ({' '.join(pair)!r:.40}) joins or makes a token not in its vocab"
+        if not (ids[2] > made and ids[2] > max(ids[:2])):
+            return f"merges are not in canonical order (merge {rank}, {' '.join(pair)!r:.40}, makes id {ids[2]})"
+        made = ids[2]
+    joined = sum(len(token) > 1 for token in vocab if token != EOT_TEXT)
+    if joined != len(merges):
+        return f"{joined} tokens of several bytes but {len(merges)} merges (each such token needs exactly one)"
     return None
 
 
@@ -154,3 +202,84 @@ def token_bytes(tokenizer: Tokenizer, where: str) -> list[bytes]:
             raise BadInput(f"{where}: token {i} holds {len(piece)} bytes (1..{MAX_TOKEN_BYTES} fit the llm.c tokenizer file)")
         pieces.append(piece)
     return pieces
+
+
+# ----------------------------------------------------------------------------- the fast, exact encoder
+
+def tiktoken_encoding(tokenizer: Tokenizer, pieces: list[bytes]):
+    """A tiktoken Encoding whose encode_ordinary gives exactly the ids `tokenizer.encode` gives (for
+    any text `tokenizer` accepts), about 4x as fast; or None, with why_not_tiktoken's reason, when the
+    conditions below do not hold (then only `tokenizer` encodes). `pieces`: every id's bytes.
+
+    The two differ in how they merge. `tokenizers` merges the listed pair (x, y) of lowest merge rank,
+    leftmost first. tiktoken merges any adjacent pair whose concatenation is a token, by that token's
+    rank (its id), leftmost first, and returns a whole pre-tokenized piece at once when it is a token.
+    With ranks = ids they agree when:
+      (1) the model has no options that change `tokenizers`' merging or output (dropout, subword prefix
+          or suffix, byte fallback, ignore_merges, unknown token, truncation, padding, post-processor);
+      (2) all 256 bytes are tokens, and every other token but <|endoftext|> is the result of exactly one
+          merge, whose results' ids increase with merge rank, each part of a merge being a byte or the
+          result of an earlier merge;
+      (3) every token's own bytes encode to that token alone (`tokenizers`' BPE reaches it).
+    Proof. By (2) a merge only creates pairs of higher rank, so both run through ranks in increasing
+    order, leftmost first, and while they agree they are in the same state. Suppose tiktoken first
+    departs from `tokenizers` by merging adjacent tokens x', y' into token t although (x', y') is not
+    t's merge (x, y): no pair of lower rank is left anywhere, so every merge of rank below t's is done.
+    The bytes of t are then cut just before x' and after y', and no merge so far crossed those cuts, so
+    inside them the state is the one `tokenizers` reaches on t's bytes alone after the merges of rank
+    below t's. By (3) that state goes on to t, and only t's merge makes t, so it is [x, y], not
+    [x', y']. So tiktoken never departs, and both end when no listed pair is left: the same ids. A
+    piece that is itself a token encodes to it in both, by (3). Pre-tokenization is GPT-2's regex in
+    both (tested on arbitrary unicode); text that is not valid UTF-8 (lone surrogates), which
+    `tokenizers` refuses, is left to it."""
+    if why_not_tiktoken(tokenizer, pieces) is not None:
+        return None
+    import tiktoken
+
+    eot_id = eot(tokenizer)
+    ranks = {piece: i for i, piece in enumerate(pieces) if i != eot_id}
+    return tiktoken.Encoding(name="bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+
+# tiktoken's pattern for GPT-2 (r50k_base), the regex of `tokenizers`' ByteLevel pre-tokenizer
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PLAIN_MODEL = {"dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                "fuse_unk": False, "byte_fallback": False, "ignore_merges": False}
+
+
+def why_not_tiktoken(tokenizer: Tokenizer, pieces: list[bytes]) -> str | None:
+    """Which condition of tiktoken_encoding `tokenizer` breaks, or None when it meets them all."""
+    spec = json.loads(tokenizer.to_str())
+    model = spec["model"]
+    changed = [k for k, plain in _PLAIN_MODEL.items() if model.get(k, plain) not in (plain, "")]
+    changed += [k for k in ("truncation", "padding", "post_processor") if spec.get(k) is not None]
+    if changed:
+        return f"(1) it sets {', '.join(changed)}"
+    eot_id = eot(tokenizer)
+    id_of = {piece: i for i, piece in enumerate(pieces) if i != eot_id}
+    if len(id_of) != len(pieces) - 1 or any(bytes([b]) not in id_of for b in range(256)):
+        return "(2) two tokens hold the same bytes, or a byte is not a token"
+    made = {}  # id of a merge's result -> its merge rank
+    for rank, merge in enumerate(model["merges"]):
+        x, y = merge.split(" ") if isinstance(merge, str) else merge
+        parts = [tokenizer.token_to_id(x), tokenizer.token_to_id(y)]
+        result = id_of.get(pieces[parts[0]] + pieces[parts[1]]) if None not in parts else None
+        if result is None or result in made or any(len(pieces[p]) > 1 and p not in made for p in parts):
+            return f"(2) merge {rank} ({x} {y}) makes no new token from earlier ones"
+        if made and result < max(made):
+            return f"(2) merge {rank} ({x} {y}) makes a token of a lower id than an earlier merge"
+        made[result] = rank
+    if len(made) != len(id_of) - 256:
+        return "(2) a token of several bytes is not made by a merge"
+    for i, piece in enumerate(pieces):
+        if i != eot_id and [t.id for t in tokenizer.model.tokenize(spelled(piece))] != [i]:
+            return f"(3) token {i} ({piece!r:.40}) does not encode to itself"
+    return None
+
+
+CHAR_OF_BYTE = {b: c for c, b in BYTE_OF_CHAR.items()}
+
+
+def spelled(piece: bytes) -> str:
+    """Bytes spelled in the byte alphabet, as tokenizer.json's tokens are."""
+    return "".join(CHAR_OF_BYTE[b] for b in piece)

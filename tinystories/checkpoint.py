@@ -8,8 +8,9 @@ stands and how it was trained:
     run_id, step    the run and the number of steps done
     data_position   token offset of the next global batch (the same on any number of ranks)
     model_config    the GPTConfig it belongs to
-    batch_size, seq_len, grad_accum, world_size, train_tokens_file, optimizer   how it was trained
-                    (training_setup; optimizer is absent in older checkpoints: adamw)
+    batch_size, seq_len, grad_accum, world_size, train_tokens_file, train_tokens_count, optimizer,
+    learning_rate, lr_decay   how it was trained (training_setup; optimizer is absent in older
+                    checkpoints: adamw; the token count and the schedule's two are absent before issue 32)
     counters        skipped_steps, tokens, and under fp16 grad_scaler (the loss scale)
     RESULT_KEYS     where logged so far: last_train_loss, last_train_step, last_val_loss,
                     last_val_step, last_val_bits_per_byte (--val-batches all, else null),
@@ -35,12 +36,15 @@ from .config import TrainConfig
 from .errors import BadInput
 from .formats import ModelFile, TrainingState, read_state_meta, write_model
 from .optim import Optimizers
+from .outputs import CHECKPOINT, MODEL, check_output, same_file
 from .tokenizer import Tokenizer, checkpoint_tensors
 
 STATE_FORMAT = "tinystories-train-state"
 RESULT_KEYS = ("last_train_loss", "last_train_step", "last_val_loss", "last_val_step", "last_val_bits_per_byte",
                "best_val_loss", "best_val_step")
-SETUP_KEYS = ("batch_size", "seq_len", "grad_accum")  # a resumed run with other values no longer repeats the run
+# a resumed run with other values no longer repeats the run (it says so; the data position stays)
+SETUP_KEYS = ("batch_size", "seq_len", "grad_accum", "train_tokens_file", "train_tokens_count")
+SCHEDULE_KEYS = ("learning_rate", "lr_decay")  # may change on purpose (a lower -l after a divergence): said, no note
 
 
 @dataclass
@@ -55,10 +59,11 @@ class RunState:
     results: dict = field(default_factory=dict)  # RESULT_KEYS: the last losses and the best val loss so far
 
 
-def training_setup(cfg: TrainConfig, seq_len: int, world: int) -> dict:
-    """How a run trains, as its checkpoints record it."""
-    return {"train_tokens_file": os.path.basename(cfg.train_tokens), "batch_size": cfg.batch_size, "seq_len": seq_len,
-            "grad_accum": cfg.grad_accum, "world_size": world, "optimizer": cfg.optimizer}
+def training_setup(cfg: TrainConfig, seq_len: int, world: int, train_tokens: int) -> dict:
+    """How a run trains, as its checkpoints record it (`train_tokens`: the count of -i's tokens)."""
+    return {"train_tokens_file": os.path.basename(cfg.train_tokens), "train_tokens_count": train_tokens,
+            "batch_size": cfg.batch_size, "seq_len": seq_len, "grad_accum": cfg.grad_accum, "world_size": world,
+            "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate, "lr_decay": cfg.lr_decay}
 
 
 def state_meta(state: RunState, setup: dict, model) -> dict:
@@ -108,9 +113,11 @@ def restore(model_file: ModelFile, path: str, model, optimizer: Optimizers, setu
                     loss_scale=counters.get("grad_scaler"), results={k: meta[k] for k in RESULT_KEYS if k in meta})
 
 
-def changed_setup(model_file: ModelFile, setup: dict) -> list[str]:
-    """The SETUP_KEYS whose values differ from those the checkpoint was trained with."""
-    return [key for key in SETUP_KEYS if model_file.state.meta.get(key) != setup[key]]
+def changed_setup(model_file: ModelFile, setup: dict, keys=SETUP_KEYS) -> list[str]:
+    """The `keys` whose values differ from those the checkpoint was trained with (and records), as
+    'key (old -> new)'."""
+    meta = model_file.state.meta
+    return [f"{key} ({meta[key]} -> {setup[key]})" for key in keys if key in meta and meta[key] != setup[key]]
 
 
 def check_resumable(model_file: ModelFile, path: str) -> dict:
@@ -138,25 +145,22 @@ def saved_tensor(state: TrainingState, key: str, p: torch.Tensor, path: str) -> 
     return torch.from_numpy(value.copy())
 
 
-def check_output_paths(cfg: TrainConfig, metrics_path: str | None, run_id: str) -> None:
-    """BadInput unless -c can be written, neither -c nor the metrics log would overwrite an input, and
-    -c holds no checkpoint of another run."""
-    if cfg.checkpoint:
-        folder = os.path.dirname(os.path.abspath(cfg.checkpoint))
-        if not os.path.isdir(folder):
-            raise BadInput(f"-c {cfg.checkpoint}: folder {folder} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise BadInput(f"-c {cfg.checkpoint}: folder {folder} is not writable")
-        if os.path.isdir(cfg.checkpoint):
-            raise BadInput(f"-c {cfg.checkpoint}: is a folder, expected a file name")
-        if not cfg.overwrite:
-            check_not_another_run(cfg.checkpoint, run_id)
+def check_output_paths(cfg: TrainConfig, metrics_path: str | None, derived_paths: list[str]) -> None:
+    """BadInput unless -c, the metrics log and the files a run writes beside -c (`derived_paths`: its
+    step and best files) can be written (outputs.check_output), and neither -c nor the metrics log
+    would overwrite an input."""
     paths = {"-e": cfg.model, "-i": cfg.train_tokens, "-j": cfg.val_tokens, "-c": cfg.checkpoint,
              "--metrics": metrics_path}
     for output, source in (("-c", "-i"), ("-c", "-j"), ("--metrics", "-e"), ("--metrics", "-i"),
                            ("--metrics", "-j"), ("--metrics", "-c")):
         if same_file(paths[output], paths[source]):
             raise BadInput(f"{output} {paths[output]}: is the same file as {source}, which it would overwrite")
+    if cfg.checkpoint:
+        check_output(cfg.checkpoint, "-c", replaces=(MODEL, CHECKPOINT), force="--overwrite", forced=cfg.overwrite)
+        for derived in derived_paths:
+            check_output(derived, f"-c {cfg.checkpoint}: its file", replaces=(CHECKPOINT,))
+    if metrics_path:
+        check_output(metrics_path, "--metrics" if cfg.metrics else f"-c {cfg.checkpoint}: its metrics log")
 
 
 def check_not_another_run(checkpoint: str, run_id: str) -> None:
@@ -180,6 +184,3 @@ def run_id_or_none(path: str) -> str | None:
         return None
     return None if meta is None else meta.get("run_id")
 
-
-def same_file(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)

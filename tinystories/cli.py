@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 
-from .config import (GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS, PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB,
-                     GenerateConfig, PrepareConfig, TrainConfig)
+from .config import (BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS,
+                     PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
 from .errors import BadInput
 
 
@@ -80,6 +82,10 @@ TOKENIZER_HELP = ("the tokenizer.json of a model made for a trained BPE (prepare
                   "model file is found without this flag; the model's header says which tokenizer it must be")
 
 
+FORCE_HELP = ("replace -o even when it holds a checkpoint, a token or tokenizer file or a GGUF file (without it, "
+              "only a model file is replaced)")
+
+
 for _f in (positive_int, non_negative_int, positive_float, non_negative_float, seed_int, bpe_vocab_size):
     _f.__name__ = "number"  # argparse names the type in its message: "invalid number value: 'x'"
 
@@ -115,6 +121,11 @@ def prepare_parser() -> Parser:
         "split with Hugging Face tokenizers, deterministically; write it as <out-dir>/tokenizer.json and as "
         "an llm.c tokenizer file, and encode both splits with it (each story preceded by its <|endoftext|> "
         "id). The token files' headers record it. Default: GPT-2's tokenizer"))
+    p.add_argument("--bpe-sample-bytes", type=non_negative_int, default=BPE_SAMPLE_BYTES, metavar="N", help=(
+        "with --vocab-size: train the BPE on the train split's first stories, up to N bytes of text (0 = all of "
+        "it); the same stories every run, so training stays deterministic. On a stand-in of TinyStories' size the "
+        "default is within 0.01 %% in held-out bytes per token of twice as much (BENCHMARKS.md \"At full size\") "
+        "(default: %(default)s)"))
     p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
     p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
     p.add_argument("--sha256", default=None, help=(
@@ -148,6 +159,7 @@ def prepare_main(argv=None) -> None:
 def create_parser() -> Parser:
     p = Parser(prog="create_model.py", description="Write a randomly initialised GPT-2 style model (llm.c model.bin format, fp32).")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--layers", type=positive_int, default=4, help="transformer blocks (default: %(default)s)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
@@ -173,6 +185,7 @@ def create_main(argv=None) -> None:
     from .config import GPTConfig
     from .formats import write_model
     from .model import GPT
+    from .outputs import MODEL, check_output
     from .tokenizer import VOCAB_SIZE, load_bpe
 
     parser = create_parser()
@@ -192,6 +205,8 @@ def create_main(argv=None) -> None:
         config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(str(e)) from None
+    check_output(args.output, "-o", replaces=(MODEL,), force="--force", forced=args.force,
+                 inputs={"--tokenizer": args.tokenizer})
     model = GPT(config)
     model.init_weights(args.seed, zero_proj=args.zero_init_proj)
     write_model(args.output, config, llmc.model_params(model), tokenizer=tokenizer.record if tokenizer else None)
@@ -221,10 +236,16 @@ def train_parser() -> Parser:
     return p
 
 
+def train_input_files(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags (dests) naming the files ./train reads."""
+    return ("model", "train_tokens", *(("val_tokens",) if args.val_every else ()))
+
+
 def train_main(argv=None) -> None:
     from .config_file import parse_with_config
 
-    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES))))
+    cfg = TrainConfig(**vars(parse_with_config(train_parser(), argv, presets=("recipe", RECIPES),
+                                               input_files=train_input_files)))
     from . import train
 
     stopped_by = train.train(cfg)
@@ -275,8 +296,12 @@ def eval_parser() -> Parser:
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
     a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    a("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="fp32, bf16 autocast, or "
-      + PRECISION_POLICY)
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="fp32 (the reference figure), bf16 "
+      "autocast (the matrix products; softmax and sums stay fp32), or " + PRECISION_POLICY)
+    a("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the scoring: auto = on for "
+      f"{EVAL_COMPILE_MIN_TOKENS:,} tokens or more, where its start-up (~10-20 s on CPU) pays")
+    a("--max-tokens", type=non_negative_int, default=0, metavar="N", help="score only the first N tokens, in whole "
+      "windows of -t + 1 tokens (./train --val-max-tokens N gives the same figures); 0 = the whole file")
     a("--json", action="store_true", help="print one JSON object instead of text (and no progress bar)")
     a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
@@ -300,8 +325,9 @@ def export_parser() -> Parser:
                    help="model or checkpoint file, fp32 or llm.c bf16 (default: %(default)s)")
     p.add_argument("-o", "--output", help="folder to write (built beside it, then renamed into place)")
     p.add_argument("--force", action="store_true", help=(
-        "replace --output even if it holds files that export does not write (the whole folder is replaced); "
-        "without it, only an empty folder or a previous export is replaced"))
+        "replace --output even if it holds files that export does not write (the whole folder is replaced), "
+        "and --gguf even if it holds a model, checkpoint, token or tokenizer file; without it, only an empty "
+        "folder or a previous export is replaced"))
     p.add_argument("--gguf", metavar="FILE", help="a GGUF file to write for llama.cpp (its gpt2 architecture, "
                    "with the tokenizer; written beside it, then renamed into place)")
     p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--gguf's weight type for the 2-D weights "
@@ -315,19 +341,33 @@ def export_main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not (args.output or args.gguf):
         parser.error("one of -o/--output (a Hugging Face folder) and --gguf (a llama.cpp file) is required")
+    from .bpe import MIN_VOCAB
+    from .outputs import GGUF, OutputLock, check_output
     from .tokenizer import for_model
 
-    tokenizer = for_model(args.model, args.tokenizer)
     if args.gguf:
-        from .gguf_file import export_gguf
-
-        size = export_gguf(args.model, args.gguf, tokenizer, args.type)
-        print(f"wrote {args.gguf}: {args.type}, {size:,} bytes")
+        check_output(args.gguf, "--gguf", replaces=(GGUF,), force="--force", forced=args.force,
+                     inputs={"-e": args.model, "--tokenizer": args.tokenizer})
+    tokenizer = for_model(args.model, args.tokenizer)
+    if args.gguf and tokenizer.vocab_size <= MIN_VOCAB:
+        raise BadInput(f"--gguf {args.gguf}: the model's tokenizer has no merges ({tokenizer.vocab_size} tokens: the "
+                       f"bytes and <|endoftext|>); a GGUF BPE needs merges (llama.cpp and import refuse one without)")
+    # each output locked while written (an export removes what a killed one left); the folder first, as
+    # its own checks (a folder it may replace, room for its temp folder) come before it writes anything
     if args.output:
         from . import hf
 
-        names = hf.export(args.model, args.output, tokenizer, force=args.force)
+        with OutputLock(os.path.abspath(args.output), "-o"):
+            names = hf.export(args.model, args.output, tokenizer, force=args.force)
         print(f"wrote {args.output}: {', '.join(names)}")
+    if args.gguf:
+        from .formats import remove_stale_temp_files
+        from .gguf_file import export_gguf
+
+        with OutputLock(args.gguf, "--gguf"):
+            remove_stale_temp_files(args.gguf)
+            size = export_gguf(args.model, args.gguf, tokenizer, args.type)
+        print(f"wrote {args.gguf}: {args.type}, {size:,} bytes")
 
 
 # ----------------------------------------------------------------------------- import
@@ -339,13 +379,17 @@ def import_parser() -> Parser:
         "(pytorch_model.bin) are refused."))
     p.add_argument("-i", "--input", required=True, help="Hugging Face model folder, or a .gguf file")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--block-size", type=positive_int, default=None,
                    help="keep only the first N positions (default: all of the model's n_positions; a folder only)")
     return p
 
 
 def import_main(argv=None) -> None:
+    from .outputs import MODEL, check_output
+
     args = import_parser().parse_args(argv)
+    check_output(args.output, "-o", replaces=(MODEL,), force="--force", forced=args.force, inputs={"-i": args.input})
     if os.path.isfile(args.input):
         from .gguf_file import import_gguf
 
@@ -376,6 +420,9 @@ def plot_parser() -> Parser:
 def plot_main(argv=None) -> None:
     args = plot_parser().parse_args(argv)
     from . import plot
+    from .outputs import check_output
+
+    check_output(args.output, "-o", inputs={path: path for path in args.metrics})
 
     runs = plot.plot(args.metrics, args.output, x=args.x, log=args.log)
     print(f"wrote {args.output}")
@@ -397,9 +444,24 @@ COMMANDS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (a kill, a closed terminal) as an exception, so that a command unwinds as it does
+    on Ctrl-C: temp files removed, worker processes stopped, one line instead of tracebacks."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # the ones not ignored (nohup) become Terminated
+
+
 def run(entry, argv=None, prog: str | None = None) -> None:
-    """Run one command's main; turn BadInput into one line on stderr and exit status 2."""
+    """Run one command's main; turn BadInput into one line on stderr and exit status 2, and a stop
+    signal into one line and its shell status (130 for Ctrl-C, 128 + N for signal N)."""
     prog = prog or os.path.basename(sys.argv[0])
+    previous = {s: signal.signal(s, _terminated) for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL
+                and threading.current_thread() is threading.main_thread()}  # only the main thread may set handlers
     try:
         entry(argv)
     except BadInput as e:
@@ -408,9 +470,16 @@ def run(entry, argv=None, prog: str | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated as e:
+        signum = signal.Signals(e.args[0])
+        print(f"stopped by {signum.name}", file=sys.stderr)
+        sys.exit(128 + signum)
     except BrokenPipeError:  # e.g. ./generate | head: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv=None) -> None:

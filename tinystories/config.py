@@ -88,6 +88,9 @@ PRECISION_POLICY = ("auto = bf16 on CUDA compute capability 8.0+ and on CPUs wit
                     "fp16 on CUDA 7.x (V100, T4), else fp32 (MPS included)")
 
 COMPILE_AUTO_MIN_STEPS = 200  # --compile auto: below this, the compile start-up costs more than it saves
+# scoring (eval, ./train's --val-batches all) compiles when --compile allows it and it scores this many tokens
+# or more in all: ~10-20 s of compiling on a 2-core CPU against ~3x the tokens/s (BENCHMARKS.md "Eval speed")
+EVAL_COMPILE_MIN_TOKENS = 2_000_000
 
 
 def flag(spelling: str, default, help, *, choices: tuple[str, ...] | None = None, rule: tuple | None = None,
@@ -123,6 +126,9 @@ RECIPES = {
              "embed_lr": 0.004, "beta2": 0.99, "lr_decay": "wsd", "cooldown": 0.4},
 }
 
+
+# prepare_data.py --vocab-size trains the BPE on this many bytes of the train split's first stories (--bpe-sample-bytes)
+BPE_SAMPLE_BYTES = 200_000_000
 
 # The fastest way to a story model (README; BENCHMARKS.md "Time to quality", chosen by
 # bench/bench_time_to_quality.py): prepare_data.py --vocab-size RECOMMENDED_VOCAB, a model of
@@ -167,6 +173,9 @@ class TrainConfig:
     val_batches: int | str = flag("--val-batches", 20, "batches averaged for the val loss, or 'all': the whole "
                                   "val file in windows of -t + 1 tokens, the figure `tinystories eval` gives",
                                   rule=(lambda v: v == "all" or v > 0, "positive or all"), parse=int_or_all)
+    val_max_tokens: int = flag("--val-max-tokens", 0, "with --val-batches all: score only the first N tokens of the "
+                               "val file, in whole windows of -t + 1 tokens (`tinystories eval --max-tokens N`: the "
+                               "same figures); 0 = the whole file", rule=AT_LEAST_0, metavar="N")
     device: str = flag("--device", "auto", "auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, "
                        "cuda, cuda:N, mps")
     precision: str = flag("--precision", "auto", PRECISION_POLICY + "; bf16 and fp16 as autocast, fp16 with loss "
@@ -253,6 +262,7 @@ class PrepareConfig:
     out_dir: str
     tokenizer_file: str | None  # None: gpt2_tokenizer.bin, or <out_dir>/tokenizer.bin with vocab_size
     vocab_size: int | None  # None: GPT-2's tokenizer; else train a byte-level BPE of this many tokens
+    bpe_sample_bytes: int  # with vocab_size: train it on the train split's first stories up to this many bytes (0: all)
     cache_dir: str
     url: str
     sha256: str | None

@@ -12,6 +12,7 @@ The keys are found from the parser's own actions, so the file keeps working howe
 declared, as long as their long names stay.
 """
 import argparse
+import os
 import tomllib
 
 from .errors import BadInput
@@ -21,11 +22,13 @@ FLAG = "--config"
 MAX_BYTES = 1 << 20  # a config file of flag values is a few hundred bytes
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str, dict] | None = None) -> argparse.Namespace:
+def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str, dict] | None = None,
+                      input_files=lambda args: ()) -> argparse.Namespace:
     """parser.parse_args(argv), with defaults first taken from the file named by --config, if any.
     presets = (dest, {name: {dest: value}}): the flag `dest` (./train's --recipe, set in the file or on
     the command line) names a preset whose values stand in for the defaults, under the file's values
-    and the command line's."""
+    and the command line's. input_files(args): the dests that name files the command reads; one the
+    file sets (and the command line keeps) must exist, else BadInput naming the file and its key."""
     path = config_path(parser, argv)
     file_values = config_defaults(parser, path) if path is not None else {}
     parser.set_defaults(**file_values)
@@ -33,7 +36,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv, presets: tuple[str,
         dest, table = presets
         chosen = getattr(parser.parse_args(argv), dest)
         parser.set_defaults(**{**table.get(chosen, {}), **file_values})
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for dest in input_files(args):
+        value = getattr(args, dest)
+        if dest in file_values and value == file_values[dest] and not os.path.exists(value):
+            raise BadInput(f"{FLAG} {path}: key '{dest}' = {value!r}: file not found (a relative path is taken from "
+                           f"the current folder, {os.getcwd()}, not from the config file's)")
+    return args
 
 
 def config_path(parser: argparse.ArgumentParser, argv) -> str | None:
@@ -59,9 +68,11 @@ def read_toml(path: str) -> dict:
     """The file's table; only a regular file of at most MAX_BYTES is read (not a pipe or a device)."""
     data = read_small_file(path, MAX_BYTES, f"{FLAG} {path}")
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # -sig: a byte order mark (some editors write one) is skipped
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{FLAG} {path}: not valid TOML: {e}") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise BadInput(f"{FLAG} {path}: not valid TOML for flag values: nested too deeply") from None
 
 
 def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from . import bpe
 from .config import HF_ARCHIVE_SIZE, HF_ARCHIVE_URL, PrepareConfig
 from .download import Unreachable, fetch_archive
 from .errors import BadInput
 from .formats import TokenFileWriter, atomic_write, remove_stale_temp_files
+from .outputs import TOKENIZER_FILE, TOKENIZER_JSON, TOKENS, OutputLock, check_output, check_writable
+from .progress import progress
 from .sources import Shard, Source, batched, local_source, splits, synthetic_source
 from .tokenizer import BPETokenizer, Tokenizer, gpt2, write_tokenizer_file
 
@@ -82,16 +83,21 @@ def story_encoder(workers: int, tokenizer: Tokenizer | None = None):
         yield lambda stories: pool.imap(encode_stories, batched(stories, BATCH_STORIES))
 
 
+WORKER_SIGNALS = {signal.SIGINT: signal.SIG_IGN, signal.SIGHUP: signal.SIG_IGN, signal.SIGTERM: signal.SIG_DFL}
+
+
 def tokenizer_pool(workers: int, tokenizer) -> multiprocessing.pool.Pool:
-    """`workers` processes that ignore SIGINT. A Ctrl-C at a terminal reaches the whole process group;
-    only this process acts on it (it stops the pool), so the workers neither print tracebacks nor die
-    holding tasks this process would wait for. They inherit the ignored signal from the fork or spawn,
-    and each takes `tokenizer` once."""
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """`workers` processes that ignore SIGINT and SIGHUP. A Ctrl-C at a terminal (or its closing)
+    reaches the whole process group; only this process acts on it (it stops the pool), so the workers
+    neither print tracebacks nor die holding tasks this process would wait for. SIGTERM, with which
+    the pool stops them, ends them at once, without Python (this process turns its own into an
+    exception: cli.run). They inherit these from the fork or spawn, and each takes `tokenizer` once."""
+    handlers = {s: signal.signal(s, handler) for s, handler in WORKER_SIGNALS.items()}
     try:
         return multiprocessing.Pool(workers, initializer=use_tokenizer, initargs=(tokenizer,))
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def prefetch(items: Iterator) -> Iterator:
@@ -115,12 +121,6 @@ def prefetch(items: Iterator) -> Iterator:
         if item is done:
             return
         yield item
-
-
-def progress(**kwargs) -> tqdm:
-    """A tqdm bar on a terminal; silent when stderr is not one (logs get plain lines instead)."""
-    return tqdm(disable=not sys.stderr.isatty(), **kwargs)
-
 
 
 @dataclass
@@ -187,11 +187,16 @@ def make_folder(folder: str | Path, flag: str) -> Path:
     return path
 
 
-def check_output_file(file: str, flag: str) -> Path:
+def check_output_file(file: str | Path, flag: str, kind: str | None = None) -> Path:
+    """BadInput unless `file` can be written as `flag` (outputs.check_output, where its folder exists
+    already; `kind`: what it holds when it holds this project's format); nothing is created."""
     path = Path(file)
     if path.is_dir():
         raise BadInput(f"{flag} {file}: is a folder, expected a file name")
     check_folder(path.absolute().parent, flag)
+    if path.absolute().parent.is_dir():
+        check_output(path, flag, replaces=(kind,) if kind else ())
+        check_writable(staged_name(path), f"{flag} {file}")
     return path
 
 
@@ -238,12 +243,16 @@ def hf_source(cfg: PrepareConfig) -> Source:
     return source
 
 
+def staged_name(path: Path) -> Path:
+    return path.with_name(path.name + ".staged")
+
+
 @contextlib.contextmanager
 def staged(paths: list[Path]):
     """Yields a temp path beside each of `paths`; when the block succeeds they are all renamed into
     place, otherwise removed (so the previous files stay). A killed run's leftovers (its `.staged` files
     and their atomic_write temp files) go first."""
-    temps = [p.with_name(p.name + ".staged") for p in paths]
+    temps = [staged_name(p) for p in paths]
     for temp in temps:
         remove_stale_temp_files(temp)
     try:
@@ -268,18 +277,42 @@ def source_note(label: str, rule: str, val: SplitStats, train: SplitStats, token
             f"random.Random({SHUFFLE_SEED} + shard index within its split)\n")
 
 
-def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, synthetic: bool) -> BPETokenizer:
-    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories.
-    Synthetic stories (a smoke test) use few words: for them a smaller vocabulary that their text
-    fills is trained instead, with a warning, where real stories would be an error."""
+def train_tokenizer(train_shards: Iterator[Shard], vocab_size: int, sample_bytes: int, synthetic: bool) -> BPETokenizer:
+    """--vocab-size: a byte-level BPE of vocab_size tokens, trained on the stripped train stories, the
+    first ones in split order up to sample_bytes of UTF-8 text (0: all). Synthetic stories (a smoke test)
+    use few words: for them a smaller vocabulary that their text fills is trained instead, with a
+    warning, where real stories would be an error."""
     start = time.time()
-    stories = (story.strip() for shard in prefetch(train_shards) for story in shard.stories)
+    what = f"the first {sample_bytes / 1e6:,.0f} MB of the train split" if sample_bytes else "the train split"
+    print(f"tokenizer: training a byte-level BPE of {vocab_size} tokens on {what} (--bpe-sample-bytes)", flush=True)
+    sample = SampleStats()
+    stories = sample.first_stories(train_shards, sample_bytes)
     tokenizer = BPETokenizer(bpe.train(stories, vocab_size, exact=not synthetic), bpe.FILE_NAME)
     if tokenizer.vocab_size < vocab_size:
         print(f"warning: --vocab-size {vocab_size}: the SYNTHETIC stories fill only {tokenizer.vocab_size} tokens; "
               f"training that many instead", file=sys.stderr)
-    print(f"tokenizer: {tokenizer.name}, trained on the train split in {time.time() - start:.1f} s")
+    print(f"tokenizer: {tokenizer.name}, trained on {sample.stories:,} stories ({sample.bytes / 1e6:,.1f} MB) in "
+          f"{time.time() - start:.1f} s")
     return tokenizer
+
+
+@dataclass
+class SampleStats:
+    stories: int = 0
+    bytes: int = 0
+
+    def first_stories(self, shards: Iterator[Shard], max_bytes: int) -> Iterator[str]:
+        """The stripped stories of `shards` in order, until the next would pass max_bytes of UTF-8 (0: all),
+        counted here. (Read without prefetch: a thread left waiting to hand over the next shard would keep it.)"""
+        for shard in shards:
+            for story in shard.stories:
+                story = story.strip()
+                size = len(story.encode())
+                if max_bytes and self.bytes + size > max_bytes:
+                    return
+                self.stories += 1
+                self.bytes += size
+                yield story
 
 
 def prepare(cfg: PrepareConfig) -> None:
@@ -287,20 +320,24 @@ def prepare(cfg: PrepareConfig) -> None:
     check_workers(cfg.workers)
     out_dir = check_folder(cfg.out_dir, "--out-dir")  # before a download, so a bad one fails fast
     default_tokenizer_file = out_dir / "tokenizer.bin" if cfg.vocab_size else "gpt2_tokenizer.bin"
-    tokenizer_file = check_output_file(cfg.tokenizer_file or default_tokenizer_file, "--tokenizer-file")
+    tokenizer_file = check_output_file(cfg.tokenizer_file or default_tokenizer_file, "--tokenizer-file", TOKENIZER_FILE)
     val_file, train_file = out_dir / "TinyStories_val.bin", out_dir / "TinyStories_train.bin"
     note_file, json_file = out_dir / "SOURCE.txt", out_dir / bpe.FILE_NAME
     check_outputs_apart(cfg, tokenizer_file, [val_file, train_file, note_file] + ([json_file] if cfg.vocab_size else []))
+    for file, kind in ((val_file, TOKENS), (train_file, TOKENS), (note_file, None), (json_file, TOKENIZER_JSON)):
+        check_output_file(file, f"--out-dir {cfg.out_dir}: its", kind)
     source = open_source(cfg)
     val_source = local_source(cfg.val_source, "--val-source") if cfg.val_source else None
     val_shards, train_shards, rule = splits(source, val_source)
     print(f"source: {source.label}\nsplit: {rule}")
-    tokenizer = (train_tokenizer(splits(source, val_source)[1], cfg.vocab_size, source.synthetic) if cfg.vocab_size
-                 else gpt2())
+    tokenizer = (train_tokenizer(splits(source, val_source)[1], cfg.vocab_size, cfg.bpe_sample_bytes, source.synthetic)
+                 if cfg.vocab_size else gpt2())
     make_folder(out_dir, "--out-dir")
     make_folder(tokenizer_file.absolute().parent, "--tokenizer-file")
     outputs = [val_file, train_file, tokenizer_file, note_file] + ([json_file] if cfg.vocab_size else [])
-    with story_encoder(cfg.workers, tokenizer) as encode, staged(outputs) as temps:
+    # one run per --out-dir (the lock is taken before staged() removes the temp files a killed run left)
+    with (OutputLock(train_file, f"--out-dir {cfg.out_dir}:"), story_encoder(cfg.workers, tokenizer) as encode,
+          staged(outputs) as temps):
         val = write_split(val_shards, temps[0], encode, tokenizer, "val", (val_source or source).label)
         train = write_split(train_shards, temps[1], encode, tokenizer, "train", source.label)
         write_tokenizer_file(temps[2], tokenizer)

@@ -17,6 +17,7 @@ Figures, over all scored targets t (each a token of the file, scored once):
 The same text has the same bytes in any byte-level tokenizer (up to which token starts each
 window), so bits per byte compares models with different vocabularies; loss per token does not.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast
+from .config import COMPILE_AUTO_MIN_STEPS, EVAL_COMPILE_MIN_TOKENS
+from .device import autocast, use_compile
+from .progress import Progress
 
 HEAD_ROWS = 1024  # positions whose logits (rows x V) are held at once
 
@@ -77,7 +80,8 @@ def byte_lengths(tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def window_nats(model, x: torch.Tensor, y: torch.Tensor, precision: str) -> torch.Tensor:
-    """Sum of -ln p(y) (fp64 scalar) for inputs x and targets y (B, T) on the model's device."""
+    """Sum of -ln p(y) (fp64 scalar) for inputs x and targets y (B, T) on the model's device: the
+    matrix products in `precision` (autocast), the softmax and each token's loss in fp32, their sum in fp64."""
     with autocast(x.device, precision):
         h = model.hidden(x)  # (B, T, C)
     h, y = h.reshape(-1, h.size(-1)), y.reshape(-1)  # (B*T, C), (B*T,)
@@ -92,41 +96,85 @@ def window_nats(model, x: torch.Tensor, y: torch.Tensor, precision: str) -> torc
 
 
 def evaluate(model, tokens: np.ndarray, tokenizer, seq_len: int, batch_size: int, device: torch.device,
-             precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False) -> EvalResult:
-    """Score `tokens` (N,) of `tokenizer` in the windows above, `batch_size` windows per forward pass.
-    Under torchrun each rank scores every world-th batch; the result is this rank's share (sum them)."""
+             precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False, nats_function=None,
+             stop=None) -> EvalResult | None:
+    """Score `tokens` (N,) of `tokenizer` in the windows above, `batch_size` windows per forward pass
+    (the full batches through `nats_function`, window_nats by default; compiled_window_nats() compiles
+    it). Under torchrun each rank scores every world-th batch; the result is this rank's share (sum
+    them). `stop()`, called by every rank after each round of batches, ends the scoring early when it
+    returns True: the result is then None. `progress`: a bar, or lines in a log (progress.Progress)."""
     was_training = model.training
     model.eval()
-    spans = windows(tokens.size, seq_len)
-    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
-    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
+    batches = window_batches(windows(tokens.size, seq_len), seq_len, batch_size)
     lengths = byte_lengths(tokenizer)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     targets = nbytes = 0
-    todo = batches[rank::world]
-    if progress:
-        from .data import progress as progress_bar
-
-        todo = progress_bar(iterable=todo, desc="eval", unit="batch")
-    for batch in todo:
-        rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64) for a, b in batch]))  # (B, T+1)
-        x, y = rows[:, :-1].to(device), rows[:, 1:]  # (B, T) each
-        nats += window_nats(model, x, y.to(device), precision)
-        targets += y.numel()
-        nbytes += int(lengths[y].sum())
+    score = nats_function or window_nats
+    shown = Progress("eval", sum(b - a - 1 for batch in batches for a, b in batch), "tokens") if progress else None
+    stopped = False
+    for first in range(0, len(batches), world):
+        if first + rank < len(batches):
+            rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64)
+                                              for a, b in batches[first + rank]]))  # (B, T+1)
+            x, y = rows[:, :-1].to(device), rows[:, 1:]  # (B, T) each
+            full_batch = x.shape == (batch_size, seq_len)  # compiled for that shape only
+            nats += (score if full_batch else window_nats)(model, x, y.to(device), precision)
+            targets += y.numel()
+            nbytes += int(lengths[y].sum())
+        if shown:
+            shown.update(sum(b - a - 1 for batch in batches[first : first + world] for a, b in batch))
+        if stop is not None and stop():
+            stopped = True
+            break
     model.train(was_training)
-    return EvalResult(targets, float(nats), nbytes)
+    if shown:
+        shown.close()
+    return None if stopped else EvalResult(targets, float(nats), nbytes)
+
+
+def window_batches(spans: list[tuple[int, int]], seq_len: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The windows in batches of batch_size full windows (the last may hold fewer), then the tail alone."""
+    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
+    return [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
+
+
+@functools.cache
+def compiled_window_nats():
+    """window_nats through torch.compile (compiled at its first call, for each model and shape)."""
+    return torch.compile(window_nats)
+
+
+def scoring_function(compile_flag: str, tokens_to_score: int, device: torch.device):
+    """window_nats, compiled where --compile allows it (auto: for EVAL_COMPILE_MIN_TOKENS or more
+    tokens in all, where compiling pays) and torch.compile can work here (device.use_compile)."""
+    if compile_flag == "auto" and tokens_to_score < EVAL_COMPILE_MIN_TOKENS:
+        compile_flag = "off"
+    return compiled_window_nats() if use_compile(compile_flag, COMPILE_AUTO_MIN_STEPS, device) else window_nats
+
+
+def prefix(tokens: np.ndarray, max_tokens: int, seq_len: int) -> np.ndarray:
+    """The tokens scored with --max-tokens / --val-max-tokens N: the first N cut to whole windows of
+    seq_len + 1 tokens, or every token (tail window included) when N is 0 or at least their number."""
+    if not max_tokens or max_tokens >= tokens.size:
+        return tokens
+    return tokens[: max_tokens // (seq_len + 1) * (seq_len + 1)]
 
 
 @torch.no_grad()
-def val_loss(model, loader, val_batches: int | str, runtime, tokenizer) -> tuple[float, float | None]:
-    """./train's val loss and bits per byte (None unless whole-file): the mean over the first
-    `val_batches` batches of `loader` (a TokenLoader; on every rank), or for "all" the whole file
-    in windows of loader.T + 1 tokens, scored as `tinystories eval` does, over all ranks."""
+def val_loss(model, loader, val_batches: int | str, runtime, tokenizer, max_tokens: int = 0,
+             nats_function=None, stop=None) -> tuple[float, float | None] | None:
+    """./train's val loss and bits per byte (None unless whole-file), or None when `stop()` (called by
+    every rank after each batch, or round of batches) ended it early: the mean over the first
+    `val_batches` batches of `loader` (a TokenLoader; on every rank), or for "all" the file (its
+    prefix(max_tokens)) in windows of loader.T + 1 tokens, scored as `tinystories eval` does, over all
+    ranks, with `nats_function` (window_nats by default)."""
     dist = runtime.dist
     if val_batches == "all":
-        share = evaluate(model, loader.tokens, tokenizer, loader.T, loader.B, runtime.device, runtime.precision,
-                         dist.rank, dist.world)
+        share = evaluate(model, prefix(loader.tokens, max_tokens, loader.T), tokenizer, loader.T, loader.B,
+                         runtime.device, runtime.precision, dist.rank, dist.world, nats_function=nats_function,
+                         stop=stop)
+        if share is None:
+            return None
         sums = torch.tensor([share.nats, share.targets, share.bytes], dtype=torch.float64, device=runtime.device)
         nats, targets, nbytes = dist.sum(sums).tolist()
         return nats / targets, nats / math.log(2) / nbytes
@@ -138,6 +186,9 @@ def val_loss(model, loader, val_batches: int | str, runtime, tokenizer) -> tuple
         x, y = runtime.to_device(loader.next_batch())
         with autocast(runtime.device, runtime.precision):
             total += model(x, y).float()
+        if stop is not None and stop():
+            model.train()
+            return None
     model.train()
     return dist.mean(total / batches).item(), None
 
@@ -164,16 +215,23 @@ def main(args) -> None:
     tokens = read_tokens(args.tokens, config.vocab_size)
     if tokens.size < 2:
         raise BadInput(f"{args.tokens}: {tokens.size} token, at least 2 are needed to score one")
+    tokens = prefix(tokens, args.max_tokens, seq_len)
+    if tokens.size < 2:
+        raise BadInput(f"--max-tokens {args.max_tokens}: less than one window of -t + 1 = {seq_len + 1} tokens")
     runtime = inference_runtime(args.device, args.precision)
     device, precision = runtime.device, runtime.precision
     model.to(device)
-    result = evaluate(model, tokens, tokenizer, seq_len, args.batch_size, device, precision, progress=not args.json)
+    nats_function = scoring_function(args.compile, tokens.size, device)
+    result = evaluate(model, tokens, tokenizer, seq_len, args.batch_size, device, precision, progress=not args.json,
+                      nats_function=nats_function)
     if args.json:
         print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, tokenizer=tokenizer.name,
-                              seq_len=seq_len, precision=precision), allow_nan=False))
+                              seq_len=seq_len, precision=precision, compiled=nats_function is not window_nats),
+                         allow_nan=False))
         return
     print(f"{args.model} on {args.tokens}: {result.targets:,} tokens scored ({result.bytes:,} bytes), "
-          f"windows of {seq_len + 1} tokens, {precision}, {tokenizer.name}")
+          f"windows of {seq_len + 1} tokens, {precision}{', compiled' if nats_function is not window_nats else ''}, "
+          f"{tokenizer.name}")
     if not math.isfinite(result.loss):
         print(f"loss {result.loss}: not finite, the model's predictions overflow (as after a diverged run)")
         return

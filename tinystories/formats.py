@@ -43,6 +43,7 @@ Checkpoint = model file + training-state trailer (ours)
     size == model size + 1024 + P
 """
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -78,14 +79,7 @@ def atomic_path(path):
     `path` is untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: folder {folder} does not exist") from None
-    except PermissionError:
-        raise BadInput(f"{path}: folder {folder} is not writable") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot write in {folder}: {e.strerror}") from None
+    fd, tmp = make_temp_file(path)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.close(fd)
@@ -103,6 +97,23 @@ def atomic_path(path):
             raise BadInput(f"{path}: write failed: {e.strerror or e}") from None
         raise
     fsync_folder(folder)  # make the rename itself durable
+
+
+def make_temp_file(path, where: str | None = None) -> tuple[int, str]:
+    """(fd, name) of a new temp file `<name>.<random>.tmp` beside `path`, as atomic_path writes, or
+    BadInput naming `where` (default: the path) when it cannot be made there (no such folder, not
+    writable, a name too long for the file system)."""
+    path = os.fspath(path)
+    where = where or path
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"{where}: folder {folder} does not exist") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise BadInput(f"{where}: folder {folder} is not writable ({e.strerror})") from None
+        raise BadInput(f"{where}: cannot write in {folder}: {e.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -288,19 +299,22 @@ def read_tokens(path, vocab_size: int | None = None) -> np.ndarray:
     (read_token_header) and that every id is below vocab_size; by default below the vocabulary size of
     the tokenizer the header names (a header naming none is GPT-2's, llm.c's, of GPTConfig's default)."""
     header = read_token_header(path)
-    tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(header.count,))
-    _check_token_range(path, tokens, vocab_size or (header.tokenizer.vocab_size if header.tokenizer else GPTConfig.vocab_size))
-    return tokens
+    _check_token_range(path, header.count,
+                       vocab_size or (header.tokenizer.vocab_size if header.tokenizer else GPTConfig.vocab_size))
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(header.count,))
 
 
-def _check_token_range(path, tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> None:
-    for start in range(0, tokens.size, chunk):
-        part = tokens[start : start + chunk]
-        top = int(part.max())
-        if top >= vocab_size:
-            where = start + int(np.argmax(part >= vocab_size))
-            raise BadInput(f"{path}: token id {int(tokens[where])} at position {where} "
-                           f"is outside the vocabulary (size {vocab_size})")
+def _check_token_range(path, count: int, vocab_size: int, chunk: int = 1 << 24) -> None:
+    """BadInput naming the first id at or above vocab_size. Read in chunks, not through the memory map:
+    a map's pages, once read, count in the process's resident memory (1.8 GB for the real train split)."""
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        for start in range(0, count, chunk):
+            part = np.fromfile(f, dtype="<u2", count=min(chunk, count - start))
+            if int(part.max()) >= vocab_size:
+                where = int(np.argmax(part >= vocab_size))
+                raise BadInput(f"{path}: token id {int(part[where])} at position {start + where} "
+                               f"is outside the vocabulary (size {vocab_size})")
 
 
 # ----------------------------------------------------------------------------- model files

@@ -113,12 +113,23 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
+def as_text(argument: str) -> str:
+    """A command-line argument as text that every tokenizer encodes: its bytes that are not UTF-8 (which
+    Python gives as lone surrogates) become U+FFFD, as tiktoken does for GPT-2."""
+    try:
+        raw = argument.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (a caller's string, not argv)
+        raw = argument.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def main(cfg: GenerateConfig) -> None:
     """./generate: print the prompt and the story that follows it, token by token."""
     runtime = inference_runtime(cfg.device, cfg.precision)
     device, precision = runtime.device, runtime.precision
     model, tokenizer = load_model(cfg.model, device, AUTOCAST_DTYPES.get(precision, torch.float32), cfg.tokenizer)
-    prompt_ids = [tokenizer.eot] + tokenizer.encode(cfg.prompt)
+    prompt = as_text(cfg.prompt)
+    prompt_ids = [tokenizer.eot] + tokenizer.encode(prompt)
     room = model.config.block_size - (len(prompt_ids) - 1)  # the last new token needs no position
     if room < 1:
         raise BadInput(f"-p/--prompt: {len(prompt_ids) - 1} tokens leave no room in the model's block size "
@@ -131,7 +142,7 @@ def main(cfg: GenerateConfig) -> None:
         seed = secrets.randbelow(2**31)
         print(f"seed: {seed}", file=sys.stderr)
     generator = torch.Generator().manual_seed(seed)
-    sys.stdout.write(cfg.prompt)
+    sys.stdout.write(prompt)
     new_ids = stream_tokens(model, prompt_ids, cfg.tokens, generator, tokenizer.eot, cfg.temperature, cfg.top_k, cfg.top_p)
     try:
         for piece in text_pieces(tokenizer, new_ids):

@@ -168,33 +168,53 @@ def read_gguf(path):
         raise BadInput(f"{path}: not a readable GGUF file ({one_line(e)[:200]})") from None
 
 
-def metadata(reader, key: str, path):
-    """A metadata value (number, bool, string, or list of strings/numbers), or BadInput if absent."""
+def metadata(reader, key: str, path, kind: type | None = None):
+    """A metadata value (number, bool, string, or list of strings/numbers), or BadInput if absent or,
+    given `kind` (int, float, str or list: of strings), of another type."""
+    value = _metadata(reader, key, path)
+    if kind is not None and not _is_kind(value, kind):
+        name = {int: "an integer", float: "a number", str: "a string", list: "a list of strings"}[kind]
+        raise BadInput(f"{path}: its metadata {key} is {value!r:.40}, expected {name}")
+    return value
+
+
+def _is_kind(value, kind: type) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never a size to us
+        return False
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _metadata(reader, key: str, path):
     import gguf
 
     field = reader.fields.get(key)
     if field is None:
         raise BadInput(f"{path}: no {key} in its metadata (not a GPT-2 GGUF file that export --gguf writes)")
     strings = gguf.GGUFValueType.STRING
-    if field.types[0] == gguf.GGUFValueType.ARRAY:
-        items = [field.parts[i] for i in field.data]
-        return [bytes(p).decode("utf-8") for p in items] if field.types[-1] == strings else [p[0].item() for p in items]
-    value = field.parts[field.data[0]]
-    return bytes(value).decode("utf-8") if field.types[0] == strings else value[0].item()
+    try:
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            items = [field.parts[i] for i in field.data]
+            return [bytes(p).decode("utf-8") for p in items] if field.types[-1] == strings else [p[0].item() for p in items]
+        value = field.parts[field.data[0]]
+        return bytes(value).decode("utf-8") if field.types[0] == strings else value[0].item()
+    except (UnicodeDecodeError, IndexError):  # a string that is not UTF-8, an array of arrays
+        raise BadInput(f"{path}: its metadata {key} is not a value that export --gguf writes") from None
 
 
 def read_config(reader, path) -> GPTConfig:
     """The GPTConfig of a gpt2 GGUF file, BadInput for anything our model cannot represent exactly."""
     if metadata(reader, "general.architecture", path) != "gpt2":
         raise BadInput(f"{path}: architecture {metadata(reader, 'general.architecture', path)!r}; only gpt2 can be imported")
-    size = {key: metadata(reader, f"gpt2.{key}", path) for key in (
+    size = {key: metadata(reader, f"gpt2.{key}", path, int) for key in (
         "context_length", "embedding_length", "feed_forward_length", "block_count", "attention.head_count")}
-    tokens = metadata(reader, "tokenizer.ggml.tokens", path)
+    tokens = metadata(reader, "tokenizer.ggml.tokens", path, list)
     config = GPTConfig(block_size=size["context_length"], vocab_size=len(tokens), n_layer=size["block_count"],
                        n_head=size["attention.head_count"], n_embd=size["embedding_length"])
     if size["feed_forward_length"] != 4 * config.n_embd:
         raise BadInput(f"{path}: unsupported feed_forward_length {size['feed_forward_length']} (ours is 4 * {config.n_embd})")
-    eps = metadata(reader, "gpt2.attention.layer_norm_epsilon", path)
+    eps = metadata(reader, "gpt2.attention.layer_norm_epsilon", path, float)
     if abs(eps - LAYER_NORM_EPS) > 1e-9:
         raise BadInput(f"{path}: unsupported layer_norm_epsilon {eps} (ours is {LAYER_NORM_EPS})")
     try:
@@ -240,8 +260,8 @@ def read_tokenizer(reader, path) -> Tokenizer:
     if metadata(reader, "tokenizer.ggml.model", path) != "gpt2":
         raise BadInput(f"{path}: tokenizer {metadata(reader, 'tokenizer.ggml.model', path)!r}; only a byte-level BPE "
                        f"('gpt2') can be imported")
-    tokens, merges = metadata(reader, "tokenizer.ggml.tokens", path), metadata(reader, "tokenizer.ggml.merges", path)
-    eot = metadata(reader, "tokenizer.ggml.eos_token_id", path)
+    tokens, merges = metadata(reader, "tokenizer.ggml.tokens", path, list), metadata(reader, "tokenizer.ggml.merges", path, list)
+    eot = metadata(reader, "tokenizer.ggml.eos_token_id", path, int)
     if not 0 <= eot < len(tokens) or tokens[eot] != bpe.EOT_TEXT:
         raise BadInput(f"{path}: its end-of-text token (eos_token_id {eot}) is not {bpe.EOT_TEXT}")
     if (tokens, merges) == vocabulary(gpt2()):

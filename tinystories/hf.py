@@ -72,6 +72,7 @@ from .bpe import EOT_TEXT
 from .config import GPTConfig
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
+from .outputs import remove_stale_folders
 from .tokenizer import VOCAB_SIZE, BPETokenizer, Tokenizer, beside, load_bpe, vocabulary_files
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -211,6 +212,7 @@ def export(model_path, folder, tokenizer: Tokenizer | None, force: bool = False)
     _check_replaceable(folder, model_path, force)
     files = export_files(model_path, os.path.basename(target), tokenizer)
     parent = os.path.dirname(target)
+    remove_stale_folders(target)  # of an export killed mid-write
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
     except OSError as e:
@@ -342,7 +344,7 @@ def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
         raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
     try:
         raw = json.loads(read_small_file(path, MAX_JSON_BYTES))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a JSON object")
@@ -383,7 +385,7 @@ def _safetensors_paths(folder: str) -> list[str]:
     if os.path.isfile(index):
         try:
             shards = sorted(set(json.loads(read_small_file(index, MAX_JSON_BYTES))["weight_map"].values()))
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise BadInput(f"{index}: not a valid safetensors index (expected a JSON weight_map)") from None
         return [os.path.join(folder, os.path.basename(str(shard))) for shard in shards]
     pickles = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))

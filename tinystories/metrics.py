@@ -39,6 +39,14 @@ def metrics_path(metrics: str | None, checkpoint: str | None) -> str | None:
     return checkpoint + ".metrics.jsonl" if checkpoint else None
 
 
+def check_fresh_log(path: str) -> None:
+    """BadInput when --metrics names a log that holds records: a fresh run empties its log, and this one
+    is another run's (--overwrite allows it; a log beside -c is covered by -c's own check)."""
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        raise BadInput(f"--metrics {path}: holds another run's log, which a fresh run would empty; choose another "
+                       f"file, or pass --overwrite to replace it")
+
+
 class MetricsLog:
     """JSON lines, one record per logged step. Each record is one write() of a whole line, so a
     kill leaves at most a torn last line, which readers skip. On resume, records past the resumed
@@ -64,7 +72,7 @@ class MetricsLog:
             try:
                 if json.loads(line)["step"] <= step:
                     kept.append(line + b"\n")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # torn or foreign line
         with atomic_write(self.path) as f:
             f.write(b"".join(kept))
@@ -112,7 +120,10 @@ class TensorBoardSink:
 
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise BadInput(f"--tensorboard {folder}: is a file, expected a folder for the event files")
-        self.writer = SummaryWriter(folder, purge_step=None if resume_step is None else resume_step + 1)
+        try:
+            self.writer = SummaryWriter(folder, purge_step=None if resume_step is None else resume_step + 1)
+        except OSError as e:  # a parent that is a file, a folder it may not write
+            raise BadInput(f"--tensorboard {folder}: cannot write event files there: {e.strerror or e}") from None
 
     def write(self, record: dict) -> None:
         for tag, value in scalars(record).items():
@@ -214,8 +225,10 @@ class Console:
         self.print(f"train {cfg.train_tokens}: {loader.tokens.size:,} tokens of the {tokenizer} "
                    f"({loader.batches_per_epoch() // cfg.grad_accum:,} steps/epoch); {self.total_steps} steps")
 
-    def resumed(self, state, changed: list[str]) -> None:
-        self.print(f"resuming run {state.run_id} at step {state.step} (data position {state.data_position:,})")
+    def resumed(self, state, changed: list[str], schedule: list[str] = ()) -> None:
+        """`changed`: what changes the data a step sees (a note); `schedule`: the learning rate's settings."""
+        other = f"; now with {', '.join(schedule)}" if schedule else ""
+        self.print(f"resuming run {state.run_id} at step {state.step} (data position {state.data_position:,}){other}")
         if changed:
             self.print(f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the checkpoint's; "
                        f"resuming at its data position anyway (losses will not match an uninterrupted run)", error=True)

@@ -50,10 +50,11 @@ def read_metrics(path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             if number == len(lines):
                 break  # torn last write
-            raise BadInput(f"{path}: line {number}: not valid JSON ({e.msg})") from None
+            problem = "nested too deeply" if isinstance(e, RecursionError) else e.msg
+            raise BadInput(f"{path}: line {number}: not valid JSON ({problem})") from None
         records.append(_checked(record, path, number))
     if not records:
         raise BadInput(f"{path}: empty metrics file")

@@ -29,6 +29,11 @@ class Retention:
         self.stem = path[: -len(".bin")] if path.endswith(".bin") else path
         self.best_path = f"{self.stem}.best.bin"
 
+    def paths(self, last_step: int, validates: bool) -> list[str]:
+        """The files beside -c a run to `last_step` may write: its last step file (the longest name),
+        and the best checkpoint when it validates."""
+        return [self.step_path(last_step)] * (self.keep > 0) + [self.best_path] * validates
+
     def step_path(self, step: int) -> str:
         return f"{self.stem}.step{step}.bin"
 

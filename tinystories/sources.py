@@ -105,7 +105,7 @@ def parse_json_shard(file, where: str) -> list[str]:
     """Stories of a JSON shard: a list of objects, each with a "story" string."""
     try:
         items = json.load(file, object_hook=_keep_story)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInput(f"{where}: not a valid JSON shard ({one_line(e)})") from None
     if not isinstance(items, list):
         raise BadInput(f"{where}: expected a JSON list of objects with a \"story\" field")

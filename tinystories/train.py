@@ -28,40 +28,53 @@ from dataclasses import asdict
 
 import torch
 
-from . import checkpoint, metrics, tokenizer
+from . import checkpoint, evaluate, metrics, tokenizer
 from .checkpoint import RunState
 from .config import TrainConfig
 from .errors import BadInput
-from .evaluate import val_loss
 from .formats import read_tokens, remove_stale_temp_files
 from .generate import sample_story
 from .loader import TokenLoader
 from .metrics import Console
 from .model import read_gpt
 from .optim import learning_rate, make_optimizer
+from .outputs import OutputLock
 from .retention import Retention
 from .runtime import training_runtime
 from .step import TrainStep
 
 
 class StopSignals:
-    """First SIGINT/SIGTERM: finish the current step, save, exit cleanly. Second SIGINT: exit now
-    (every file is written atomically, so nothing is corrupted)."""
+    """First SIGINT/SIGTERM/SIGHUP (the terminal or the ssh session closed; not when ignored, as
+    under nohup): finish the current step, save, exit cleanly. Second SIGINT: exit now (every file
+    is written atomically, so nothing is corrupted)."""
 
     def __init__(self):
         self.requested = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                          if signal.getsignal(s) is not signal.SIG_IGN}
 
     def _handle(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:
             print("\nsecond interrupt: exiting now", file=sys.stderr, flush=True)
             os._exit(130)
         self.requested = signal.Signals(signum)
-        print(f"\n{self.requested.name}: stopping after this step", file=sys.stderr, flush=True)
+        print(f"\n{self.requested.name}: stopping after this step (or this validation batch)", file=sys.stderr,
+              flush=True)
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def check_step_size(cfg: TrainConfig, train_tokens: int, seq_len: int) -> None:
+    """BadInput when one step (-b sequences of -t tokens, --grad-accum times) needs more tokens than
+    the whole train file holds: its micro-batches would be built before the first step."""
+    tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
+    if cfg.grad_accum > 1 and tokens_per_step > train_tokens - 1:  # one micro-batch too many: the loader says so
+        raise BadInput(f"--grad-accum {cfg.grad_accum}: a step of -b {cfg.batch_size} x -t {seq_len} x {cfg.grad_accum} "
+                       f"= {tokens_per_step:,} tokens is more than the train file -i {cfg.train_tokens} holds "
+                       f"({train_tokens:,}); lower --grad-accum or -b")
 
 
 def run_length(cfg: TrainConfig, train_tokens: int, seq_len: int) -> int:
@@ -72,9 +85,23 @@ def run_length(cfg: TrainConfig, train_tokens: int, seq_len: int) -> int:
 
 
 class Trainer:
-    """One training run, composed in __init__ from a TrainConfig; run() is the loop."""
+    """One training run, composed in __init__ from a TrainConfig; run() is the loop. While it lives,
+    rank 0 holds -c's lock (outputs.OutputLock): one run per checkpoint."""
 
     def __init__(self, cfg: TrainConfig):
+        self.lock = None
+        try:
+            self._compose(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up -c's lock (a killed run's is released by the kernel)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _compose(self, cfg: TrainConfig) -> None:
         cfg.validate()
         metrics.check_extras(cfg)
         self.cfg = cfg
@@ -92,18 +119,23 @@ class Trainer:
                                                 cfg.model, model_file)
         train_tokens = read_tokens(cfg.train_tokens, config.vocab_size)
         self.total_steps = run_length(cfg, train_tokens.size, T)
+        check_step_size(cfg, train_tokens.size, T)
         self.runtime = rt = training_runtime(cfg, self.total_steps)
         self.model.head_loss = rt.head_loss.load()
         self.model.to(rt.device)
         self.optimizer = make_optimizer(self.model, cfg, capturable=rt.cuda_graphs)
-        self.setup = checkpoint.training_setup(cfg, T, rt.dist.world)
+        self.setup = checkpoint.training_setup(cfg, T, rt.dist.world, train_tokens.size)
         resumed = model_file.state is not None
         self.state = checkpoint.restore(model_file, cfg.model, self.model, self.optimizer, self.setup) if resumed else RunState()
+        self.complete = resumed and self.state.step >= self.total_steps  # the same command again, once it finished
+        if self.complete:
+            return  # run() says so, and writes nothing
         self._check_outputs()
         B = cfg.batch_size // rt.dist.world
         self.train_loader = TokenLoader(cfg.train_tokens, B, T, rt.dist.rank, rt.dist.world, tokens=train_tokens)
         self.train_loader.position = self.state.data_position
         self.val_loader = TokenLoader(cfg.val_tokens, B, T, rt.dist.rank, rt.dist.world, config.vocab_size) if cfg.val_every else None
+        self.val_nats = self._val_scoring() if cfg.val_every else None
         self.train_step = TrainStep(self.model, self.optimizer, rt, cfg.grad_accum, cfg.grad_clip,
                                     self.state.skipped_steps, self.state.loss_scale)
         self.console = Console(self.total_steps, enabled=rt.dist.master)
@@ -112,9 +144,27 @@ class Trainer:
                       if rt.dist.master else metrics.Sinks([]))
         self.console.started(cfg, rt, config, T, self.train_loader, self.tokenizer.name)
         if resumed:
-            self.console.resumed(self.state, checkpoint.changed_setup(model_file, self.setup))
+            self.console.resumed(self.state, checkpoint.changed_setup(model_file, self.setup),
+                                 checkpoint.changed_setup(model_file, self.setup, checkpoint.SCHEDULE_KEYS))
         self.saved_step = None  # the step of this run's last save to -c
         self.last_batch = None  # the latest step's (last) micro-batch
+
+    def _val_scoring(self):
+        """The function that scores --val-batches all (evaluate.window_nats, compiled when the run compiles
+        and its validations score enough tokens in all); BadInput for a --val-max-tokens without it, or
+        shorter than a window."""
+        cfg, T = self.cfg, self.seq_len
+        if cfg.val_max_tokens and cfg.val_batches != "all":
+            raise BadInput(f"--val-max-tokens {cfg.val_max_tokens}: needs --val-batches all (it bounds the tokens "
+                           f"that scores)")
+        if cfg.val_batches != "all":
+            return None
+        if 0 < cfg.val_max_tokens < T + 1:
+            raise BadInput(f"--val-max-tokens {cfg.val_max_tokens}: less than one window of -t + 1 = {T + 1} tokens")
+        per_validation = evaluate.prefix(self.val_loader.tokens, cfg.val_max_tokens, T).size
+        validations = self.total_steps // cfg.val_every + 2  # step 0, every -v steps, the last
+        return evaluate.scoring_function("auto" if self.runtime.compile else "off", per_validation * validations,
+                                         self.runtime.device)
 
     def _check_outputs(self) -> None:
         """-c and the metrics log can be written without overwriting an input or another run's files;
@@ -122,7 +172,14 @@ class Trainer:
         cfg = self.cfg
         self.metrics_path = metrics.metrics_path(cfg.metrics, cfg.checkpoint)
         self.retention = Retention(cfg.checkpoint, cfg.keep, self.state.run_id) if cfg.checkpoint else None
-        checkpoint.check_output_paths(cfg, self.metrics_path, self.state.run_id)
+        derived = self.retention.paths(self.total_steps, cfg.val_every > 0) if self.retention else []
+        checkpoint.check_output_paths(cfg, self.metrics_path, derived)
+        if cfg.checkpoint and self.runtime.dist.master:
+            self.lock = OutputLock(cfg.checkpoint, "-c")
+        if cfg.checkpoint and not cfg.overwrite:
+            checkpoint.check_not_another_run(cfg.checkpoint, self.state.run_id)
+        if cfg.metrics and self.state.step == 0 and not cfg.overwrite:
+            metrics.check_fresh_log(cfg.metrics)
         if self.runtime.dist.master:
             for path in filter(None, (cfg.checkpoint, self.metrics_path)):
                 remove_stale_temp_files(path)
@@ -134,14 +191,19 @@ class Trainer:
     def run(self) -> signal.Signals | None:
         """Train to the last step, or until a signal; returns the signal that stopped the run early, if any."""
         cfg, state, dist = self.cfg, self.state, self.runtime.dist
+        if self.complete:
+            if dist.master:
+                print(f"-e {cfg.model}: the run is complete (at step {state.step}; this command trains to step "
+                      f"{self.total_steps}); nothing to train, nothing written")
+            dist.close()
+            return None
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum
         signals = StopSignals()
         start_time = time.time()
         try:
-            if cfg.val_every and state.step == 0:
-                self.validate()
+            interrupted = cfg.val_every and state.step == 0 and not self.validate(signals)
             window_start, window_steps = time.perf_counter(), 0
-            while state.step < self.total_steps:
+            while not interrupted and state.step < self.total_steps:
                 loss, norm = self.train_step(self.next_batches(), learning_rate(cfg, state.step, self.total_steps))
                 state.step += 1
                 state.tokens += tokens_per_step
@@ -160,8 +222,8 @@ class Trainer:
                                   "grad_norm": norm.item(), "ms_per_step": seconds * 1000, "tokens_per_s": tokens_per_step / seconds,
                                   "tokens": state.tokens, "time": time.time() - start_time})
                 self._check_divergence()
-                if cfg.val_every and (due["val"] or last):
-                    self.validate()
+                if cfg.val_every and (due["val"] or last) and not self.validate(signals):
+                    break  # a signal during validation: save now
                 if due["sample"] and dist.master:
                     self.sinks.write({"step": state.step, "sample": sample_story(
                         self.model, self.tokenizer, cfg.seed + state.step, cfg.sample_length)})
@@ -179,6 +241,7 @@ class Trainer:
             signals.restore()
             self.sinks.close()
             dist.close()
+            self.release()
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's share of the next step's grad_accum micro-batches, on the device."""
@@ -200,10 +263,17 @@ class Trainer:
 
     # -- validation and saves
 
-    def validate(self) -> None:
-        loss, bits_per_byte = val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime, self.tokenizer)
-        if not self.runtime.dist.master:
-            return
+    def validate(self, signals: StopSignals) -> bool:
+        """Score the val file and record it; False, recording nothing, when a signal (on any rank) cut it short."""
+        dist = self.runtime.dist
+        figures = evaluate.val_loss(self.model, self.val_loader, self.cfg.val_batches, self.runtime, self.tokenizer,
+                                    self.cfg.val_max_tokens, self.val_nats,
+                                    stop=lambda: dist.any(signals.requested is not None))
+        if figures is None:
+            return False
+        loss, bits_per_byte = figures
+        if not dist.master:
+            return True
         state = self.state
         record = {"step": state.step, "val_loss": loss, "tokens": state.tokens}
         if bits_per_byte is not None:
@@ -215,6 +285,7 @@ class Trainer:
             if self.retention:
                 self._write(self.retention.best_path)
                 self.console.saved_best(self.retention.best_path, loss)
+        return True
 
     def save(self, final: bool = False) -> None:
         """Write -c (rank 0), unless the latest step was bad or the weights now give a non-finite loss on
