@@ -77,9 +77,8 @@ def bpe_vocab_size(text: str) -> int:
     return value
 
 
-TOKENIZER_HELP = ("the tokenizer.json of a model made for a trained BPE (prepare_data.py --vocab-size) that "
-                  "does not carry it: a checkpoint of such a run carries its own, and a tokenizer.json beside the "
-                  "model file is found without this flag; the model's header says which tokenizer it must be")
+TOKENIZER_HELP = ("the tokenizer.json of a trained-BPE model file that does not carry it (checkpoints carry theirs; "
+                  "one beside the model file is found without this flag)")
 
 
 FORCE_HELP = ("replace -o even when it holds a checkpoint, a token or tokenizer file or a GGUF file (without it, "
@@ -99,49 +98,33 @@ def prepare_parser() -> Parser:
         "shuffled with random.Random(1337 + shard index), each story stripped and preceded by the tokenizer's "
         "EOT token, as llm.c does; two runs give byte-identical files."))
     p.add_argument("--source", default="hf", help=(
-        "where stories come from: 'hf' (default) downloads the Hugging Face archive "
-        "TinyStories_all_data.tar.gz (cached under --cache-dir, resumed if interrupted); a local path to that "
-        "archive or a folder of its JSON shards (val = the first shard in name order, train = the rest); "
-        "a TinyStories .txt file (stories separated by lines <|endoftext|>) or a parquet file/folder "
-        "(column 'text' or 'story'; in a folder, files named validation* are val): without --val-source these "
-        "hold out every 50th story (index %% 50 == 0) as val and are shuffled in shards of 100,000 stories; "
-        "or 'synthetic' for generated stories (offline smoke tests only, never real data)"))
+        "hf (download the Hugging Face archive), a local archive, JSON folder, .txt or parquet path, or "
+        "synthetic (smoke tests only); see docs/data.md"))
     p.add_argument("--val-source", default=None, help=(
-        "a separate local source for the val split (same kinds of path as --source); the whole --source is "
-        "then train. By default the val split is the first shard (archive, JSON folder) or a held-out part "
-        "of the source"))
-    p.add_argument("--out-dir", default=None, help="folder for the token files and SOURCE.txt (default: "
-                   "data/tinystories; with --vocab-size N, data/tinystories-bpeN, so GPT-2's files stay)")
+        "a separate local source for the val split; the whole --source is then train"))
+    p.add_argument("--out-dir", default=None, help="folder for the token files (default: data/tinystories; with "
+                   "--vocab-size N, data/tinystories-bpeN)")
     p.add_argument("--tokenizer-file", default=None, help=(
-        "where to write the llm.c tokenizer file (default: gpt2_tokenizer.bin; with --vocab-size, "
+        "the llm.c tokenizer file to write (default: gpt2_tokenizer.bin; with --vocab-size, "
         "<out-dir>/tokenizer.bin)"))
     p.add_argument("--vocab-size", type=bpe_vocab_size, default=None, metavar="N", help=(
-        "instead of GPT-2's tokenizer, train a byte-level BPE of N tokens (257..65536: the 256 bytes, "
-        "<|endoftext|> and N - 257 merges; at most 65536 as token files hold uint16 ids) on the train "
-        "split with Hugging Face tokenizers, deterministically; write it as <out-dir>/tokenizer.json and as "
-        "an llm.c tokenizer file, and encode both splits with it (each story preceded by its <|endoftext|> "
-        "id). The token files' headers record it. Default: GPT-2's tokenizer"))
+        "train a byte-level BPE of N tokens (257..65536) on the train split instead of using GPT-2's "
+        "(default: GPT-2's)"))
     p.add_argument("--bpe-sample-bytes", type=non_negative_int, default=BPE_SAMPLE_BYTES, metavar="N", help=(
-        "with --vocab-size: train the BPE on the train split's first stories, up to N bytes of text (0 = all of "
-        "it); the same stories every run, so training stays deterministic. On a stand-in of TinyStories' size the "
-        "default is within 0.01 %% in held-out bytes per token of twice as much (BENCHMARKS.md \"At full size\") "
-        "(default: %(default)s)"))
+        "with --vocab-size: train the BPE on the first N bytes of train stories (0 = all) (default: %(default)s)"))
     p.add_argument("--cache-dir", default="data", help="folder for the downloaded archive (default: %(default)s)")
     p.add_argument("--url", default=HF_ARCHIVE_URL, help="archive address for --source hf (default: the Hugging Face dataset)")
     p.add_argument("--sha256", default=None, help=(
-        "expected sha256 of the archive. Without it the archive is checked for size and readability, and "
-        "its sha256 is recorded in <archive>.sha256 after the first complete download and checked on later runs"))
+        "expected sha256 of the archive (default: recorded after the first download, checked after)"))
     p.add_argument("--size", type=positive_int, default=None, help=(
-        "expected size of the archive in bytes (default: 1608001638 for the Hugging Face archive; "
-        "for another --url, the size the server reports)"))
+        "expected size of the archive in bytes (default: the Hugging Face archive's, or what the server reports)"))
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="tokenizer processes (default: all cores, %(default)s here)")
     p.add_argument("--synthetic-stories", type=positive_int, default=20000,
                    help="number of stories for --source synthetic (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="seed for --source synthetic (default: %(default)s)")
     p.add_argument("--fallback-synthetic", action="store_true", help=(
-        "with --source hf: if Hugging Face cannot be reached, say so and use synthetic stories instead "
-        "of failing (used by make demo)"))
+        "when Hugging Face cannot be reached, use synthetic stories (with a warning) instead of stopping"))
     return p
 
 
@@ -267,9 +250,8 @@ def generate_parser() -> Parser:
     a("--top-k", type=non_negative_int, default=0, help="sample only from the k most likely tokens (0 = off)")
     a("--top-p", type=positive_float, default=1.0, help="nucleus sampling: smallest set of tokens with this total probability (1 = off)")
     a("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
-    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights and KV cache in bf16 "
-      "(about 2x faster per token on CPUs with native bf16), fp16 (CUDA) or fp32; " + PRECISION_POLICY
-      + ". A seed names the same story within one precision")
+    a("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights and KV cache: auto = "
+      "bf16 (or fp16) where the hardware has it, else fp32; a seed names one story per precision")
     a("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
     return p
 

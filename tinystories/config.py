@@ -144,8 +144,7 @@ def recipes_help() -> str:
     spelling = {f.name: f.metadata["flag"].split("/")[-1] for f in fields(TrainConfig)}
     recipes = "; ".join(f"{name} = " + " ".join(f"{spelling[k]} {v}" for k, v in values.items())
                         for name, values in RECIPES.items())
-    return (f"a named set of training flags chosen by bench/bench_recipe.py (BENCHMARKS.md \"Recipe\"): {recipes}; "
-            "a config file and flags on the command line override its values")
+    return f"named flag values (BENCHMARKS.md \"Recipe\"): {recipes}; config files and flags override them"
 
 
 @dataclass
@@ -155,93 +154,74 @@ class TrainConfig:
 
     model: str = flag("-e/--model", "model.bin", "model to start from: a model.bin starts a fresh run, "
                       "a checkpoint written by -c resumes it exactly")
-    checkpoint: str | None = flag("-c/--checkpoint", None, "checkpoint to write (weights in llm.c format + "
-                                  "training state); none if unset")
+    checkpoint: str | None = flag("-c/--checkpoint", None, "checkpoint to write (weights + training state); "
+                                  "none if unset")
     checkpoint_every: int = flag("-k/--checkpoint-every", 0, "save every N steps (0 = only at the end)", rule=AT_LEAST_0)
     train_tokens: str = flag("-i/--train-tokens", "data/tinystories/TinyStories_train.bin", "train token file")
     val_tokens: str = flag("-j/--val-tokens", "data/tinystories/TinyStories_val.bin", "val token file")
     max_steps: int = flag("-n/--max-steps", -1, "steps to train (-1 = one epoch of the train file)",
                           rule=(lambda v: v > 0 or v == -1, "positive or -1 (one epoch)"))
-    batch_size: int = flag("-b/--batch-size", 4, "sequences per step, over all processes: under torchrun each "
-                           "of N ranks takes -b/N (N must divide -b)", rule=POSITIVE)
-    seq_len: int = flag("-t/--seq-len", 0, "tokens per sequence; 0 = the model's block size (the original's 1024 "
-                        "exceeds the default model's block of 256); more than the block size is an error", rule=AT_LEAST_0)
+    batch_size: int = flag("-b/--batch-size", 4, "sequences per step, over all processes (torchrun: N must divide "
+                           "-b)", rule=POSITIVE)
+    seq_len: int = flag("-t/--seq-len", 0, "tokens per sequence; 0 = the model's block size (more is an error)",
+                        rule=AT_LEAST_0)
     learning_rate: float = flag("-l/--lr", 3e-4, "peak learning rate", rule=FINITE_POSITIVE, metavar="LR")
     val_every: int = flag("-v/--val-every", 20, "val loss every N steps (0 = never)", rule=AT_LEAST_0)
     sample_every: int = flag("-s/--sample-every", 20, "print a generated sample every N steps (0 = never)", rule=AT_LEAST_0)
     sample_length: int = flag("-g/--sample-length", 64, "tokens per sample", rule=POSITIVE)
-    val_batches: int | str = flag("--val-batches", 20, "batches averaged for the val loss, or 'all': the whole "
-                                  "val file in windows of -t + 1 tokens, the figure `tinystories eval` gives",
+    val_batches: int | str = flag("--val-batches", 20, "batches averaged for the val loss, or 'all' (the whole val "
+                                  "file, as eval scores it)",
                                   rule=(lambda v: v == "all" or v > 0, "positive or all"), parse=int_or_all)
-    val_max_tokens: int = flag("--val-max-tokens", 0, "with --val-batches all: score only the first N tokens of the "
-                               "val file, in whole windows of -t + 1 tokens (`tinystories eval --max-tokens N`: the "
-                               "same figures); 0 = the whole file", rule=AT_LEAST_0, metavar="N")
-    device: str = flag("--device", "auto", "auto (CUDA when present, else MPS on Apple Silicon, else CPU), cpu, "
-                       "cuda, cuda:N, mps")
-    precision: str = flag("--precision", "auto", PRECISION_POLICY + "; bf16 and fp16 as autocast, fp16 with loss "
-                          "scaling; master weights and optimizer state are always fp32", choices=("auto", "fp32", "bf16", "fp16"))
-    head_loss: str = flag("--head-loss", "auto", "output layer + cross-entropy: chunked = fused PyTorch version "
-                          "that never allocates the logits afresh (rows in chunks; on CPU in fp32, vocabulary tiles "
-                          "that stay in cache); triton = fused Triton kernel (CUDA); plain = the reference "
-                          "formulation; auto = triton on CUDA when installed, else chunked",
-                          choices=("auto", *HEAD_LOSSES))
-    compile: str = flag("--compile", "auto", "torch.compile the model: it costs a start-up of ~10-60 s and then "
-                        "runs steps up to 2x faster; auto = on for runs of at least "
-                        f"{COMPILE_AUTO_MIN_STEPS} steps (-n, counted from the start of the run) on CPU and CUDA, "
-                        "eager where compiling cannot work (no C++ compiler, no triton) or fails at the first step",
-                        choices=ON_OFF)
-    cuda_graphs: str = flag("--cuda-graphs", "auto", "replay each training step as one CUDA graph (forward, "
-                            "backward, clip, AdamW): removes the per-kernel launch cost that bounds small models on "
-                            "a GPU; auto = on for a single CUDA process", choices=ON_OFF)
-    deterministic: bool = flag("--deterministic", False, "use only deterministic kernels, so a compiled run "
-                               "repeats (and resumes) bit for bit; torch.compile's CPU kernels are not deterministic "
-                               "otherwise, eager runs always are (costs ~25%% of the compiled speed on CPU)")
+    val_max_tokens: int = flag("--val-max-tokens", 0, "with --val-batches all: score only the first N val tokens; "
+                               "0 = the whole file", rule=AT_LEAST_0, metavar="N")
+    device: str = flag("--device", "auto", "auto (CUDA, else MPS on Apple Silicon, else CPU), cpu, cuda, cuda:N, mps")
+    precision: str = flag("--precision", "auto", "auto = bf16 (or fp16) autocast where the hardware has it, else fp32 "
+                          "(docs/hardware.md)", choices=("auto", "fp32", "bf16", "fp16"))
+    head_loss: str = flag("--head-loss", "auto", "output layer + loss: chunked, triton (CUDA) or plain (the "
+                          "reference); auto = triton on CUDA, else chunked", choices=("auto", *HEAD_LOSSES))
+    compile: str = flag("--compile", "auto", "torch.compile the model; auto = on for runs of "
+                        f"{COMPILE_AUTO_MIN_STEPS}+ steps where it can work", choices=ON_OFF)
+    cuda_graphs: str = flag("--cuda-graphs", "auto", "replay each step as one CUDA graph; auto = on for a single CUDA "
+                            "process", choices=ON_OFF)
+    deterministic: bool = flag("--deterministic", False, "only deterministic kernels, so compiled runs repeat and "
+                               "resume bit for bit (slower)")
     seed: int = flag("--seed", 1337, "seed for sampling and any randomness in training", rule=INT64)
-    weight_decay: float = flag("--weight-decay", 0.0, "decoupled weight decay of the embeddings and the "
-                                "blocks' matrices (in AdamW, and in Muon with --optimizer muon): each step "
-                                "scales them by 1 - its rate x this", rule=FINITE_AT_LEAST_0)
+    weight_decay: float = flag("--weight-decay", 0.0, "decoupled weight decay of the embeddings and matrices (AdamW "
+                                "and Muon)", rule=FINITE_AT_LEAST_0)
     beta1: float = flag("--beta1", 0.9, "AdamW beta1", rule=FRACTION)
     beta2: float = flag("--beta2", 0.95, "AdamW beta2", rule=FRACTION)
     eps: float = flag("--eps", 1e-8, "AdamW epsilon", rule=FINITE_POSITIVE)
     warmup_steps: int = flag("--warmup", 0, "linear LR warmup steps", rule=AT_LEAST_0, metavar="WARMUP")
-    lr_decay: str = flag("--lr-decay", "none", "LR decay after warmup, to --min-lr-ratio x lr at the last step; "
-                         "wsd = constant, then linear over the last --cooldown of the steps",
-                         choices=("none", "cosine", "linear", "wsd"))
+    lr_decay: str = flag("--lr-decay", "none", "LR decay after warmup, to --min-lr-ratio x lr at the last step (wsd: "
+                         "over the last --cooldown)", choices=("none", "cosine", "linear", "wsd"))
     min_lr_ratio: float = flag("--min-lr-ratio", 0.1, "final LR as a fraction of -l when decaying", rule=FINITE_AT_LEAST_0)
     grad_clip: float = flag("--grad-clip", 1.0, "clip the global gradient norm (0 = off)", rule=FINITE_AT_LEAST_0)
     grad_accum: int = flag("--grad-accum", 1, "micro-batches accumulated per step", rule=POSITIVE)
     max_bad_steps: int = flag("--max-bad-steps", 10, "stop after this many consecutive steps with a non-finite "
                               "loss or gradient", rule=POSITIVE)
-    log_every: int = flag("--log-every", 1, "print and log every N steps; between them the device runs ahead "
-                          "without waiting for the loss (use 10-100 on a GPU for full speed)", rule=POSITIVE)
+    log_every: int = flag("--log-every", 1, "print and log every N steps (10-100 on a GPU for full speed)",
+                          rule=POSITIVE)
     metrics: str | None = flag("--metrics", None, "JSON-lines metrics file (default: <checkpoint>.metrics.jsonl "
                                "when -c is set)")
-    cooldown: float = flag("--cooldown", 0.2, "--lr-decay wsd: fraction of the steps at the end over which the "
-                           "LR decays linearly to --min-lr-ratio x lr", rule=(lambda v: 0 < v <= 1, "in (0, 1]"))
-    keep: int = flag("--keep", 0, "with -c, also keep the N most recent saves as <name>.step<k>.bin (older ones "
-                     "are removed after a newer one is written); with validation, <name>.best.bin is always kept: "
-                     "the checkpoint of the lowest val loss so far", rule=AT_LEAST_0)
-    tensorboard: str | None = flag("--tensorboard", None, "also log to TensorBoard event files in DIR (needs the "
-                                   "tb extra: pip install -e '.[tb]')", metavar="DIR")
-    wandb: str | None = flag("--wandb", None, "also log to Weights & Biases project PROJECT (run name RUN); "
-                             "WANDB_MODE=offline works without an account (needs the wandb extra: "
-                             "pip install -e '.[wandb]')", metavar="PROJECT[/RUN]")
-    config: str | None = flag("--config", None, "TOML file of flag values: keys are the long flag names with '_' "
-                              "for '-' (max_steps = 300); flags on the command line win", metavar="FILE.toml")
-    optimizer: str = flag("--optimizer", "adamw", "adamw: AdamW for every parameter (the original's); muon: Muon "
-                          "(orthogonalised momentum, q, k and v as three matrices) for the blocks' weight matrices "
-                          "and AdamW for the embeddings, biases and norms; Muon's updates are scaled to AdamW's "
-                          "size, so it takes rates on -l's scale", choices=tuple(OPTIMIZERS))
-    embed_lr: float = flag("--embed-lr", 0.0, "peak learning rate of the token and position embeddings (the token "
-                           "embedding is also the output layer); 0 = -l",
+    cooldown: float = flag("--cooldown", 0.2, "--lr-decay wsd: the fraction of the steps, at the end, over which the "
+                           "LR decays", rule=(lambda v: 0 < v <= 1, "in (0, 1]"))
+    keep: int = flag("--keep", 0, "with -c, also keep the N latest saves as <name>.step<k>.bin", rule=AT_LEAST_0)
+    tensorboard: str | None = flag("--tensorboard", None, "also log to TensorBoard event files in DIR (needs the tb "
+                                   "extra)", metavar="DIR")
+    wandb: str | None = flag("--wandb", None, "also log to Weights & Biases project PROJECT (needs the wandb extra)",
+                             metavar="PROJECT[/RUN]")
+    config: str | None = flag("--config", None, "TOML file of flag values (max_steps = 300); flags on the command "
+                              "line win", metavar="FILE.toml")
+    optimizer: str = flag("--optimizer", "adamw", "adamw: AdamW for everything (the original's); muon: Muon for the "
+                          "blocks' matrices, AdamW for the rest", choices=tuple(OPTIMIZERS))
+    embed_lr: float = flag("--embed-lr", 0.0, "peak learning rate of the embeddings (also the output layer); 0 = -l",
                            rule=(FINITE_AT_LEAST_0[0], "0 (= -l) or positive and finite"), metavar="LR")
-    matrix_lr: float = flag("--matrix-lr", 0.0, "peak learning rate of the blocks' weight matrices (AdamW's or "
-                            "Muon's); 0 = -l", rule=(FINITE_AT_LEAST_0[0], "0 (= -l) or positive and finite"),
-                            metavar="LR")
+    matrix_lr: float = flag("--matrix-lr", 0.0, "peak learning rate of the blocks' weight matrices; 0 = -l",
+                            rule=(FINITE_AT_LEAST_0[0], "0 (= -l) or positive and finite"), metavar="LR")
     muon_momentum: float = flag("--muon-momentum", 0.95, "--optimizer muon: momentum", rule=FRACTION)
     recipe: str = flag("--recipe", "none", recipes_help, choices=("none", *RECIPES))
-    overwrite: bool = flag("--overwrite", False, "let a fresh run replace a checkpoint of another run at -c (and "
-                           "its step and best files and metrics log); without it such a run stops before writing")
+    overwrite: bool = flag("--overwrite", False, "let a fresh run replace another run's checkpoint at -c (and its "
+                           "step, best and metrics files)")
 
     def validate(self) -> None:
         """Raise BadInput naming the flag of the first value out of its range (its rule, or its choices)."""
