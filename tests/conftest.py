@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TRAIN_HEAD = "tinystories_v1_train_head.txt"
 TINY = ["--layers", "2", "--heads", "2", "--channels", "32", "--block-size", "64"]  # create_model.py flags
+# create_model.py flags of each block the training tests run: GPT-2's, and Llama's with 1 kv head (GQA)
+ARCH_FLAGS = {"gpt2": [], "llama": ["--arch", "llama", "--kv-heads", "1"]}
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +168,15 @@ def workdir(tmp_path_factory):
     formats.write_tokens(d / "train.bin", tokens[cut:])
     run("create_model.py", "-o", d / "model.bin", *TINY)
     return d
+
+
+def arch_model(folder: Path, arch: str) -> Path:
+    """folder's model.bin (create_model.py TINY) for GPT-2's block; for another, a TINY model of that
+    block beside it, made on first use."""
+    path = folder / ("model.bin" if arch == "gpt2" else f"model-{arch}.bin")
+    if not path.exists():
+        run("create_model.py", "-o", path, *TINY, *ARCH_FLAGS[arch])
+    return path
 
 
 def metrics_log(path) -> list[dict]:

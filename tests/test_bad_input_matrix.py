@@ -22,13 +22,15 @@ import torch
 from conftest import train_flags, write_small_vocab_tokens
 
 from tinystories import cli, formats, llmc, tokenizer
-from tinystories.config import GPTConfig, TrainConfig
+from tinystories.config import ARCHS, GPTConfig, TrainConfig
 from tinystories.model import GPT
 from tinystories.train import Trainer
 
 SMALL = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32)  # train cases
 OTHER_VOCAB = dataclasses.replace(SMALL, vocab_size=600)
 GPT2_VOCAB = GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=1, n_embd=8)  # generate cases
+SMALL_LLAMA = dataclasses.replace(SMALL, n_kv_head=1, **ARCHS["llama"])  # the Llama block's cases: our model file
+GQA_GPT2 = dataclasses.replace(GPT2_VOCAB, n_head=2, n_kv_head=1)  # a block that neither export holds
 SENTINEL = b"previous checkpoint: must survive"
 ROOT_SKIP = "runs as root: permission bits do not stop root"
 
@@ -50,17 +52,26 @@ def inputs(tmp_path_factory):
     write_small_vocab_tokens(d / "val.bin", rng.integers(0, SMALL.vocab_size, 1000), SMALL.vocab_size)
     formats.write_model(d / "model.bin", SMALL, model_params(SMALL))
     formats.write_model(d / "gpt2vocab.bin", GPT2_VOCAB, model_params(GPT2_VOCAB))
-    cfg = TrainConfig(model=str(d / "model.bin"), checkpoint=str(d / "ck.bin"), train_tokens=str(d / "train.bin"),
-                      val_tokens=str(d / "val.bin"), max_steps=1, batch_size=2, seq_len=32, val_every=0,
-                      sample_every=0, device="cpu")
-    Trainer(cfg).run()
+    formats.write_model(d / "llama.bin", SMALL_LLAMA, model_params(SMALL_LLAMA))
+    for model, checkpoint in (("model.bin", "ck.bin"), ("llama.bin", "ckllama.bin")):
+        cfg = TrainConfig(model=str(d / model), checkpoint=str(d / checkpoint), train_tokens=str(d / "train.bin"),
+                          val_tokens=str(d / "val.bin"), max_steps=1, batch_size=2, seq_len=32, val_every=0,
+                          sample_every=0, device="cpu")
+        Trainer(cfg).run()
     (d / "folder").mkdir()
     return d
 
 
 MODEL_SIZE = formats.HEADER_BYTES + 4 * SMALL.num_parameters()
 METADATA_START = MODEL_SIZE + formats.HEADER_BYTES  # in a checkpoint: after the state header
-TENSOR_ENDS = list(np.cumsum([4 * math.prod(s) for _, s in formats.model_tensor_shapes(SMALL)]) + formats.HEADER_BYTES)
+
+
+def tensor_ends(config: GPTConfig) -> list[int]:
+    """The byte offset in a model file of config at which each of its tensors ends."""
+    return list(np.cumsum([4 * math.prod(s) for _, s in formats.model_tensor_shapes(config)]) + formats.HEADER_BYTES)
+
+
+TENSOR_ENDS = tensor_ends(SMALL)
 
 
 # ----------------------------------------------------------------------------- corruptions
@@ -87,8 +98,8 @@ def flip(data: bytes, offset: int) -> bytes:
     return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:]
 
 
-def model_field(index: int, value: int):
-    return lambda d: with_int32(raw(d, "model.bin"), 4 * index, value)
+def model_field(index: int, value: int, name: str = "model.bin"):
+    return lambda d: with_int32(raw(d, name), 4 * index, value)
 
 
 def state_field(index: int, value: int):
@@ -175,7 +186,14 @@ def case(id, command, args, needles, bad=None, env=None, locked=None, skip=None)
     return pytest.param((command, args, needles, bad, env or {}, locked), id=id, marks=marks)
 
 
-TENSOR_NAMES = [name for name, _ in formats.model_tensor_shapes(SMALL)]
+def cut_cases(prefix: str, name: str, config: GPTConfig) -> list:
+    """The model file `name` (of config) cut after each of its tensors but the last."""
+    tensors = [tensor for tensor, _ in formats.model_tensor_shapes(config)]
+    return [case(f"{prefix}model-cut-after-{tensor}", "train", "-e {bad}", ["{bad}", "truncated"],
+                 bad=lambda d, end=int(end): raw(d, name)[:end])
+            for tensor, end in zip(tensors[:-1], tensor_ends(config)[:-1])]  # after the last the model part is whole
+
+
 AS_ROOT = ROOT_SKIP if os.geteuid() == 0 else None
 HAS_CUDA = "CUDA is available here" if torch.cuda.is_available() else None
 NOT_ROOT = None if os.geteuid() == 0 else "only root makes a device node (and only root can rename over one)"
@@ -187,9 +205,7 @@ CASES = [
     case("model-cut-inside-header", "train", "-e {bad}", ["{bad}", "too short"], bad=lambda d: raw(d, "model.bin")[:500]),
     case("model-cut-after-header", "train", "-e {bad}", ["{bad}", "truncated"], bad=lambda d: raw(d, "model.bin")[:1024]),
     case("model-cut-inside-wte", "train", "-e {bad}", ["{bad}", "truncated"], bad=lambda d: raw(d, "model.bin")[:2000]),
-    *[case(f"model-cut-after-{name}", "train", "-e {bad}", ["{bad}", "truncated"],
-           bad=lambda d, end=int(end): raw(d, "model.bin")[:end])
-      for name, end in zip(TENSOR_NAMES[:-1], TENSOR_ENDS[:-1])],  # after the 16th the model part is whole
+    *cut_cases("", "model.bin", SMALL),
     case("checkpoint-cut-inside-state-header", "train", "-e {bad}", ["{bad}", "training state is invalid"],
          bad=lambda d: raw(d, "ck.bin")[:MODEL_SIZE + 100]),
     case("checkpoint-cut-inside-state-metadata", "train", "-e {bad}", ["{bad}", "training state is invalid"],
@@ -222,6 +238,32 @@ CASES = [
     case("model-is-a-device", "train", "-e /dev/zero", ["/dev/zero", "not a regular file"]),
     case("model-unreadable", "train", "-e {bad}", ["{bad}", "not readable"], bad=lambda d: raw(d, "model.bin"),
          locked="bad", skip=AS_ROOT),
+    # our model file of another block (the Llama block)
+    *cut_cases("llama-", "llama.bin", SMALL_LLAMA),
+    case("llama-header-position-code-unknown", "train", "-e {bad}", ["{bad}", "position code 5"],
+         bad=model_field(18, 5, "llama.bin")),
+    case("llama-header-bias-not-0-or-1", "train", "-e {bad}", ["{bad}", "bias 2", "0 or 1"],
+         bad=model_field(22, 2, "llama.bin")),
+    case("llama-header-kv-heads-not-dividing", "train", "-e {bad}", ["{bad}", "divisible by kv heads"],
+         bad=model_field(23, 3, "llama.bin")),
+    case("llama-header-field-of-a-newer-version", "train", "-e {bad}", ["{bad}", "does not know"],
+         bad=model_field(60, 1, "llama.bin")),
+    case("llama-model-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported model file version 3"],
+         bad=model_field(1, 3, "llama.bin")),
+    case("llama-trailing-garbage", "train", "-e {bad}", ["{bad}", "training state is invalid"],
+         bad=lambda d: raw(d, "llama.bin") + b"junk" * 10),
+    case("llama-state-of-other-weights", "train", "-e {bad}", ["{bad}", "belongs to other weights"],
+         bad=lambda d: flip(raw(d, "ckllama.bin"), 4000)),
+    case("llama-state-tensor-data-corrupt", "train", "-e {bad}", ["{bad}", "checksum mismatch"],
+         bad=lambda d: flip(raw(d, "ckllama.bin"), len(raw(d, "ckllama.bin")) - 5)),
+    case("generate-llama-model-cut", "generate", "-e {bad}", ["{bad}", "truncated"],
+         bad=lambda d: raw(d, "llama.bin")[:5000]),
+    case("export-hf-block-it-cannot-hold", "export", "-e {bad} -o {folder}/hf",
+         ["{bad}: the Hugging Face export holds the gpt2 and llama blocks only", "n_kv_head 1"],
+         bad=lambda d: formats.model_bytes(GQA_GPT2, model_params(GQA_GPT2))),
+    case("export-gguf-block-it-cannot-hold", "export", "-e {bad} --gguf {folder}/m.gguf",
+         ["{bad}: the GGUF export holds the gpt2 and llama blocks only", "n_kv_head 1"],
+         bad=lambda d: formats.model_bytes(GQA_GPT2, model_params(GQA_GPT2))),
     # the training-state trailer
     case("state-wrong-magic", "train", "-e {bad}", ["{bad}", "unexpected bytes after the model"], bad=state_field(0, 7)),
     case("state-wrong-version", "train", "-e {bad}", ["{bad}", "unsupported version"], bad=state_field(1, 3)),
@@ -387,6 +429,9 @@ CASES = [
     # create_model.py
     case("create-heads-not-dividing-channels", "create", "-o {ck} --heads 3 --channels 32", ["divisible", "heads"]),
     case("create-layers-0", "create", "-o {ck} --layers 0", ["--layers", "positive"]),
+    case("create-kv-heads-not-dividing-heads", "create", "-o {ck} --arch llama --heads 4 --kv-heads 3",
+         ["heads (4) must be divisible by kv heads (3)"]),
+    case("create-arch-unknown", "create", "-o {ck} --arch mamba", ["--arch", "invalid choice: 'mamba'"]),
     case("create-huge-model", "create", "-o {ck} --layers 100 --channels 100000 --heads 1",
          ["12,005,186,200,000 parameters", "GiB of memory"]),
     case("create-block-size-over-int32", "create", "-o {ck} --block-size 3000000000", ["block_size 3,000,000,000", "llm.c header"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, logged, metrics_log, run, train_flags
+from conftest import ARCH_FLAGS, REPO, TINY, logged, metrics_log, run, train_flags
 
 from tinystories import formats
 
@@ -52,14 +52,14 @@ def run_together(*commands: list[str], check=True) -> list[subprocess.CompletedP
     return results
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny model and token files of ids < 256, so the loss falls fast from ln(50257)."""
-    d = tmp_path_factory.mktemp("ddp")
+@pytest.fixture(scope="module", params=ARCH_FLAGS)
+def workdir(tmp_path_factory, request):
+    """A tiny model of each block (ARCH_FLAGS) and token files of ids < 256, so the loss falls fast from ln(50257)."""
+    d = tmp_path_factory.mktemp(f"ddp-{request.param}")
     rng = np.random.default_rng(0)
     formats.write_tokens(d / "train.bin", rng.integers(0, 256, 6000).astype(np.uint16))
     formats.write_tokens(d / "val.bin", rng.integers(0, 256, 1000).astype(np.uint16))
-    run("create_model.py", "-o", d / "model.bin", *TINY)
+    run("create_model.py", "-o", d / "model.bin", *TINY, *ARCH_FLAGS[request.param])
     return d
 
 
@@ -120,7 +120,8 @@ def test_two_ranks_train_as_one_process(fresh):
     assert_same_series(logged(one, "train_loss"), logged(two, "train_loss"), range(1, 11))
     # the gradient norm is taken after DDP's all-reduce: a sum instead of a mean would double it
     assert_same_series(logged(one, "grad_norm"), logged(two, "grad_norm"), range(1, 11))
-    assert logged(one, "train_loss")[10] < logged(one, "train_loss")[1] - 0.1  # it learns
+    # it learns (the Llama block, without biases, moves slower from ln(50257) in 10 steps: 0.04 where GPT-2's moves 0.1+)
+    assert logged(one, "train_loss")[10] < logged(one, "train_loss")[1] - 0.03
     assert_same_weights(one, two)
     assert formats.read_model(two).state.meta["world_size"] == 2
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run, run_cli, story_tokens, train, train_flags
+from conftest import ARCH_FLAGS, arch_model, assert_one_line_error, run, run_cli, story_tokens, train, train_flags
 
 from tinystories import evaluate, formats, llmc, tokenizer
 from tinystories.config import GPTConfig
@@ -65,8 +65,9 @@ def test_bits_per_byte_counts_multibyte_tokens_once():
     assert int(lengths[torch.tensor(ids)].sum()) == len("Café 🙂 smiled.".encode())
 
 
-def test_eval_command_json_and_text(workdir, tmp_path):
-    model = workdir / "model.bin"
+@pytest.mark.parametrize("arch", ARCH_FLAGS)
+def test_eval_command_json_and_text(workdir, tmp_path, arch):
+    model = arch_model(workdir, arch)
     out = run_cli("eval", "-e", model, "-i", workdir / "val.bin", "-t", "32", "--json", "--precision", "fp32",
                   check=True).stdout
     figures = json.loads(out)

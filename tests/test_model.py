@@ -8,14 +8,19 @@ import pytest
 import torch
 from conftest import REPO, rel_err, run
 
-from tinystories import llmc
-from tinystories.config import GPTConfig
+from tinystories import formats, llmc
+from tinystories.config import ARCHS, GPTConfig
+from tinystories.errors import BadInput
 from tinystories.formats import HEADER_BYTES, make_header, read_model, write_model
 from tinystories.model import GPT, KVCache
 
 DEFAULT = GPTConfig()  # 4 layers, 4 heads, 128 channels, block 256, vocab 50257
 SMALL = GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=64)
 SMALL_VOCAB = GPTConfig(block_size=32, vocab_size=1000, n_layer=3, n_head=3, n_embd=48)  # Vp = 1024
+# the Llama block with grouped-query attention (4 heads, 2 kv heads), tied and untied head
+LLAMA = GPTConfig(block_size=32, vocab_size=1000, n_layer=2, n_head=4, n_embd=64, n_kv_head=2, **ARCHS["llama"])
+LLAMA_UNTIED = GPTConfig(block_size=32, vocab_size=1000, n_layer=3, n_head=4, n_embd=32, mlp_hidden=72,
+                         tied_head=False, rope_theta=500, **ARCHS["llama"])
 
 
 def random_model(config: GPTConfig, seed: int) -> GPT:
@@ -109,6 +114,52 @@ def test_matches_huggingface_gpt2_logits_loss_and_gradients(config, seed):
     assert not ours.wte.weight.grad[config.vocab_size :].any()  # padding rows never learn
 
 
+def hf_llama(config: GPTConfig, params: dict[str, np.ndarray]):
+    """LlamaForCausalLM of config holding our table's tensors, mapped here apart from hf.py."""
+    transformers = pytest.importorskip("transformers")
+    H, KV, hs = config.n_head, config.kv_heads, config.head_size
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_size,
+        num_hidden_layers=config.n_layer, num_attention_heads=H, num_key_value_heads=KV,
+        max_position_embeddings=config.block_size, rms_norm_eps=1e-5, rope_theta=float(config.rope_theta),
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        tie_word_embeddings=config.tied_head)
+    model = transformers.LlamaForCausalLM._from_config(hf_config, attn_implementation="eager")
+    t = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}
+    state = {"model.embed_tokens.weight": t["wte"][: config.vocab_size], "model.norm.weight": t["lnfw"]}
+    if not config.tied_head:
+        state["lm_head.weight"] = t["lmheadw"]
+    for i in range(config.n_layer):
+        q, k, v = t["qkvw"][i].split([H * hs, KV * hs, KV * hs])
+        for name, value in {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v,
+                            "self_attn.o_proj": t["attprojw"][i], "mlp.gate_proj": t["fcgatew"][i],
+                            "mlp.up_proj": t["fcw"][i], "mlp.down_proj": t["fcprojw"][i]}.items():
+            state[f"model.layers.{i}.{name}.weight"] = value
+        state[f"model.layers.{i}.input_layernorm.weight"] = t["ln1w"][i]
+        state[f"model.layers.{i}.post_attention_layernorm.weight"] = t["ln2w"][i]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert unexpected == [] and missing == (["lm_head.weight"] if config.tied_head else [])
+    return model
+
+
+@pytest.mark.parametrize("config", [LLAMA, LLAMA_UNTIED], ids=["gqa-tied", "untied-theta500"])
+def test_llama_block_matches_huggingface_llama_logits_loss_and_gradients(config):
+    ours = random_model(config, seed=8)
+    theirs = hf_llama(config, llmc.model_params(ours))
+    tokens = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(8))
+    assert rel_err(ours(tokens), theirs(tokens).logits) <= 1e-5
+    hf_loss, our_loss = theirs(tokens, labels=tokens).loss, ours(*inputs_and_targets(tokens))
+    assert rel_err(our_loss, hf_loss) <= 1e-5
+    our_loss.backward()
+    hf_loss.backward()
+    ours_by_name = dict(ours.named_parameters())
+    pairs = [("ln_f.weight", "model.norm.weight"), ("h.1.mlp.c_gate.weight", "model.layers.1.mlp.gate_proj.weight"),
+             ("h.0.attn.c_proj.weight", "model.layers.0.self_attn.o_proj.weight")]
+    theirs_by_name = dict(theirs.named_parameters())
+    for our_name, their_name in pairs:
+        assert rel_err(ours_by_name[our_name].grad, theirs_by_name[their_name].grad) <= 1e-5, our_name
+
+
 # ----------------------------------------------------------------------------- create_model.py
 
 def create_model(*flags, cwd) -> subprocess.CompletedProcess:
@@ -171,15 +222,65 @@ def test_create_model_seed_decides_the_bytes(tmp_path):
 
 # ----------------------------------------------------------------------------- llm.c format
 
-def test_llmc_file_round_trip_is_exact(tmp_path):
-    model = random_model(SMALL_VOCAB, seed=3)
-    write_model(tmp_path / "m.bin", SMALL_VOCAB, llmc.model_params(model))
+@pytest.mark.parametrize("config", [SMALL_VOCAB, LLAMA, LLAMA_UNTIED], ids=["gpt2", "llama", "llama-untied"])
+def test_model_file_round_trip_is_exact(tmp_path, config):
+    model = random_model(config, seed=3)
+    write_model(tmp_path / "m.bin", config, llmc.model_params(model))
     model_file = read_model(tmp_path / "m.bin")
-    assert model_file.config == SMALL_VOCAB and model_file.state is None
+    assert model_file.config == config and model_file.state is None
     loaded = llmc.load_params(GPT(model_file.config), model_file.params)
     original = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, original[name]), name
+
+
+def llama_stored_values(L: int, H: int, KV: int, C: int, F: int, V: int, tied: bool = True) -> int:
+    """Values in our file of the Llama block, written out apart from llmc.py's table."""
+    hs, Vp = C // H, (V + 127) // 128 * 128
+    per_layer = C + (H + 2 * KV) * hs * C + C * C + C + 3 * F * C  # ln1, qkv, proj, ln2, gate/up/down
+    return Vp * C + L * per_layer + C + (0 if tied else V * C)
+
+
+def test_create_model_arch_llama_writes_our_file_recording_the_block(tmp_path):
+    result = create_model("-o", "l.bin", "--arch", "llama", "--layers", "3", "--heads", "4", "--kv-heads", "2",
+                          "--channels", "64", "--block-size", "32", "--vocab-size", "1000", cwd=tmp_path)
+    path = tmp_path / "l.bin"
+    F = 192  # 8 C / 3 = 170.7, rounded up to a multiple of 32
+    assert path.stat().st_size == HEADER_BYTES + 4 * llama_stored_values(3, 4, 2, 64, F, 1000)
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[:8].tolist() == [20261205, 1, 32, 1000, 3, 4, 64, 1024] and not header[8:18].any()
+    # position rope, norm rmsnorm, mlp swiglu, mlp_hidden 0 (the usual), no bias, 2 kv heads, tied, theta
+    assert header[18:26].tolist() == [1, 1, 1, 0, 0, 2, 1, 10000] and not header[26:].any()
+    config = read_model(path).config
+    assert (config.position, config.norm, config.mlp, config.bias, config.kv_heads, config.hidden_size) == (
+        "rope", "rmsnorm", "swiglu", False, 2, F)
+    assert "llama block" in result.stdout
+    p = read_model(path).params  # Llama initialisation: norms 1, projections smaller, no biases
+    assert (p["ln1w"] == 1).all() and (p["lnfw"] == 1).all() and not any(name.endswith("b") for name in p)
+    assert p["fcgatew"].std() == pytest.approx(0.02, rel=0.05) and p["fcprojw"].std() < 0.012
+
+
+def test_llmc_and_every_gpt2_only_reader_refuse_our_file_in_one_line(tmp_path):
+    """llm.c checks the magic first (train_gpt2.c: 'Bad magic model file'); so does our llm.c reader."""
+    write_model(tmp_path / "l.bin", LLAMA, llmc.model_params(random_model(LLAMA, seed=1)))
+    header = np.fromfile(tmp_path / "l.bin", dtype="<i4", count=256)
+    assert header[0] != 20240326  # llm.c: "Bad magic model file", never a misread
+    with pytest.raises(BadInput) as refused:
+        formats.read_llmc_config(header, tmp_path / "l.bin")
+    message = str(refused.value)
+    assert "\n" not in message and "not an llm.c model file" in message and "20261205" in message
+    assert read_model(tmp_path / "l.bin").config == LLAMA  # while the readers of both kinds take it
+
+
+@pytest.mark.parametrize("slot, value, problem", [(18, 2, "position code 2"), (22, 7, "bias 7"),
+                                                  (40, 1, "does not know"), (23, 3, "divisible by kv heads")])
+def test_our_file_with_a_bad_architecture_field_is_refused(tmp_path, slot, value, problem):
+    write_model(tmp_path / "l.bin", LLAMA, llmc.model_params(random_model(LLAMA, seed=1)))
+    data = bytearray((tmp_path / "l.bin").read_bytes())
+    data[4 * slot : 4 * slot + 4] = np.int32(value).tobytes()
+    (tmp_path / "l.bin").write_bytes(bytes(data))
+    with pytest.raises(BadInput, match=problem):
+        read_model(tmp_path / "l.bin")
 
 
 # llm.c's order of the 16 tensors (train_gpt2.c; DESIGN.md), written out apart from llmc.py's table
@@ -278,8 +379,9 @@ def test_overfits_a_single_batch():
 # ----------------------------------------------------------------------------- KV cache
 
 @pytest.mark.parametrize("prompt_length", [1, 5])
-def test_kv_cache_logits_equal_full_forward(prompt_length):
-    config = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
+@pytest.mark.parametrize("config", [GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=4, n_embd=64), LLAMA],
+                         ids=["gpt2", "llama-gqa"])
+def test_kv_cache_logits_equal_full_forward(prompt_length, config):
     model = random_model(config, seed=5)
     tokens = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, assert_one_line_error, logged, run, train, train_flags
+from conftest import ARCH_FLAGS, TINY, arch_model, assert_one_line_error, logged, run, train, train_flags
 import torch
 
 from tinystories import formats
@@ -16,12 +16,14 @@ from tinystories.device import compile_problem
 from tinystories.errors import BadInput
 
 
-def test_resume_is_exact(workdir, tmp_path):
+@pytest.mark.parametrize("arch", ARCH_FLAGS)
+def test_resume_is_exact(workdir, tmp_path, arch):
     """N steps, stop, resume for M more == N + M steps without a stop, loss for loss (bitwise)."""
+    model = arch_model(workdir, arch)
     straight = tmp_path / "straight.bin"
-    train("-e", workdir / "model.bin", "-c", straight, "-n", "6", *train_flags(workdir))
+    train("-e", model, "-c", straight, "-n", "6", *train_flags(workdir))
     split = tmp_path / "split.bin"
-    train("-e", workdir / "model.bin", "-c", split, "-n", "3", *train_flags(workdir))
+    train("-e", model, "-c", split, "-n", "3", *train_flags(workdir))
     out = train("-e", split, "-c", split, "-n", "6", *train_flags(workdir)).stdout
     assert "resuming run" in out and "at step 3" in out
     a, b = logged(straight, "train_loss"), logged(split, "train_loss")
@@ -34,6 +36,7 @@ def test_resume_is_exact(workdir, tmp_path):
     for name in fa.state.tensors:
         np.testing.assert_array_equal(fa.state.tensors[name], fb.state.tensors[name])
     assert fa.state.meta["step"] == fb.state.meta["step"] == 6
+    assert fa.config == formats.read_model(model).config and fa.config.gpt2_block == (arch == "gpt2")
 
 
 def test_checkpoint_is_an_llmc_model_file(workdir, tmp_path):

@@ -1,13 +1,13 @@
 """What a checkpoint holds and how a run resumes from one.
 
-A checkpoint (-c) is an llm.c model file with our training-state trailer (formats.py owns the
-bytes). What a run restores from it is a RunState; the trailer's metadata says where the run
-stands and how it was trained:
+A checkpoint (-c) is a model file (llm.c's, or ours for another block) with our training-state
+trailer (formats.py owns the bytes). What a run restores from it is a RunState; the trailer's
+metadata says where the run stands and how it was trained:
 
     format          "tinystories-train-state"
     run_id, step    the run and the number of steps done
     data_position   token offset of the next global batch (the same on any number of ranks)
-    model_config    the GPTConfig it belongs to
+    model_config    the GPTConfig it belongs to (GPTConfig.record)
     batch_size, seq_len, grad_accum, world_size, train_tokens_file, train_tokens_count, optimizer,
     learning_rate, lr_decay   how it was trained (training_setup; optimizer is absent in older
                     checkpoints: adamw; the token count and the schedule's two are absent before issue 32)
@@ -26,7 +26,7 @@ stop. A checkpoint is never written from non-finite weights.
 """
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def state_meta(state: RunState, setup: dict, model) -> dict:
     if state.loss_scale:
         counters["grad_scaler"] = state.loss_scale
     return {"format": STATE_FORMAT, "run_id": state.run_id, "step": state.step, "data_position": state.data_position,
-            "model_config": asdict(model.config), **setup, "counters": counters, **state.results}
+            "model_config": model.config.record(), **setup, "counters": counters, **state.results}
 
 
 def save(path: str, model, optimizer: Optimizers, state: RunState, setup: dict, tokenizer: Tokenizer) -> None:
@@ -125,7 +125,7 @@ def check_resumable(model_file: ModelFile, path: str) -> dict:
     meta = model_file.state.meta
     if meta.get("format") != STATE_FORMAT:
         raise BadInput(f"{path}: training state has an unknown format {meta.get('format')!r}")
-    if meta.get("model_config") != asdict(model_file.config):
+    if meta.get("model_config") != model_file.config.record():
         raise BadInput(f"{path}: training state belongs to another model config ({meta.get('model_config')})")
     for key in ("run_id", "step", "data_position"):
         if key not in meta:

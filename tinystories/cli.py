@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from .config import (BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS,
+from .config import (ARCHS, BPE_SAMPLE_BYTES, EVAL_COMPILE_MIN_TOKENS, GGUF_TYPES, HF_ARCHIVE_URL, MODEL_PRESETS,
                      PRECISION_POLICY, RECIPES, RECOMMENDED_VOCAB, GenerateConfig, PrepareConfig, TrainConfig)
 from .errors import BadInput
 
@@ -140,13 +140,20 @@ def prepare_main(argv=None) -> None:
 # ----------------------------------------------------------------------------- create
 
 def create_parser() -> Parser:
-    p = Parser(prog="create_model.py", description="Write a randomly initialised GPT-2 style model (llm.c model.bin format, fp32).")
+    p = Parser(prog="create_model.py", description="Write a randomly initialised model (fp32): GPT-2's block in llm.c's "
+               "model.bin format, another block (--arch llama) in our own model file.")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--layers", type=positive_int, default=4, help="transformer blocks (default: %(default)s)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--channels", type=positive_int, default=128, help="embedding width, divisible by --heads (default: %(default)s)")
     p.add_argument("--block-size", type=positive_int, default=256, help="maximum sequence length (default: %(default)s)")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="gpt2", help="the block: gpt2 (learned positions, "
+                   "LayerNorm, GELU MLP, biases) or llama (RoPE, RMSNorm, SwiGLU, no biases) (default: %(default)s)")
+    p.add_argument("--kv-heads", type=non_negative_int, default=0, help="key/value heads, dividing --heads "
+                   "(grouped-query attention; default: 0 = as many as --heads)")
+    p.add_argument("--mlp-hidden", type=non_negative_int, default=0, help="the MLP's hidden width (default: 0 = 4 x "
+                   "--channels for gpt2, 8/3 x --channels rounded up to a multiple of 32 for llama)")
     p.add_argument("--vocab-size", type=positive_int, default=None,
                    help="vocabulary size (default: the --tokenizer's, else GPT-2's 50257)")
     p.add_argument("--tokenizer", metavar="FILE", help="make the model for this tokenizer.json (a BPE that "
@@ -181,8 +188,8 @@ def create_main(argv=None) -> None:
     if tokenizer and vocab_size != tokenizer.vocab_size:
         raise BadInput(f"--vocab-size {vocab_size}: --tokenizer {args.tokenizer} has {tokenizer.vocab_size} tokens; "
                        f"leave --vocab-size out to take its size")
-    config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.layers,
-                       n_head=args.heads, n_embd=args.channels)
+    config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.layers, n_head=args.heads,
+                       n_embd=args.channels, n_kv_head=args.kv_heads, mlp_hidden=args.mlp_hidden, **ARCHS[args.arch])
     try:
         config.validate()
         config.check_fits_in_memory()
@@ -193,8 +200,9 @@ def create_main(argv=None) -> None:
     model = GPT(config)
     model.init_weights(args.seed, zero_proj=args.zero_init_proj)
     write_model(args.output, config, llmc.model_params(model), tokenizer=tokenizer.record if tokenizer else None)
-    print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
-          f"block {config.block_size}, vocab {config.vocab_size}{f' ({tokenizer.name})' if tokenizer else ''}; "
+    print(f"wrote {args.output}: {args.arch} block, {config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_embd} channels, block {config.block_size}, vocab {config.vocab_size}"
+          f"{f' ({tokenizer.name})' if tokenizer else ''}; "
           f"{config.num_parameters(padded=False):,} parameters ({config.num_parameters():,} stored with vocab padding)")
 
 

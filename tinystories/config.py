@@ -2,7 +2,7 @@
 settings of prepare_data.py and ./generate, and the defaults several modules share."""
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from . import llmc
 from .errors import BadInput
@@ -28,6 +28,14 @@ def padded_vocab(vocab_size: int) -> int:
     return (vocab_size + 127) // 128 * 128
 
 
+# The block's architecture: GPTConfig's fields after the five sizes. A field with a fixed set of values lists
+# them here, GPT-2's (the default) first. Every field's default is GPT-2's block, the only one llm.c's model file
+# holds; a model of any other block lives in our own model file (formats.py), which stores each field as an int:
+# a listed field as its index here, a bool as 0/1, an int as itself (so a new field's default must store as 0).
+ARCH_CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's epsilon, in every block
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     block_size: int = 256  # max sequence length (llm.c: max_seq_len)
@@ -35,16 +43,52 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128  # channels, C
+    # the block (ARCH_CHOICES); the defaults are GPT-2's
+    position: str = "learned"  # learned: a position embedding (wpe); rope: rotary positions on q and k
+    norm: str = "layernorm"  # layernorm (with a bias when `bias`) or rmsnorm (weight only)
+    mlp: str = "gelu"  # gelu: c_proj(gelu_tanh(c_fc x)); swiglu: c_proj(silu(c_gate x) * c_fc x)
+    mlp_hidden: int = 0  # the MLP's hidden width F; 0: the usual one (hidden_size)
+    bias: bool = True  # biases in the linear layers (and the LayerNorms)
+    n_kv_head: int = 0  # key/value heads (grouped-query attention, dividing n_head); 0: n_head
+    tied_head: bool = True  # the output head is the token embedding; else its own lm_head (V, C)
+    rope_theta: int = 10000  # rotary base (position rope)
 
     @property
     def padded_vocab_size(self) -> int:
         return padded_vocab(self.vocab_size)
 
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's hidden width: mlp_hidden, else GPT-2's 4 C (gelu) or LLaMA's 2/3 of it rounded up to a
+        multiple of 32 (swiglu: about the same parameters, in three matrices instead of two)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp == "gelu" else (8 * self.n_embd // 3 + 31) // 32 * 32
+
+    @property
+    def gpt2_block(self) -> bool:
+        """Whether the block is GPT-2's (every architecture field at its default): llm.c's file holds it."""
+        return not block_differences(self, {})
+
+    def record(self) -> dict:
+        """The config as checkpoints record it: the five sizes, and the architecture unless it is GPT-2's
+        (so GPT-2 checkpoints stay as they were)."""
+        values = asdict(self)
+        return {name: values[name] for name in SIZE_FIELDS} if self.gpt2_block else values
+
     def validate(self) -> None:
         """Raise ValueError naming the first impossible field: every size positive and, padded vocab
-        included, within an llm.c header's int32."""
+        included, within an llm.c header's int32; the architecture's values possible together."""
         limits = {"vocab_size": INT32_MAX // 128 * 128}  # so that the padded vocab fits too
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in SIZE_FIELDS:
             value, limit = getattr(self, name), limits.get(name, INT32_MAX)
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -52,6 +96,16 @@ class GPTConfig:
                 raise ValueError(f"{name} {value:,} is more than an llm.c header holds (at most {limit:,})")
         if self.n_embd % self.n_head:
             raise ValueError(f"channels ({self.n_embd}) must be divisible by heads ({self.n_head})")
+        for name, choices in ARCH_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("mlp_hidden", "n_kv_head", "rope_theta"):
+            if not 0 <= getattr(self, name) <= INT32_MAX:
+                raise ValueError(f"{name} must be 0 or more and at most {INT32_MAX:,}, got {getattr(self, name)}")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"heads ({self.n_head}) must be divisible by kv heads ({self.kv_heads})")
+        if self.position == "rope" and (self.head_size % 2 or self.rope_theta <= 0):
+            raise ValueError(f"rope needs an even head size (channels / heads = {self.head_size}) and a positive rope_theta")
 
     def check_fits_in_memory(self) -> None:
         """Raise ValueError when writing a model file of this shape needs more than this machine's
@@ -65,15 +119,48 @@ class GPTConfig:
                              f"machine's {have / 2**30:,.1f} GiB of memory")
 
     def num_parameters(self, padded: bool = True) -> int:
-        """Values stored in an llm.c model file (padded=True) or used by the model (padded=False)."""
+        """Values stored in a model file (padded=True) or used by the model (padded=False)."""
         stored = sum(math.prod(shape) for _, shape, _ in llmc.tensors(self))
         return stored if padded else stored - (self.padded_vocab_size - self.vocab_size) * self.n_embd
 
     def flops_per_token(self, seq_len: int) -> float:
-        """6 N + 12 L T C: see the module docstring."""
+        """6 N + 12 L T C, N the weights that multiply (no position embedding, and no token embedding when
+        the head is not tied to it): see the module docstring."""
         L, C = self.n_layer, self.n_embd
-        n = self.num_parameters(padded=False) - self.block_size * C  # without wpe
-        return 6 * n + 12 * L * seq_len * C
+        lookups = (self.block_size * C if self.position == "learned" else 0) + (0 if self.tied_head else self.vocab_size * C)
+        return 6 * (self.num_parameters(padded=False) - lookups) + 12 * L * seq_len * C
+
+
+# create_model.py --arch: the architecture fields of each named block (the others keep their defaults)
+ARCHS = {
+    "gpt2": {},  # GPT-2's block: llm.c's model file
+    "llama": {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},  # RoPE, RMSNorm, SwiGLU, no biases
+}
+SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+ARCH_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in SIZE_FIELDS)
+ANY = object()  # block_differences: any value of a field
+
+
+def export_block(config: GPTConfig, blocks: dict, export: str) -> str:
+    """The name of the entry of `blocks` (an export's architectures: name -> block_differences' dict)
+    that holds config's block; BadInput in one line, `export` ("FILE: the X export") and what it cannot
+    hold, when none does."""
+    for name, block in blocks.items():
+        if not block_differences(config, block):
+            return name
+    closest = min(blocks, key=lambda name: len(block_differences(config, blocks[name])))
+    raise BadInput(f"{export} holds the {' and '.join(blocks)} blocks only, and this model's is neither (it differs "
+                   f"from {closest} in {', '.join(block_differences(config, blocks[closest]))})")
+
+
+def block_differences(config: GPTConfig, block: dict) -> list[str]:
+    """The architecture fields of `config` that `block` (field -> the value it needs, or ANY) does not
+    allow, as "name value"; a field that `block` leaves out must have GPT-2's default. An export says
+    with one such dict per architecture it writes which blocks it holds, so a new field is refused
+    until the export lists it."""
+    defaults = GPTConfig()
+    return [f"{name} {getattr(config, name)!r}" for name in ARCH_FIELDS
+            if block.get(name, getattr(defaults, name)) not in (ANY, getattr(config, name))]
 
 
 # --source hf: the TinyStories archive on the Hugging Face Hub, and its published size
@@ -136,6 +223,9 @@ BPE_SAMPLE_BYTES = 200_000_000
 RECOMMENDED_VOCAB = 4096
 MODEL_PRESETS = {
     "fastest": {"layers": 1, "heads": 4, "channels": 128, "block_size": 256},
+    # llama2.c's 260K TinyStories model (dim 64, 5 layers, 8 heads, 4 kv heads, hidden 172), our block size
+    "llama260k": {"arch": "llama", "layers": 5, "heads": 8, "kv_heads": 4, "channels": 64, "mlp_hidden": 172,
+                  "block_size": 256},
 }
 
 

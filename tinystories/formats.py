@@ -1,4 +1,5 @@
-"""Binary file formats: llm.c token files, llm.c model files, and our training-state trailer.
+"""Binary file formats: llm.c token files, llm.c model files, our model file for other blocks, and our
+training-state trailer.
 
 Every reader validates before it allocates (sizes are checked against the file's length, so a
 forged header cannot ask for a huge buffer) and raises `BadInput` with one line naming the file.
@@ -25,6 +26,17 @@ Model file (llm.c `gpt2_124M.bin` style)
     then the 16 tensors of llmc.py's table, each holding all layers, linear weights as
     (out, in), in fp32 (4 bytes) or bf16 (2 bytes).
     size == 1024 + bytes_per_value * config.num_parameters()
+
+Model file of another block (ours: a model whose GPTConfig architecture is not GPT-2's, which llm.c's
+layout cannot hold; DESIGN.md "Models that are not GPT-2's block")
+    header[0] = 20261205 (magic: llm.c refuses the file, never misreads it), [1] = 1 (version; fp32),
+    [2:18] as in an llm.c model header (sizes, padded vocab, tokenizer record),
+    [18:18+A] the architecture: GPTConfig's A architecture fields (config.ARCH_FIELDS) in order, each
+              an int: a field of config.ARCH_CHOICES as its index there, a bool as 0/1, an int as
+              itself; the rest of the header is 0 (a later field's 0 is its default)
+    then the tensors of llmc.py's table for that config, in fp32, as in an llm.c model file.
+    size == 1024 + 4 * config.num_parameters(); checkpoints add the same trailer.
+    Writers choose the kind from the config (GPT-2's block: llm.c's), readers from the magic.
 
 Checkpoint = model file + training-state trailer (ours)
     A checkpoint is a complete model file followed by a trailer, so llm.c and every model reader
@@ -56,13 +68,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import llmc
-from .config import GPTConfig
+from .config import ARCH_CHOICES, ARCH_FIELDS, SIZE_FIELDS, GPTConfig
 from .errors import BadInput
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
 TOKEN_MAGIC, TOKEN_VERSION = 20240520, 1
 MODEL_MAGIC, MODEL_VERSION_FP32, MODEL_VERSION_BF16 = 20240326, 3, 5
+ARCH_MAGIC, ARCH_VERSION = 20261205, 1  # our model file of another block (fp32)
+ARCH_START = 18  # its header's first architecture field
 STATE_MAGIC, STATE_VERSION = 20261123, 2
 STATE_VERSIONS = (1, 2)  # versions read: 1 has no meta_sha256
 STATE_DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8}
@@ -320,7 +334,7 @@ def _check_token_range(path, count: int, vocab_size: int, chunk: int = 1 << 24) 
 # ----------------------------------------------------------------------------- model files
 
 def model_tensor_shapes(config: GPTConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """The 16 tensors of an llm.c model file, in file order, with their shapes (llmc.py's table)."""
+    """The tensors of a model file, in file order, with their shapes (llmc.py's table: llm.c's 16 for GPT-2's block)."""
     return [(name, shape) for name, shape, _ in llmc.tensors(config)]
 
 
@@ -341,14 +355,23 @@ class ModelFile:
 
 
 def _model_header(config: GPTConfig, tokenizer: TokenizerRecord | None = None) -> bytes:
-    return make_header(MODEL_MAGIC, MODEL_VERSION_FP32, config.block_size, config.vocab_size, config.n_layer,
-                       config.n_head, config.n_embd, config.padded_vocab_size,
-                       *(tokenizer.header_values() if tokenizer else ()))
+    """llm.c's header for GPT-2's block, else ours with the architecture after the tokenizer record."""
+    record = tokenizer.header_values() if tokenizer else [0] * (ARCH_START - 8)
+    sizes = [config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd, config.padded_vocab_size]
+    if config.gpt2_block:
+        return make_header(MODEL_MAGIC, MODEL_VERSION_FP32, *sizes, *(record if tokenizer else ()))
+    return make_header(ARCH_MAGIC, ARCH_VERSION, *sizes, *record, *arch_values(config))
+
+
+def arch_values(config: GPTConfig) -> list[int]:
+    """The architecture fields as our model header stores them (the module docstring)."""
+    values = [getattr(config, name) for name in ARCH_FIELDS]
+    return [ARCH_CHOICES[name].index(v) if name in ARCH_CHOICES else int(v) for name, v in zip(ARCH_FIELDS, values)]
 
 
 def model_bytes(config: GPTConfig, params: dict[str, np.ndarray], tokenizer: TokenizerRecord | None = None) -> bytes:
-    """The model part of a file: header (naming `tokenizer`) + the 16 tensors in fp32, checked
-    against the config."""
+    """The model part of a file: header (naming `tokenizer`; llm.c's or ours, by the config's block) + the
+    table's tensors in fp32, checked against the config."""
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"a tokenizer of {tokenizer.vocab_size} tokens for a model of {config.vocab_size}")
     parts = [_model_header(config, tokenizer)]
@@ -362,8 +385,8 @@ def model_bytes(config: GPTConfig, params: dict[str, np.ndarray], tokenizer: Tok
 
 def write_model(path, config: GPTConfig, params: dict[str, np.ndarray],
                 state: TrainingState | None = None, tokenizer: TokenizerRecord | None = None) -> str:
-    """Write an fp32 llm.c model file (with a training-state trailer when `state` is given, and its
-    header naming `tokenizer`), atomically. Returns the sha256 of the model part."""
+    """Write an fp32 model file (llm.c's for GPT-2's block, else ours), with a training-state trailer
+    when `state` is given and its header naming `tokenizer`, atomically. Returns the sha256 of the model part."""
     body = model_bytes(config, params, tokenizer)
     digest = hashlib.sha256(body).hexdigest()
     with atomic_write(path) as f:
@@ -374,21 +397,55 @@ def write_model(path, config: GPTConfig, params: dict[str, np.ndarray],
 
 
 def read_model_config(header: np.ndarray, path) -> tuple[GPTConfig, int]:
-    """GPTConfig and bytes-per-value from a model header, or BadInput."""
+    """GPTConfig and bytes-per-value from a model header of either kind (by its magic), or BadInput."""
+    if header[0] == ARCH_MAGIC:
+        if header[1] != ARCH_VERSION:
+            raise BadInput(f"{path}: unsupported model file version {header[1]} (expected {ARCH_VERSION})")
+        return _checked_config(header, _arch_fields(header, path), path), 4
+    return read_llmc_config(header, path)
+
+
+def read_llmc_config(header: np.ndarray, path) -> tuple[GPTConfig, int]:
+    """GPTConfig and bytes-per-value from an llm.c model header (GPT-2's block only, as llm.c reads it), or BadInput."""
     if header[0] != MODEL_MAGIC:
-        raise BadInput(f"{path}: not an llm.c model file (magic {header[0]}, expected {MODEL_MAGIC})")
+        raise BadInput(f"{path}: not an llm.c model file (magic {header[0]}, expected {MODEL_MAGIC}"
+                       f"{f'; {ARCH_MAGIC} is our file of another block' if header[0] == ARCH_MAGIC else ''})")
     if header[1] not in (MODEL_VERSION_FP32, MODEL_VERSION_BF16):
         raise BadInput(f"{path}: unsupported model file version {header[1]} "
                        f"(expected {MODEL_VERSION_FP32} for fp32 or {MODEL_VERSION_BF16} for bf16)")
-    config = GPTConfig(block_size=int(header[2]), vocab_size=int(header[3]), n_layer=int(header[4]),
-                       n_head=int(header[5]), n_embd=int(header[6]))
+    return _checked_config(header, {}, path), (4 if header[1] == MODEL_VERSION_FP32 else 2)
+
+
+def _arch_fields(header: np.ndarray, path) -> dict:
+    """The architecture fields of our model header, decoded (the module docstring), or BadInput."""
+    end = ARCH_START + len(ARCH_FIELDS)
+    if header[end:].any():
+        raise BadInput(f"{path}: bad model header: architecture fields this version does not know (a newer file?)")
+    defaults = GPTConfig()
+    out = {}
+    for name, value in zip(ARCH_FIELDS, header[ARCH_START:end].tolist()):
+        if name in ARCH_CHOICES:
+            if not 0 <= value < len(ARCH_CHOICES[name]):
+                raise BadInput(f"{path}: bad model header: {name} code {value} (known: 0 to {len(ARCH_CHOICES[name]) - 1})")
+            value = ARCH_CHOICES[name][value]
+        elif isinstance(getattr(defaults, name), bool):
+            if value not in (0, 1):
+                raise BadInput(f"{path}: bad model header: {name} {value} (expected 0 or 1)")
+            value = bool(value)
+        out[name] = value
+    return out
+
+
+def _checked_config(header: np.ndarray, arch: dict, path) -> GPTConfig:
+    """The GPTConfig of a header's sizes ([2:8]) and the architecture `arch`, validated, or BadInput."""
+    config = GPTConfig(**dict(zip(SIZE_FIELDS, (int(v) for v in header[2:7]))), **arch)
     try:
         config.validate()
     except ValueError as e:
         raise BadInput(f"{path}: bad model header: {e}") from None
     if header[7] != config.padded_vocab_size:
         raise BadInput(f"{path}: bad model header: padded vocab {header[7]}, expected {config.padded_vocab_size}")
-    return config, (4 if header[1] == MODEL_VERSION_FP32 else 2)
+    return config
 
 
 def model_tokenizer_record(header: np.ndarray, config: GPTConfig, path) -> TokenizerRecord | None:
@@ -401,7 +458,7 @@ def model_tokenizer_record(header: np.ndarray, config: GPTConfig, path) -> Token
 
 
 def read_model(path) -> ModelFile:
-    """Read and validate a model file or checkpoint (fp32 or llm.c bf16)."""
+    """Read and validate a model file or checkpoint of either kind (llm.c's fp32 or bf16, or ours)."""
     header = read_header(path, "model file")
     config, width = read_model_config(header, path)
     model_size = HEADER_BYTES + width * config.num_parameters()

@@ -1,4 +1,14 @@
-"""GGUF export: an llm.c model file as a GGUF file that llama.cpp runs (its `gpt2` architecture).
+"""GGUF export: a model file as a GGUF file that llama.cpp runs (its `gpt2` or `llama` architecture).
+
+GPT-2's block is written as llama.cpp's `gpt2` (below). The Llama block (create_model.py --arch
+llama) is written as its `llama`: metadata llama.context_length, .embedding_length, .feed_forward_length
+(the MLP width F), .block_count, .attention.head_count, .attention.head_count_kv,
+.attention.layer_norm_rms_epsilon (1e-5), .rope.dimension_count (hs), .rope.freq_base, the same tokenizer
+metadata; tensors those of LLAMA_NAMES (c_attn split into attn_q, attn_k, attn_v; output.weight only
+for an untied head). llama.cpp's `llama` rotates adjacent pairs (2j, 2j + 1) of a head where our
+model (and Hugging Face's Llama) rotates (j, j + hs/2): attn_q's and attn_k's rows are reordered
+within each head to match (interleave_rotary), as llama.cpp's own converter does. GGUF_BLOCKS says
+which blocks the export holds; any other is refused in one line. Import reads the gpt2 architecture only.
 
 Written with llama.cpp's own Python package `gguf`. The file holds:
 
@@ -42,13 +52,13 @@ import os
 import numpy as np
 
 from . import bpe, llmc
-from .config import GGUF_TYPES, GPTConfig
+from .config import ANY, ARCHS, GGUF_TYPES, NORM_EPS, GPTConfig, export_block
 from .errors import BadInput
 from .formats import atomic_path, read_model
 from .sources import one_line
 from .tokenizer import BPETokenizer, Tokenizer, gpt2
 
-LAYER_NORM_EPS = 1e-5
+LAYER_NORM_EPS = NORM_EPS
 BLOCK_VALUES = 32  # q8_0 and q4_0 quantise rows in blocks of 32 values
 
 # parameter name (llmc.tensors' third column, `{i}` the layer) -> GGUF tensor name
@@ -72,6 +82,24 @@ GGUF_NAMES = {
 }
 
 
+# the blocks the export holds (config.export_block): llama.cpp's gpt2 (GPT-2's block) and llama
+GGUF_BLOCKS = {"gpt2": {}, "llama": {**ARCHS["llama"], "mlp_hidden": ANY, "n_kv_head": ANY, "tied_head": ANY,
+                                     "rope_theta": ANY}}
+# our table's rows (llmc.py) -> llama.cpp's llama tensors ({i}: the layer; qkvw: q, k and v)
+LLAMA_NAMES = {
+    "wte": "token_embd.weight",
+    "ln1w": "blk.{i}.attn_norm.weight",
+    "qkvw": ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight"),
+    "attprojw": "blk.{i}.attn_output.weight",
+    "ln2w": "blk.{i}.ffn_norm.weight",
+    "fcgatew": "blk.{i}.ffn_gate.weight",
+    "fcw": "blk.{i}.ffn_up.weight",
+    "fcprojw": "blk.{i}.ffn_down.weight",
+    "lnfw": "output_norm.weight",
+    "lmheadw": "output.weight",
+}
+
+
 def tensor_layout(config):
     """(llm.c tensor, layer or None, GGUF name, GGUF shape) of every GGUF tensor of a config, in order."""
     for name, shape, parameter in llmc.tensors(config):
@@ -91,6 +119,37 @@ def gguf_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
+def interleave_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
+    """q's or k's rows (heads hs, C) with each head's rows j and j + hs/2 made neighbours 2j and 2j + 1:
+    from our rotary pairs to llama.cpp's."""
+    return weight.reshape(heads, 2, -1, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def llama_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our table's tensors -> the GGUF tensors of llama.cpp's llama (fp32, row-major)."""
+    out = llmc.renamed(config, params, LLAMA_NAMES)
+    for i in range(config.n_layer):
+        for name, heads in ((f"blk.{i}.attn_q.weight", config.n_head), (f"blk.{i}.attn_k.weight", config.kv_heads)):
+            out[name] = np.ascontiguousarray(interleave_rotary(out[name], heads))
+    return out
+
+
+def add_metadata(writer, config, arch: str) -> None:
+    """The model's sizes as llama.cpp's `arch` (gpt2 or llama) reads them."""
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(config.hidden_size)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        return
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_layer_norm_rms_eps(NORM_EPS)
+    writer.add_rope_dimension_count(config.head_size)
+    writer.add_rope_freq_base(float(config.rope_theta))
+
+
 def vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
     """The BPE's token strings in id order and its merges ("a b", in rank order), from its tokenizer.json."""
     from .hf import tokenizer_json
@@ -107,9 +166,11 @@ def check_type(weight_type: str, config) -> None:
     """BadInput unless `weight_type` is offered and fits the model's rows."""
     if weight_type not in GGUF_TYPES:
         raise BadInput(f"--type {weight_type}: not one of {', '.join(GGUF_TYPES)}")
-    if weight_type.startswith("q") and config.n_embd % BLOCK_VALUES:
+    odd = [f"{n} {what}" for n, what in ((config.n_embd, "channels"), (config.hidden_size, "MLP width"))
+           if n % BLOCK_VALUES]
+    if weight_type.startswith("q") and odd:
         raise BadInput(f"--type {weight_type}: quantises rows in blocks of {BLOCK_VALUES} values, and this model's "
-                       f"{config.n_embd} channels are not a multiple of {BLOCK_VALUES}; use f16 or f32")
+                       f"{odd[0]} are not a multiple of {BLOCK_VALUES}; use f16 or f32")
 
 
 def export_gguf(model_path, output, tokenizer: Tokenizer, weight_type: str = "f16") -> int:
@@ -119,21 +180,17 @@ def export_gguf(model_path, output, tokenizer: Tokenizer, weight_type: str = "f1
 
     model = read_model(model_path)
     config = model.config
+    arch = export_block(config, GGUF_BLOCKS, f"{model_path}: the GGUF export")
     check_type(weight_type, config)
     qtype = getattr(gguf.GGMLQuantizationType, weight_type.upper())
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[weight_type]
     tokens, merges = vocabulary(tokenizer)
     with atomic_path(output) as tmp:
-        writer = gguf.GGUFWriter(tmp, "gpt2")
+        writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(os.path.splitext(os.path.basename(os.fspath(model_path)))[0])
         writer.add_file_type(file_type)
-        writer.add_context_length(config.block_size)
-        writer.add_embedding_length(config.n_embd)
-        writer.add_feed_forward_length(4 * config.n_embd)
-        writer.add_block_count(config.n_layer)
-        writer.add_head_count(config.n_head)
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        add_metadata(writer, config, arch)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("gpt-2")
         writer.add_token_list(tokens)
@@ -144,7 +201,8 @@ def export_gguf(model_path, output, tokenizer: Tokenizer, weight_type: str = "f1
         writer.add_eos_token_id(tokenizer.eot)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        for name, value in gguf_tensors(config, model.params).items():
+        tensors = gguf_tensors(config, model.params) if arch == "gpt2" else llama_tensors(config, model.params)
+        for name, value in tensors.items():
             kind = qtype if value.ndim == 2 else gguf.GGMLQuantizationType.F32
             writer.add_tensor(name, gguf.quants.quantize(value, kind), raw_dtype=kind)
         writer.write_header_to_file()

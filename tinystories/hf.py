@@ -1,4 +1,12 @@
-"""Hugging Face interop: export an llm.c model file to a `transformers` GPT-2 folder, and import one.
+"""Hugging Face interop: export a model file to a `transformers` GPT-2 or Llama folder, and import a GPT-2 one.
+
+A model of GPT-2's block exports to GPT2LMHeadModel (below); one of the Llama block (create_model.py
+--arch llama: RoPE, RMSNorm, SwiGLU, no biases; any kv heads, MLP width, rope base, tied head or not)
+to LlamaForCausalLM: config.json a LlamaConfig of our sizes (rms_norm_eps 1e-5, hidden_act silu, no
+biases, head_dim C / H, rope_theta, in rope_parameters too), model.safetensors the tensors of
+LLAMA_NAMES (c_attn split into q_proj, k_proj, v_proj; our rotary layout is Llama's, so no
+permutation), the same tokenizer files, generation config and model card. HF_BLOCKS says which
+blocks the export holds: any other (a field it does not list) is refused in one line.
 
 Exported folder (loads with `GPT2LMHeadModel.from_pretrained(folder)`, `AutoTokenizer.from_pretrained
 (folder)` and `pipeline("text-generation", model=folder)`, offline)
@@ -69,7 +77,7 @@ import numpy as np
 
 from . import llmc
 from .bpe import EOT_TEXT
-from .config import GPTConfig
+from .config import ANY, ARCHS, NORM_EPS, GPTConfig, export_block
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
 from .outputs import remove_stale_folders
@@ -87,6 +95,23 @@ GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_lay
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation of GELU
 LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a block's tensor: the layer index
 MAX_JSON_BYTES = 16 << 20  # config.json and the safetensors index are kilobytes
+
+# the blocks the export holds (config.export_block): GPT-2's (every field at its default) and Llama's
+HF_BLOCKS = {"gpt2": {}, "llama": {**ARCHS["llama"], "mlp_hidden": ANY, "n_kv_head": ANY, "tied_head": ANY,
+                                   "rope_theta": ANY}}
+# our table's rows (llmc.py) -> LlamaForCausalLM's tensors ({i}: the layer; qkvw: q, k and v)
+LLAMA_NAMES = {
+    "wte": "model.embed_tokens.weight",
+    "ln1w": "model.layers.{i}.input_layernorm.weight",
+    "qkvw": tuple(f"model.layers.{{i}}.self_attn.{x}_proj.weight" for x in "qkv"),
+    "attprojw": "model.layers.{i}.self_attn.o_proj.weight",
+    "ln2w": "model.layers.{i}.post_attention_layernorm.weight",
+    "fcgatew": "model.layers.{i}.mlp.gate_proj.weight",
+    "fcw": "model.layers.{i}.mlp.up_proj.weight",
+    "fcprojw": "model.layers.{i}.mlp.down_proj.weight",
+    "lnfw": "model.norm.weight",
+    "lmheadw": "lm_head.weight",
+}
 
 
 # ----------------------------------------------------------------------------- tensor layout
@@ -148,6 +173,19 @@ def gpt2_config_json(config: GPTConfig, eot: int) -> dict:
     }
 
 
+def llama_config_json(config: GPTConfig, eot: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": config.vocab_size, "max_position_embeddings": config.block_size, "hidden_size": config.n_embd,
+        "intermediate_size": config.hidden_size, "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head, "num_key_value_heads": config.kv_heads, "head_dim": config.head_size,
+        "hidden_act": "silu", "rms_norm_eps": NORM_EPS, "attention_bias": False, "mlp_bias": False,
+        "rope_theta": float(config.rope_theta), "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+        "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": config.tied_head,
+    }
+
+
 def tokenizer_json() -> str:
     """tokenizer.json for the `tokenizers` library: GPT-2 byte-level BPE from the offline vocabulary."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -190,11 +228,16 @@ def export_files(model_path, folder_name: str, tokenizer: Tokenizer | None) -> d
     model = read_model(model_path)
     config = model.config
     eot = tokenizer.eot if tokenizer else None
-    tensors = {f"transformer.{name}": value for name, value in hf_state_dict(config, model.params).items()}
+    if export_block(config, HF_BLOCKS, f"{model_path}: the Hugging Face export") == "gpt2":
+        config_json = gpt2_config_json(config, eot)
+        tensors = {f"transformer.{name}": value for name, value in hf_state_dict(config, model.params).items()}
+    else:
+        config_json = llama_config_json(config, eot)
+        tensors = llmc.renamed(config, model.params, LLAMA_NAMES)
     metadata = {"format": "pt", "source": os.path.basename(os.fspath(model_path)),
                 "source_weights_sha256": model.weights_sha256}
     files = {
-        "config.json": _json_bytes(gpt2_config_json(config, eot)),
+        "config.json": _json_bytes(config_json),
         "generation_config.json": _json_bytes({"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}),
         SAFETENSORS: save(tensors, metadata=metadata),
         "README.md": model_card(model, metadata["source"], folder_name, tokenizer).encode(),

@@ -1,4 +1,4 @@
-"""The llm.c weight layout, written down once.
+"""The weight layout, written down once: llm.c's table, and the rows other blocks add or drop.
 
 An llm.c model file (formats.py) stores a GPT-2's weights as the 16 tensors of `tensors`, in that
 order. A tensor of a per-layer weight holds all L layers, stacked along its first axis; linear
@@ -6,9 +6,15 @@ weights are stored (out, in), as nn.Linear holds them. Our GPT (model.py) names 
 Hugging Face's GPT-2 does (less the `transformer.` prefix), so the table's third column names both;
 in it, `{i}` stands for the layer.
 
+A model of another block (GPTConfig's architecture fields) has the rows its config asks for, in the
+same order and the same way: no wpe under rotary positions, no biases without `bias` (and no norm
+biases under RMSNorm), a gate under SwiGLU, an lm_head when the head is not tied, and the shapes of
+its kv heads and MLP width. Our own model file (formats.py) stores those rows; for GPT-2's block the
+table is exactly llm.c's 16.
+
 Everything else is derived from the table, by name: the shapes of a model file's tensors
 (formats.model_tensor_shapes), the parameter count (GPTConfig.num_parameters), moving weights in
-and out of a GPT (model_params, load_params; model.read_gpt) and the Hugging Face state dict (hf.py).
+and out of a GPT (model_params, load_params; model.read_gpt) and the exports (hf.py, gguf_file.py).
 
 This module imports nothing at the top, so that config.py can count parameters with it while the
 command line starts without torch.
@@ -16,27 +22,56 @@ command line starts without torch.
 
 
 def tensors(config) -> list[tuple[str, tuple[int, ...], str]]:
-    """(llm.c name, shape in the file, parameter name) of the 16 tensors of a model file for
-    `config` (a GPTConfig), in file order."""
-    V, T, L, C = config.padded_vocab_size, config.block_size, config.n_layer, config.n_embd
-    return [
-        ("wte", (V, C), "wte.weight"),  # token embedding and output head; rows vocab_size.. are padding
-        ("wpe", (T, C), "wpe.weight"),  # position embedding
-        ("ln1w", (L, C), "h.{i}.ln_1.weight"),
-        ("ln1b", (L, C), "h.{i}.ln_1.bias"),
-        ("qkvw", (L, 3 * C, C), "h.{i}.attn.c_attn.weight"),  # q, k, v in that order
-        ("qkvb", (L, 3 * C), "h.{i}.attn.c_attn.bias"),
-        ("attprojw", (L, C, C), "h.{i}.attn.c_proj.weight"),
-        ("attprojb", (L, C), "h.{i}.attn.c_proj.bias"),
-        ("ln2w", (L, C), "h.{i}.ln_2.weight"),
-        ("ln2b", (L, C), "h.{i}.ln_2.bias"),
-        ("fcw", (L, 4 * C, C), "h.{i}.mlp.c_fc.weight"),
-        ("fcb", (L, 4 * C), "h.{i}.mlp.c_fc.bias"),
-        ("fcprojw", (L, C, 4 * C), "h.{i}.mlp.c_proj.weight"),
-        ("fcprojb", (L, C), "h.{i}.mlp.c_proj.bias"),
-        ("lnfw", (C,), "ln_f.weight"),  # final LayerNorm
-        ("lnfb", (C,), "ln_f.bias"),
+    """(llm.c name, shape in the file, parameter name) of the tensors of a model file for `config`
+    (a GPTConfig), in file order: llm.c's 16 for GPT-2's block."""
+    V, T, L, C, F = config.padded_vocab_size, config.block_size, config.n_layer, config.n_embd, config.hidden_size
+    QKV = (config.n_head + 2 * config.kv_heads) * config.head_size  # q, then k and v of the kv heads
+    learned, bias, swiglu = config.position == "learned", config.bias, config.mlp == "swiglu"
+    norm_bias = bias and config.norm == "layernorm"
+    rows = [  # (llm.c name, shape, parameter, whether the config has it)
+        ("wte", (V, C), "wte.weight", True),  # token embedding (and output head when tied); rows vocab_size.. are padding
+        ("wpe", (T, C), "wpe.weight", learned),  # position embedding
+        ("ln1w", (L, C), "h.{i}.ln_1.weight", True),
+        ("ln1b", (L, C), "h.{i}.ln_1.bias", norm_bias),
+        ("qkvw", (L, QKV, C), "h.{i}.attn.c_attn.weight", True),  # q, k, v in that order
+        ("qkvb", (L, QKV), "h.{i}.attn.c_attn.bias", bias),
+        ("attprojw", (L, C, C), "h.{i}.attn.c_proj.weight", True),
+        ("attprojb", (L, C), "h.{i}.attn.c_proj.bias", bias),
+        ("ln2w", (L, C), "h.{i}.ln_2.weight", True),
+        ("ln2b", (L, C), "h.{i}.ln_2.bias", norm_bias),
+        ("fcgatew", (L, F, C), "h.{i}.mlp.c_gate.weight", swiglu),
+        ("fcgateb", (L, F), "h.{i}.mlp.c_gate.bias", swiglu and bias),
+        ("fcw", (L, F, C), "h.{i}.mlp.c_fc.weight", True),
+        ("fcb", (L, F), "h.{i}.mlp.c_fc.bias", bias),
+        ("fcprojw", (L, C, F), "h.{i}.mlp.c_proj.weight", True),
+        ("fcprojb", (L, C), "h.{i}.mlp.c_proj.bias", bias),
+        ("lnfw", (C,), "ln_f.weight", True),  # final norm
+        ("lnfb", (C,), "ln_f.bias", norm_bias),
+        ("lmheadw", (config.vocab_size, C), "lm_head.weight", not config.tied_head),  # an untied output head
     ]
+    return [(name, shape, parameter) for name, shape, parameter, present in rows if present]
+
+
+def split_qkv(config, value) -> list:
+    """A layer's qkvw (or qkvb) rows as q (H hs, ...), k and v (KV hs, ...) each."""
+    H, KV, hs = config.n_head, config.kv_heads, config.head_size
+    return [value[: H * hs], value[H * hs : (H + KV) * hs], value[(H + KV) * hs :]]
+
+
+def renamed(config, params: dict, names: dict) -> dict:
+    """The table's tensors `params` as another program names them (fp32 numpy, contiguous): `names` maps
+    a row's llm.c name to the name of one layer's tensor ({i}: the layer), or qkvw's (and qkvb's) to three
+    names, q's, k's and v's; wte loses its padding rows. Every row of the config must be named."""
+    import numpy as np
+
+    out = {}
+    for name, _, parameter in tensors(config):
+        for i, value in enumerate(params[name] if per_layer(parameter) else [params[name]]):
+            split = name in ("qkvw", "qkvb")
+            for target, part in zip(names[name] if split else [names[name]], split_qkv(config, value) if split else [value]):
+                out[target.format(i=i)] = np.ascontiguousarray(part[: config.vocab_size] if name == "wte" else part,
+                                                               dtype=np.float32)
+    return out
 
 
 def per_layer(parameter: str) -> bool:
@@ -57,7 +92,7 @@ def split(parameter: str, value, n_layer: int) -> dict:
 
 
 def model_params(model) -> dict:
-    """The weights of a GPT as the 16 llm.c tensors (fp32 numpy arrays, in file order), ready for
+    """The weights of a GPT as the tensors of its table (fp32 numpy arrays, in file order), ready for
     formats.write_model."""
     import torch
 
@@ -70,7 +105,7 @@ def model_params(model) -> dict:
 
 
 def load_params(model, params: dict):
-    """Copy the 16 llm.c tensors `params` (as formats.read_model gives them) into a GPT's
+    """Copy the table's tensors `params` (as formats.read_model gives them) into a GPT's
     parameters, by name (every parameter must be given, with its shape); returns the model."""
     import torch
 

@@ -21,7 +21,7 @@ def model_card(model: ModelFile, source: str, folder_name: str, tokenizer: Token
     return "\n".join([
         front_matter(),
         f"# {folder_name}\n",
-        "A small GPT-2 style language model trained from scratch on TinyStories with the `tinystories` "
+        f"A small {'GPT-2' if model.config.gpt2_block else 'Llama'} style language model trained from scratch on TinyStories with the `tinystories` "
         "project (a Python re-creation of llm.c's TinyStories experiment). It writes short, simple "
         "children's stories in English.\n",
         architecture(model.config, tokenizer),
@@ -49,7 +49,9 @@ def front_matter() -> str:
 def architecture(config: GPTConfig, tokenizer: Tokenizer | None) -> str:
     vocabulary = f"{config.vocab_size:,} tokens" + (f", `<\\|endoftext\\|>` = {tokenizer.eot}" if tokenizer else "")
     return table("Model", [
-        ("architecture", "GPT-2 (pre-LayerNorm, GELU tanh, learned positions, output head tied to the embedding)"),
+        ("architecture", "GPT-2 (pre-LayerNorm, GELU tanh, learned positions, output head tied to the embedding)"
+         if config.gpt2_block else f"Llama (RoPE, RMSNorm, SwiGLU of width {config.hidden_size}, no biases, "
+         f"{config.kv_heads} kv heads, output head {'tied to the embedding' if config.tied_head else 'untied'})"),
         ("layers / heads / channels", f"{config.n_layer} / {config.n_head} / {config.n_embd}"),
         ("context (block size)", f"{config.block_size} tokens"),
         ("parameters", f"{config.num_parameters(padded=False):,}"),

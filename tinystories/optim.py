@@ -19,7 +19,7 @@ from .config import TrainConfig
 
 class Roles:
     """The model's parameters by role, and torch parameter groups of them at each role's peak rate: the
-    token and position embeddings (the token embedding is also the output head; at --embed-lr), the
+    token and position embeddings and the output head (the token embedding, or an untied lm_head; at --embed-lr), the
     blocks' weight matrices (at --matrix-lr), and the rest, biases and LayerNorms (at -l). Weight
     decay applies to embeddings and matrices only (GPT-2 practice). capturable (CUDA): the rates are
     device tensors, so a CUDA graph can record the update; set them with set_learning_rate."""
@@ -28,7 +28,7 @@ class Roles:
         self.embeddings, self.matrices, self.others = [], [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
-                role = self.embeddings if name.startswith(("wte", "wpe")) else self.matrices if p.dim() >= 2 else self.others
+                role = self.embeddings if name.startswith(("wte", "wpe", "lm_head")) else self.matrices if p.dim() >= 2 else self.others
                 role.append(p)
         self.cfg, self.capturable = cfg, capturable
         self.device = self.embeddings[0].device

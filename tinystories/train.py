@@ -140,7 +140,7 @@ class Trainer:
                                     self.state.skipped_steps, self.state.loss_scale)
         self.console = Console(self.total_steps, enabled=rt.dist.master)
         self.sinks = (metrics.open_sinks(cfg, self.console, self.metrics_path, self.state.run_id,
-                                         self.state.step if resumed else None, {**asdict(cfg), "model_config": asdict(config)})
+                                         self.state.step if resumed else None, {**asdict(cfg), "model_config": config.record()})
                       if rt.dist.master else metrics.Sinks([]))
         self.console.started(cfg, rt, config, T, self.train_loader, self.tokenizer.name)
         if resumed:
