@@ -156,12 +156,11 @@ def create_parser() -> Parser:
                    "--channels for gpt2, 8/3 x --channels rounded up to a multiple of 32 for llama)")
     p.add_argument("--vocab-size", type=positive_int, default=None,
                    help="vocabulary size (default: the --tokenizer's, else GPT-2's 50257)")
-    p.add_argument("--tokenizer", metavar="FILE", help="make the model for this tokenizer.json (a BPE that "
-                   "prepare_data.py --vocab-size trained): its vocabulary size, and its name in the model's header, "
-                   "so ./train checks the token files against it")
+    p.add_argument("--tokenizer", metavar="FILE", help="make the model for this tokenizer.json (prepare_data.py "
+                   "--vocab-size): its vocabulary size, named in the model's header")
     p.add_argument("--seed", type=seed_int, default=1337, help="initialisation seed (default: %(default)s)")
     p.add_argument("--zero-init-proj", action="store_true", help="start the projections into the residual "
-                   "stream (attention's and the MLP's c_proj weights) at zero, so every block starts as the identity")
+                   "stream at zero (every block starts as the identity)")
     p.add_argument("--preset", choices=sorted(MODEL_PRESETS), default=None, help="a named shape: " + "; ".join(
         f"{name} = " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
         for name, values in MODEL_PRESETS.items()) + " (the flags given beside it still win); fastest is the "
@@ -318,8 +317,8 @@ def export_parser() -> Parser:
         "replace --output even if it holds files that export does not write (the whole folder is replaced), "
         "and --gguf even if it holds a model, checkpoint, token or tokenizer file; without it, only an empty "
         "folder or a previous export is replaced"))
-    p.add_argument("--gguf", metavar="FILE", help="a GGUF file to write for llama.cpp (its gpt2 architecture, "
-                   "with the tokenizer; written beside it, then renamed into place)")
+    p.add_argument("--gguf", metavar="FILE", help="a GGUF file to write for llama.cpp (its gpt2 or llama "
+                   "architecture, with the tokenizer)")
     p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--gguf's weight type for the 2-D weights "
                    "(biases and norms stay f32; q8_0 and q4_0 need channels divisible by 32) (default: %(default)s)")
     p.add_argument("--tokenizer", metavar="FILE", help=TOKENIZER_HELP)
