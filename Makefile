@@ -36,11 +36,13 @@ setup: $(INSTALLED)
 
 # the source distribution holds llama.cpp itself (vendor/llama.cpp, with convert_hf_to_gguf.py); the
 # multimodal library (LLAVA_BUILD) is not needed here
+# GGML_NATIVE=OFF: llama.cpp's -march=native build crashed on q8_0 files on a VM whose CPU reports AVX-512
+# (FP16, VNNI, BF16: SIGILL / general protection faults in libggml-cpu); the portable build runs everywhere
 $(LLAMA): | $(INSTALLED)
 	rm -rf $(VENV)/llama-src $(VENV)/llama.cpp
 	$(PY) -m pip download -q --no-deps --no-binary :all: "$(LLAMA_CPP_PYTHON)" -d $(VENV)/llama-src
 	tar -xzf $(VENV)/llama-src/*.tar.gz -C $(VENV)/llama-src
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q $(VENV)/llama-src/llama_cpp_python-*/
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install -q $(VENV)/llama-src/llama_cpp_python-*/
 	mv $(VENV)/llama-src/llama_cpp_python-*/vendor/llama.cpp $(VENV)/llama.cpp
 	rm -rf $(VENV)/llama-src
 	touch $@
