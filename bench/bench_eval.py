@@ -3,9 +3,12 @@
 
 The model is the fastest preset (1 layer, 4 heads, 128 channels, block 256) with a 4,096-token BPE
 trained on the train excerpt of ../shared/data; it scores the first --tokens tokens of the val
-excerpt in windows of 257 tokens, -b 8 windows per forward pass (eval's default), on the CPU:
-  before          eval as it was: the output layer in fp32, a separate fp32 F.cross_entropy per 1,024
-                  rows, eager (`before_window_nats` below, kept here as it was)
+excerpt in windows of 257 tokens, on the CPU:
+  before          eval as it was: -b 8 windows per forward pass, the output layer in fp32, a separate
+                  fp32 F.cross_entropy per 1,024 rows, eager (`before_window_nats` below, kept here as it was)
+  the others      -b 16 (eval's default now, eval_parser's), every batch padded to that one shape
+                  (a batch of fewer windows, or the tail, was scored eagerly before); "bf16 compiled
+                  -b 8" (compiled apart, for its own shape) shows what the larger batch gives
   fp32 eager      evaluate.window_nats: fp32, each row's log-sum-exp minus its target logit
   fp32 compiled   the same through torch.compile
   bf16 eager / bf16 compiled   the matrix products under bf16 autocast, the loss summed in fp32
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tinystories import bpe, evaluate
-from tinystories.cli import train_parser
+from tinystories.cli import eval_parser, train_parser
 from tinystories.config import MODEL_PRESETS, GPTConfig, TrainConfig
 from tinystories.config_file import parse_with_config
 from tinystories.device import autocast, resolve_precision, select_head_loss, use_compile
@@ -40,7 +43,8 @@ from common import best_of_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-T, B = 256, 8
+T, B = 256, 8  # B: the batch before, and ./train's
+B_NOW = eval_parser().get_default("batch_size")
 
 
 @torch.no_grad()
@@ -82,16 +86,17 @@ def main() -> None:
     cpu = torch.device("cpu")
     auto = resolve_precision("auto", cpu)
 
-    def scorer(window_nats, precision):
+    def scorer(window_nats, precision, batch=B_NOW):
         def run():
-            return evaluate.evaluate(model, tokens, tok, T, B, cpu, precision, nats_function=window_nats)
+            return evaluate.evaluate(model, tokens, tok, T, batch, cpu, precision, nats_function=window_nats)
         return run
 
     compiled = torch.compile(evaluate.window_nats)
-    runs = {"before (fp32 eager)": scorer(before_window_nats, "fp32"),
+    runs = {"before (fp32 eager)": scorer(before_window_nats, "fp32", B),
             "fp32 eager": scorer(evaluate.window_nats, "fp32"), "fp32 compiled": scorer(compiled, "fp32")}
     if auto == "bf16":
-        runs |= {"bf16 eager": scorer(evaluate.window_nats, "bf16"), "bf16 compiled": scorer(compiled, "bf16")}
+        runs |= {"bf16 eager": scorer(evaluate.window_nats, "bf16"), "bf16 compiled -b 8": scorer(torch.compile(evaluate.window_nats), "bf16", B),
+                 "bf16 compiled": scorer(compiled, "bf16")}
 
     with tempfile.TemporaryDirectory() as folder:
         cfg = TrainConfig(**vars(parse_with_config(train_parser(), ["--config", str(ROOT / "configs/fastest.toml")])))
@@ -110,7 +115,7 @@ def main() -> None:
 
         timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, warmup=3)
     scored = (tokens.size // (T + 1)) * T + max(0, tokens.size % (T + 1) - 1)
-    print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; "
+    print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; -b {B_NOW} "
           f"train step: {precision}, {'compiled' if step.compiled else 'eager'}, B={B}, T={T}")
     before = scored / timings["before (fp32 eager)"].best
     train = B * T / timings["train step"].best
