@@ -278,7 +278,7 @@ def eval_parser() -> Parser:
     a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
     a("-i", "--tokens", default="data/tinystories/TinyStories_val.bin", help="token file to score")
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
-    a("-b", "--batch-size", type=positive_int, default=16, help="windows per forward pass")
+    a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     a("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="fp32 (the reference figure), bf16 "
       "autocast (the matrix products; softmax and sums stay fp32), or " + PRECISION_POLICY)
