@@ -3,9 +3,12 @@
 
 The model is the fastest preset (1 layer, 4 heads, 128 channels, block 256) with a 4,096-token BPE
 trained on the train excerpt of ../shared/data; it scores the first --tokens tokens of the val
-excerpt in windows of 257 tokens, -b 8 windows per forward pass (eval's default), on the CPU:
-  before          eval as it was: the output layer in fp32, a separate fp32 F.cross_entropy per 1,024
-                  rows, eager (`before_window_nats` below, kept here as it was)
+excerpt in windows of 257 tokens, on the CPU:
+  before          eval as it was: -b 8 windows per forward pass, the output layer in fp32, a separate
+                  fp32 F.cross_entropy per 1,024 rows, eager (`before_window_nats` below, kept here as it was)
+  the others      eval's default -b (eval_parser's, 8), every batch padded to that one shape (a batch
+                  of fewer windows, or the tail, was scored eagerly before); with --batch N, -b N
+                  instead (and "bf16 compiled -b 8", compiled apart, for comparison)
   fp32 eager      evaluate.window_nats: fp32, each row's log-sum-exp minus its target logit
   fp32 compiled   the same through torch.compile
   bf16 eager / bf16 compiled   the matrix products under bf16 autocast, the loss summed in fp32
@@ -13,7 +16,9 @@ excerpt in windows of 257 tokens, -b 8 windows per forward pass (eval's default)
                   T=256, --precision auto and --compile auto as that config's run of 2,000 steps decides)
 Rounds alternate between the variants; compile time is the warm-up (not timed in tokens/s).
 
-    .venv/bin/python bench/bench_eval.py [--tokens 33000] [--rounds 3]
+    PYTHONPATH=. .venv/bin/python bench/bench_eval.py [--tokens 33000] [--rounds 3] [--threads N] [--batch 8]
+
+(PYTHONPATH=. so that `tinystories` is this checkout's, not the editable install's, which may be another.)
 """
 import argparse
 import sys
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from tinystories import bpe, evaluate
-from tinystories.cli import train_parser
+from tinystories.cli import eval_parser, train_parser
 from tinystories.config import MODEL_PRESETS, GPTConfig, TrainConfig
 from tinystories.config_file import parse_with_config
 from tinystories.device import autocast, resolve_precision, select_head_loss, use_compile
@@ -40,7 +45,7 @@ from common import best_of_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-T, B = 256, 8
+T, B = 256, 8  # B: the batch before, and ./train's
 
 
 @torch.no_grad()
@@ -68,6 +73,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=33_000, help="val tokens scored per call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, the cores)")
+    parser.add_argument("--batch", type=int, default=eval_parser().get_default("batch_size"),
+                        help="windows per forward pass of the variants other than before")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,16 +89,18 @@ def main() -> None:
     cpu = torch.device("cpu")
     auto = resolve_precision("auto", cpu)
 
-    def scorer(window_nats, precision):
+    def scorer(window_nats, precision, batch=args.batch):
         def run():
-            return evaluate.evaluate(model, tokens, tok, T, B, cpu, precision, nats_function=window_nats)
+            return evaluate.evaluate(model, tokens, tok, T, batch, cpu, precision, nats_function=window_nats)
         return run
 
     compiled = torch.compile(evaluate.window_nats)
-    runs = {"before (fp32 eager)": scorer(before_window_nats, "fp32"),
+    runs = {"before (fp32 eager)": scorer(before_window_nats, "fp32", B),
             "fp32 eager": scorer(evaluate.window_nats, "fp32"), "fp32 compiled": scorer(compiled, "fp32")}
     if auto == "bf16":
         runs |= {"bf16 eager": scorer(evaluate.window_nats, "bf16"), "bf16 compiled": scorer(compiled, "bf16")}
+        if args.batch != B:
+            runs["bf16 compiled -b 8"] = scorer(torch.compile(evaluate.window_nats), "bf16", B)
 
     with tempfile.TemporaryDirectory() as folder:
         cfg = TrainConfig(**vars(parse_with_config(train_parser(), ["--config", str(ROOT / "configs/fastest.toml")])))
@@ -110,7 +119,7 @@ def main() -> None:
 
         timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, warmup=3)
     scored = (tokens.size // (T + 1)) * T + max(0, tokens.size % (T + 1) - 1)
-    print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; "
+    print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; -b {args.batch} "
           f"train step: {precision}, {'compiled' if step.compiled else 'eager'}, B={B}, T={T}")
     before = scored / timings["before (fp32 eager)"].best
     train = B * T / timings["train step"].best

@@ -58,6 +58,23 @@ def test_eval_matches_a_straightforward_computation(n_tokens):
     assert got.perplexity == pytest.approx(math.exp(want_loss), rel=1e-6)
 
 
+def test_every_batch_has_one_shape_and_padding_scores_nothing():
+    """The last batch (a window and the 12-token tail, in a batch of 5) is padded to the full shape, so
+    a compiled scorer compiles once; the figures are those of unpadded batches of any size."""
+    tokens = story_tokens(60)[: 33 * 6 + 12]
+    batches = evaluate.window_batches(evaluate.windows(tokens.size, 32), 5)
+    x, y = evaluate.padded_batch(tokens, batches[-1], 32, 5)
+    assert x.shape == y.shape == (5, 32) and (y != evaluate.NO_TARGET).sum() == 32 + 11
+    assert (x[0] == tokens[165:197]).all() and (y[0] == tokens[166:198]).all()
+    assert (x[1, :11] == tokens[198:209]).all() and (y[1, :11] == tokens[199:210]).all()
+    assert (x[1, 12:] == 0).all() and (y[1, 11:] == evaluate.NO_TARGET).all() and (x[2:] == 0).all()
+    model = GPT(CONFIG)
+    model.init_weights(4)
+    figures = [evaluate.evaluate(model, tokens, tokenizer.gpt2(), 32, b, torch.device("cpu")) for b in (1, 5, 7)]
+    assert len({(f.targets, f.bytes) for f in figures}) == 1
+    assert max(f.nats for f in figures) - min(f.nats for f in figures) < 1e-6 * figures[0].nats
+
+
 def test_bits_per_byte_counts_multibyte_tokens_once():
     """"é" and an emoji: tokens whose bytes are not whole characters still add up to the text's bytes."""
     ids = tokenizer.encode("Café 🙂 smiled.")

@@ -30,6 +30,7 @@ from .device import autocast, use_compile
 from .progress import Progress
 
 HEAD_ROWS = 1024  # positions whose logits (rows x V) are held at once
+NO_TARGET = -100  # a padded position's target: F.cross_entropy's ignore_index, scored as 0
 
 
 @dataclass
@@ -90,7 +91,8 @@ def window_nats(model, x: torch.Tensor, y: torch.Tensor, precision: str) -> torc
     for start in range(0, h.size(0), HEAD_ROWS):
         with autocast(x.device, precision):
             logits = F.linear(h[start : start + HEAD_ROWS], weight)  # (rows, V)
-        losses = F.cross_entropy(logits.float(), y[start : start + HEAD_ROWS], reduction="none")  # (rows,)
+        losses = F.cross_entropy(logits.float(), y[start : start + HEAD_ROWS], reduction="none",
+                                 ignore_index=NO_TARGET)  # (rows,), 0 where padded
         total += losses.double().sum()
     return total
 
@@ -99,28 +101,26 @@ def evaluate(model, tokens: np.ndarray, tokenizer, seq_len: int, batch_size: int
              precision: str = "fp32", rank: int = 0, world: int = 1, progress: bool = False, nats_function=None,
              stop=None) -> EvalResult | None:
     """Score `tokens` (N,) of `tokenizer` in the windows above, `batch_size` windows per forward pass
-    (the full batches through `nats_function`, window_nats by default; compiled_window_nats() compiles
-    it). Under torchrun each rank scores every world-th batch; the result is this rank's share (sum
-    them). `stop()`, called by every rank after each round of batches, ends the scoring early when it
+    through `nats_function` (window_nats by default; compiled_window_nats() compiles it), every batch
+    padded to one shape (padded_batch). Under torchrun each rank scores every world-th batch; the
+    result is this rank's share (sum them). `stop()`, called by every rank after each round of batches, ends the scoring early when it
     returns True: the result is then None. `progress`: a bar, or lines in a log (progress.Progress)."""
     was_training = model.training
     model.eval()
-    batches = window_batches(windows(tokens.size, seq_len), seq_len, batch_size)
-    lengths = byte_lengths(tokenizer)
-    nats = torch.zeros((), dtype=torch.float64, device=device)
+    batches = window_batches(windows(tokens.size, seq_len), batch_size)
+    lengths = byte_lengths(tokenizer).numpy()
+    nats = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once at the end
     targets = nbytes = 0
     score = nats_function or window_nats
     shown = Progress("eval", sum(b - a - 1 for batch in batches for a, b in batch), "tokens") if progress else None
     stopped = False
     for first in range(0, len(batches), world):
         if first + rank < len(batches):
-            rows = torch.from_numpy(np.stack([np.asarray(tokens[a:b], dtype=np.int64)
-                                              for a, b in batches[first + rank]]))  # (B, T+1)
-            x, y = rows[:, :-1].to(device), rows[:, 1:]  # (B, T) each
-            full_batch = x.shape == (batch_size, seq_len)  # compiled for that shape only
-            nats += (score if full_batch else window_nats)(model, x, y.to(device), precision)
-            targets += y.numel()
-            nbytes += int(lengths[y].sum())
+            x, y = padded_batch(tokens, batches[first + rank], seq_len, batch_size)  # (B, T) each
+            nats += score(model, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), precision)
+            scored = y[y != NO_TARGET]
+            targets += scored.size
+            nbytes += int(lengths[scored].sum())
         if shown:
             shown.update(sum(b - a - 1 for batch in batches[first : first + world] for a, b in batch))
         if stop is not None and stop():
@@ -132,10 +132,20 @@ def evaluate(model, tokens: np.ndarray, tokenizer, seq_len: int, batch_size: int
     return None if stopped else EvalResult(targets, float(nats), nbytes)
 
 
-def window_batches(spans: list[tuple[int, int]], seq_len: int, batch_size: int) -> list[list[tuple[int, int]]]:
-    """The windows in batches of batch_size full windows (the last may hold fewer), then the tail alone."""
-    full = [w for w in spans if w[1] - w[0] == seq_len + 1]
-    return [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in spans[len(full):]]
+def window_batches(spans: list[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int]]]:
+    """The windows in batches of batch_size (the last may hold fewer, the shorter tail window included)."""
+    return [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
+
+
+def padded_batch(tokens: np.ndarray, batch: list[tuple[int, int]], seq_len: int,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs x and targets y (batch_size, seq_len) int64 of the windows `batch`, always of that one
+    shape (so a compiled scorer never recompiles): a shorter window, and the rows of a batch with
+    fewer windows, are padded with input 0 and target NO_TARGET, which scores nothing."""
+    rows = np.full((batch_size, seq_len + 1), NO_TARGET, dtype=np.int64)  # (B, T+1)
+    for row, (a, b) in zip(rows, batch):
+        row[: b - a] = tokens[a:b]
+    return np.maximum(rows[:, :-1], 0), rows[:, 1:]
 
 
 @functools.cache
