@@ -86,26 +86,32 @@ def write_tiny_run(folder: Path, config, n_tokens: int, seed: int) -> Path:
 
 # ----------------------------------------------------------------------------- commands
 
-def run(*args, check=True, cwd=REPO, timeout=None) -> subprocess.CompletedProcess:
+# for runs compared bit for bit across processes: bf16 autocast on a CPU with 2 threads does not repeat
+# bit for bit (two identical fresh runs differed from their second step in about half the tries on an
+# AVX-512 EPYC VM, fp32 and one thread always agreed), so such runs use one thread, as the kill soak does
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def run(*args, check=True, cwd=REPO, timeout=None, env=None) -> subprocess.CompletedProcess:
     """`python ARGS` in `cwd`, this checkout's package importable wherever cwd is, output captured:
     for the repo's scripts (`run("create_model.py", ...)`); the package's commands go through run_cli.
-    With check, a failure fails the test and shows both outputs."""
+    `env`: variables to add. With check, a failure fails the test and shows both outputs."""
     result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def run_cli(*args, cwd=REPO, check=False) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd=REPO, check=False, env=None) -> subprocess.CompletedProcess:
     """`python -m tinystories ARGS` (run with the module prefix); unchecked by default, since its
     callers mostly look at a failure."""
-    return run("-m", "tinystories", *args, check=check, cwd=cwd)
+    return run("-m", "tinystories", *args, check=check, cwd=cwd, env=env)
 
 
-def train(*args, check=True) -> subprocess.CompletedProcess:
+def train(*args, check=True, env=None) -> subprocess.CompletedProcess:
     """`python -m tinystories train ARGS` through run; a failure fails the test unless check=False."""
-    return run_cli("train", *args, check=check)
+    return run_cli("train", *args, check=check, env=env)
 
 
 def run_prepare_data(*flags: str) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ARCH_FLAGS, TINY, arch_model, assert_one_line_error, logged, run, train, train_flags
+from conftest import ARCH_FLAGS, ONE_THREAD, TINY, arch_model, assert_one_line_error, logged, run, train, train_flags
 import torch
 
 from tinystories import formats
@@ -21,10 +21,10 @@ def test_resume_is_exact(workdir, tmp_path, arch):
     """N steps, stop, resume for M more == N + M steps without a stop, loss for loss (bitwise)."""
     model = arch_model(workdir, arch)
     straight = tmp_path / "straight.bin"
-    train("-e", model, "-c", straight, "-n", "6", *train_flags(workdir))
+    train("-e", model, "-c", straight, "-n", "6", *train_flags(workdir), env=ONE_THREAD)
     split = tmp_path / "split.bin"
-    train("-e", model, "-c", split, "-n", "3", *train_flags(workdir))
-    out = train("-e", split, "-c", split, "-n", "6", *train_flags(workdir)).stdout
+    train("-e", model, "-c", split, "-n", "3", *train_flags(workdir), env=ONE_THREAD)
+    out = train("-e", split, "-c", split, "-n", "6", *train_flags(workdir), env=ONE_THREAD).stdout
     assert "resuming run" in out and "at step 3" in out
     a, b = logged(straight, "train_loss"), logged(split, "train_loss")
     assert sorted(a) == sorted(b) == list(range(1, 7))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, TINY, assert_one_line_error, logged, run, run_cli, train
+from conftest import ONE_THREAD, REPO, TINY, assert_one_line_error, logged, run, run_cli, train
 
 from tinystories import tokenizer
 from tinystories.cli import train_parser
@@ -44,7 +44,7 @@ def run_dir(tmp_path_factory):
     data = prepare(d / "data", VOCAB)
     prepare(d / "other", OTHER_VOCAB)
     run("create_model.py", "--tokenizer", data / "tokenizer.json", *TINY, "-o", d / "model.bin")
-    train(*bpe_train_flags(data, d / "model.bin", d / "ck.bin", "-n", str(STEPS)))
+    train(*bpe_train_flags(data, d / "model.bin", d / "ck.bin", "-n", str(STEPS)), env=ONE_THREAD)  # resumed below
     return d
 
 
@@ -92,8 +92,8 @@ def test_val_bits_per_byte_is_logged_with_the_bpe_bytes(run_dir):
 
 def test_resume_with_a_bpe_equals_one_run(run_dir, tmp_path):
     data = run_dir / "data"
-    train(*bpe_train_flags(data, run_dir / "model.bin", tmp_path / "half.bin", "-n", str(STEPS // 2)))
-    train(*bpe_train_flags(data, tmp_path / "half.bin", tmp_path / "half.bin", "-n", str(STEPS)))
+    train(*bpe_train_flags(data, run_dir / "model.bin", tmp_path / "half.bin", "-n", str(STEPS // 2)), env=ONE_THREAD)
+    train(*bpe_train_flags(data, tmp_path / "half.bin", tmp_path / "half.bin", "-n", str(STEPS)), env=ONE_THREAD)
     one_run, resumed = logged(run_dir / "ck.bin", "train_loss"), logged(tmp_path / "half.bin", "train_loss")
     assert resumed == one_run  # every step's loss, so a failure shows the first step that differs
     a, b = read_model(run_dir / "ck.bin"), read_model(tmp_path / "half.bin")
