@@ -259,16 +259,16 @@ def why_not_tiktoken(tokenizer: Tokenizer, pieces: list[bytes]) -> str | None:
     id_of = {piece: i for i, piece in enumerate(pieces) if i != eot_id}
     if len(id_of) != len(pieces) - 1 or any(bytes([b]) not in id_of for b in range(256)):
         return "(2) two tokens hold the same bytes, or a byte is not a token"
-    made = {}  # id of a merge's result -> its merge rank
+    made, highest = {}, -1  # id of a merge's result -> its merge rank; the highest such id so far
     for rank, merge in enumerate(model["merges"]):
         x, y = merge.split(" ") if isinstance(merge, str) else merge
         parts = [tokenizer.token_to_id(x), tokenizer.token_to_id(y)]
         result = id_of.get(pieces[parts[0]] + pieces[parts[1]]) if None not in parts else None
         if result is None or result in made or any(len(pieces[p]) > 1 and p not in made for p in parts):
             return f"(2) merge {rank} ({x} {y}) makes no new token from earlier ones"
-        if made and result < max(made):
+        if result < highest:
             return f"(2) merge {rank} ({x} {y}) makes a token of a lower id than an earlier merge"
-        made[result] = rank
+        made[result], highest = rank, result
     if len(made) != len(id_of) - 256:
         return "(2) a token of several bytes is not made by a merge"
     for i, piece in enumerate(pieces):
