@@ -18,7 +18,7 @@ from tinystories import tokenizer
 from tinystories.bpe import BYTE_OF_CHAR
 from tinystories.formats import read_model
 from tinystories.generate import generate_tokens
-from tinystories.gguf_file import gguf_tensors, llama_tensors, metadata
+from tinystories.gguf_file import gguf_tensors, metadata
 from tinystories.model import read_gpt
 
 PROMPT = "Once upon a time"
@@ -87,7 +87,7 @@ def test_gguf_holds_the_model_its_shape_and_its_tokenizer(trained, tmp_path, kin
     assert all(bytes(BYTE_OF_CHAR[c] for c in tokens[i]) == tok.token_bytes(i) for i in range(len(tokens)) if i != tok.eot)
     types = metadata(reader, "tokenizer.ggml.token_type", path)
     assert types[tok.eot] == gguf.TokenType.CONTROL and types.count(gguf.TokenType.NORMAL) == len(tokens) - 1
-    expected = (gguf_tensors if arch == "gpt2" else llama_tensors)(config, model.params)
+    expected = gguf_tensors(config, model.params, arch)
     stored = {t.name: np.asarray(t.data).reshape(tuple(reversed(t.shape.tolist()))) for t in reader.tensors}
     assert stored.keys() == expected.keys()
     for name, value in expected.items():
@@ -96,7 +96,7 @@ def test_gguf_holds_the_model_its_shape_and_its_tokenizer(trained, tmp_path, kin
 
 def test_gguf_f16_and_q8_0_store_the_weights_rounded(trained, tmp_path):
     model = read_model(trained["bpe"])
-    expected = gguf_tensors(model.config, model.params)
+    expected = gguf_tensors(model.config, model.params, "gpt2")
     sizes = {}
     for weight_type in ("f16", "q8_0", "q4_0"):
         reader = gguf.GGUFReader(export_gguf(trained["bpe"], tmp_path / f"{weight_type}.gguf", weight_type))
@@ -133,7 +133,7 @@ def test_gguf_bad_inputs_are_one_line_and_keep_the_old_file(trained, tmp_path):
 
 # ----------------------------------------------------------------------------- import: the way back
 
-@pytest.mark.parametrize("kind", ["gpt2", "bpe"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_import_reads_back_what_export_wrote(trained, tmp_path, kind):
     (tmp_path / "back").mkdir()
     export_gguf(trained[kind], tmp_path / "m.gguf", "f32")
@@ -142,7 +142,7 @@ def test_import_reads_back_what_export_wrote(trained, tmp_path, kind):
     original, back = read_model(trained[kind]), read_model(imported)
     assert back.config == original.config and back.tokenizer == original.tokenizer
     assert all(np.array_equal(back.params[k], original.params[k]) for k in original.params)
-    assert (tmp_path / "back" / "tokenizer.json").exists() == (kind == "bpe")
+    assert (tmp_path / "back" / "tokenizer.json").exists() == kind.endswith("bpe")
     assert tokenizer.for_model(imported).fingerprint == tokenizer.for_model(trained[kind]).fingerprint
     export_gguf(imported, tmp_path / "again.gguf", "f32")
     assert gguf_tensors_of(tmp_path / "again.gguf") == gguf_tensors_of(tmp_path / "m.gguf")  # (its name differs)
@@ -160,11 +160,62 @@ def test_import_of_an_f16_file_gives_the_rounded_weights(trained, tmp_path):
     assert np.array_equal(back.params["lnfw"], original.params["lnfw"])  # 1-D weights stay f32
 
 
-def test_import_of_a_llama_gguf_is_refused_in_one_line(trained, tmp_path):
+def llama_gguf_edited(source, out, drop=(), **values):
+    """A copy of the llama GGUF file `source` with the metadata keys `drop` left out and `values` set
+    (llama.KEY: a number)."""
+    reader, writer = gguf.GGUFReader(source), gguf.GGUFWriter(out, "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop or key in values:
+            continue
+        value_type = field.types[0]
+        value = metadata(reader, key, source)
+        writer.add_key_value(key, value, value_type, sub_type=field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None)
+    for key, value in values.items():
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(key, value)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_import_of_a_llama_gguf_takes_llama_cpp_defaults_for_what_it_leaves_out(trained, tmp_path):
+    """head_count_kv, rope.freq_base and rope.dimension_count may be absent (llama.cpp's defaults: the heads,
+    10000, the head size): a file without them is a model with as many kv heads as heads."""
+    run("create_model.py", *TINY, "--arch", "llama", "-o", tmp_path / "mha.bin")
+    export_gguf(tmp_path / "mha.bin", tmp_path / "m.gguf")
+    bare = llama_gguf_edited(tmp_path / "m.gguf", tmp_path / "bare.gguf", drop=(
+        "llama.attention.head_count_kv", "llama.rope.freq_base", "llama.rope.dimension_count"))
+    assert run_cli("import", "-i", bare, "-o", tmp_path / "back.bin").returncode == 0
+    original, back = read_model(tmp_path / "mha.bin"), read_model(tmp_path / "back.bin")
+    assert back.config == original.config and all(np.array_equal(back.params[k], original.params[k]) for k in original.params)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"llama.rope.freq_base": 10000.5}, "unsupported rope (freq_base 10000.5"),
+    ({"llama.rope.scaling.factor": 4.0}, "rope scaling"),
+    ({"llama.rope.dimension_count": 8}, "unsupported rope.dimension_count 8 (ours is the head size, 16)"),
+    ({"llama.attention.layer_norm_rms_epsilon": 1e-6}, "unsupported layer_norm_rms_epsilon"),
+    ({"llama.attention.head_count_kv": 3}, "heads (2) must be divisible by kv heads (3)"),
+    ({"llama.feed_forward_length": 99}, "ffn_gate.weight has shape [96, 32], expected [99, 32]"),
+])
+def test_a_llama_gguf_our_model_cannot_hold_is_refused_in_one_line(trained, tmp_path, values, message):
     export_gguf(trained["llama"], tmp_path / "m.gguf", "f32")
-    assert_one_line_error(run_cli("import", "-i", tmp_path / "m.gguf", "-o", tmp_path / "model.bin"),
-                          "architecture 'llama'", "only gpt2")
+    bad = llama_gguf_edited(tmp_path / "m.gguf", tmp_path / "bad.gguf", **values)
+    assert_one_line_error(run_cli("import", "-i", bad, "-o", tmp_path / "model.bin"), "bad.gguf", message)
     assert not (tmp_path / "model.bin").exists()
+
+
+def test_import_of_another_architecture_is_refused_in_one_line(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "phi.gguf", "phi2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_one_line_error(run_cli("import", "-i", tmp_path / "phi.gguf", "-o", tmp_path / "model.bin"),
+                          "architecture 'phi2'", "only gpt2 and llama")
 
 
 def test_the_rotary_pairs_are_reordered_for_llama_cpp():

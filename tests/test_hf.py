@@ -4,6 +4,7 @@ C reader checks them. Everything offline (HF_HUB_OFFLINE=1)."""
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub read it
@@ -324,6 +325,81 @@ def test_import_half_precision_and_unprefixed_names(tmp_path, transformers_folde
     assert np.array_equal(params["qkvw"][1], old["h.1.attn.c_attn.weight"].astype(np.float32).T)
 
 
+# ----------------------------------------------------------------------------- import of a Llama folder
+
+def llama_folder(folder, tied: bool, **changes):
+    """A random LlamaForCausalLM saved by transformers (safetensors): grouped-query attention (2 heads, 1 kv
+    head), an MLP width of our own choosing, rope base 500000, random RMSNorm weights; `changes` edit
+    the saved config.json."""
+    torch.manual_seed(12)
+    config = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, safe_serialization=True)
+    edit_config(folder, **changes)
+    return folder
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_import_of_a_llama_folder_gives_transformers_logits_and_exports_back(tmp_path, tied):
+    folder = llama_folder(tmp_path / "llama", tied)
+    config = hf.import_folder(folder, tmp_path / "model.bin")
+    assert config == GPTConfig(block_size=32, vocab_size=300, n_layer=2, n_head=2, n_embd=16, position="rope",
+                               norm="rmsnorm", mlp="swiglu", mlp_hidden=40, bias=False, n_kv_head=1,
+                               tied_head=tied, rope_theta=500000)
+    loaded = read_model(tmp_path / "model.bin")
+    ours = llmc.load_params(GPT(loaded.config), loaded.params)
+    theirs = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    idx = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert rel_err(ours(idx), theirs(idx).logits) <= 1e-5
+    hf.export(tmp_path / "model.bin", tmp_path / "again", None)
+    original, again = load_file(folder / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert original.keys() == again.keys()
+    assert all(original[name].tobytes() == again[name].tobytes() for name in original)
+
+
+def test_our_llama_model_reads_back_as_it_was_made(tmp_path):
+    """create_model.py's defaults (kv heads = heads, the usual MLP width) come back as defaults."""
+    config = GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=32, position="rope",
+                       norm="rmsnorm", mlp="swiglu", bias=False)
+    model = GPT(config)
+    model.init_weights(3)
+    write_model(tmp_path / "m.bin", config, llmc.model_params(model))
+    hf.export(tmp_path / "m.bin", tmp_path / "hf", gpt2())
+    assert hf.import_folder(tmp_path / "hf", tmp_path / "back.bin") == config
+    original, back = read_model(tmp_path / "m.bin"), read_model(tmp_path / "back.bin")
+    assert all(np.array_equal(back.params[k], original.params[k]) for k in original.params)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_act": "gelu"}, "unsupported hidden_act 'gelu'"),
+    ({"rms_norm_eps": 1e-6}, "unsupported rms_norm_eps 1e-06 (ours is 1e-5)"),
+    ({"attention_bias": True}, "unsupported attention_bias true"),
+    ({"mlp_bias": True}, "unsupported mlp_bias true"),
+    ({"head_dim": 4}, "unsupported head_dim 4"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "unsupported rope"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.5}}, "unsupported rope_theta 10000.5"),
+    ({"rope_parameters": None, "rope_theta": float("inf")}, "unsupported rope_theta inf"),
+    ({"num_key_value_heads": 3}, "heads (2) must be divisible by kv heads (3)"),
+    ({"num_key_value_heads": 2}, "self_attn.k_proj.weight has shape [8, 16], expected [16, 16]"),
+    ({"intermediate_size": 48}, "mlp.down_proj.weight has shape [16, 40], expected [16, 48]"),
+    ({"num_hidden_layers": 3}, "config.json gives num_hidden_layers 3, but the weights hold 2 layers"),
+    ({"hidden_size": "16"}, "hidden_size must be a positive integer"),
+])
+def test_import_of_a_llama_folder_our_model_cannot_hold_is_refused(tmp_path, changes, message):
+    folder = llama_folder(tmp_path / "bad", False, **changes)
+    with pytest.raises(BadInput, match=re.escape(message)):
+        hf.import_folder(folder, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+
+
 # ----------------------------------------------------------------------------- llm.c interop
 
 def test_llmc_bf16_file_exports_and_imports(tmp_path):
@@ -365,7 +441,7 @@ def copy_folder(source, target):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda f: edit_config(f, model_type="llama"), "model_type is 'llama'"),
+    (lambda f: edit_config(f, model_type="mistral"), "model_type is 'mistral'; only GPT-2"),
     (lambda f: edit_config(f, activation_function="relu"), "unsupported activation_function 'relu'"),
     (lambda f: edit_config(f, n_inner=32), "unsupported n_inner 32"),
     (lambda f: edit_config(f, layer_norm_epsilon=1e-6), "layer_norm_epsilon"),

@@ -363,14 +363,14 @@ def export_main(argv=None) -> None:
 
 def import_parser() -> Parser:
     p = Parser(prog="tinystories import", description=(
-        "Convert a Hugging Face GPT-2 folder (config.json + model.safetensors), or a GGUF file that export "
-        "--gguf wrote, into an llm.c fp32 model file that ./train and ./generate read. Pickled weights "
-        "(pytorch_model.bin) are refused."))
+        "Convert a Hugging Face GPT-2 or Llama folder (config.json + model.safetensors), or a GGUF file "
+        "(gpt2 or llama) as export --gguf writes, into an fp32 model file that ./train and ./generate read "
+        "(llm.c's for GPT-2's block). Pickled weights (pytorch_model.bin) are refused."))
     p.add_argument("-i", "--input", required=True, help="Hugging Face model folder, or a .gguf file")
     p.add_argument("-o", "--output", default="model.bin", help="model file to write (default: %(default)s)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--block-size", type=positive_int, default=None,
-                   help="keep only the first N positions (default: all of the model's n_positions; a folder only)")
+                   help="keep only the first N positions (default: all the model's; a folder only)")
     return p
 
 
@@ -389,7 +389,8 @@ def import_main(argv=None) -> None:
         from . import hf
 
         config = hf.import_folder(args.input, args.output, block_size=args.block_size)
-    print(f"wrote {args.output}: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
+    block = "GPT-2's block" if config.gpt2_block else "the Llama block"
+    print(f"wrote {args.output} ({block}): {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
           f"block {config.block_size}, vocab {config.vocab_size}; {config.num_parameters(padded=False):,} parameters")
 
 

@@ -2,7 +2,7 @@
 settings of prepare_data.py and ./generate, and the defaults several modules share."""
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from . import llmc
 from .errors import BadInput
@@ -139,6 +139,15 @@ ARCHS = {
 SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
 ARCH_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name not in SIZE_FIELDS)
 ANY = object()  # block_differences: any value of a field
+
+
+def llama_block(hidden: int, kv_heads: int, tied: bool, rope_theta: int, **sizes) -> GPTConfig:
+    """The GPTConfig of a Llama block of `sizes` (SIZE_FIELDS) as an import reads one: its MLP width and kv
+    heads recorded only where they differ from the usual ones, so that an exported model reads back as
+    it was made."""
+    usual = GPTConfig(**sizes, **ARCHS["llama"])
+    return replace(usual, mlp_hidden=0 if hidden == usual.hidden_size else hidden,
+                   n_kv_head=0 if kv_heads == usual.n_head else kv_heads, tied_head=tied, rope_theta=rope_theta)
 
 
 def export_block(config: GPTConfig, blocks: dict, export: str) -> str:

@@ -4,11 +4,11 @@ GPT-2's block is written as llama.cpp's `gpt2` (below). The Llama block (create_
 llama) is written as its `llama`: metadata llama.context_length, .embedding_length, .feed_forward_length
 (the MLP width F), .block_count, .attention.head_count, .attention.head_count_kv,
 .attention.layer_norm_rms_epsilon (1e-5), .rope.dimension_count (hs), .rope.freq_base, the same tokenizer
-metadata; tensors those of LLAMA_NAMES (c_attn split into attn_q, attn_k, attn_v; output.weight only
+metadata; tensors those of GGUF_NAMES["llama"] (c_attn split into attn_q, attn_k, attn_v; output.weight only
 for an untied head). llama.cpp's `llama` rotates adjacent pairs (2j, 2j + 1) of a head where our
 model (and Hugging Face's Llama) rotates (j, j + hs/2): attn_q's and attn_k's rows are reordered
 within each head to match (interleave_rotary), as llama.cpp's own converter does. GGUF_BLOCKS says
-which blocks the export holds; any other is refused in one line. Import reads the gpt2 architecture only.
+which blocks the export holds; any other is refused in one line. Import reads both architectures.
 
 Written with llama.cpp's own Python package `gguf`. The file holds:
 
@@ -40,83 +40,58 @@ C divisible by 32); llama.cpp's k-quants need rows of a multiple of 256 values a
 default C = 128. The file is written beside its target and renamed into place (formats.atomic_path).
 
 Import (`import -i FILE.gguf`) reads such a file back (any of these weight types, dequantised to fp32):
-the architecture and metadata must be the ones above, with exactly these tensors and shapes. Its
+the architecture (gpt2 or llama) and metadata must be the ones above, with exactly these tensors and
+shapes; a llama file may leave out what llama.cpp defaults (head_count_kv: the heads, freq_base 10000,
+the rope and key/value dimensions: the head size) and must not scale its rope. A llama file's head is
+tied unless it holds output.weight. Its
 tokenizer is GPT-2's when its tokens and merges are GPT-2's; otherwise it is rebuilt as a byte-level
 BPE tokenizer.json (bpe.from_vocabulary: the same ids, bytes and merges, so the same fingerprint),
 named in the model header and written beside the model file, as import does for a Hugging Face folder.
 An f32 file round-trips exactly: export, import and export again give the same tensors.
 """
 import json
+import math
 import os
 
 import numpy as np
 
 from . import bpe, llmc
-from .config import ANY, ARCHS, GGUF_TYPES, NORM_EPS, GPTConfig, export_block
+from .config import ANY, ARCHS, GGUF_TYPES, NORM_EPS, GPTConfig, export_block, llama_block
 from .errors import BadInput
 from .formats import atomic_path, read_model
 from .sources import one_line
 from .tokenizer import BPETokenizer, Tokenizer, gpt2
 
-LAYER_NORM_EPS = NORM_EPS
 BLOCK_VALUES = 32  # q8_0 and q4_0 quantise rows in blocks of 32 values
-
-# parameter name (llmc.tensors' third column, `{i}` the layer) -> GGUF tensor name
-GGUF_NAMES = {
-    "wte.weight": "token_embd.weight",
-    "wpe.weight": "position_embd.weight",
-    "h.{i}.ln_1.weight": "blk.{i}.attn_norm.weight",
-    "h.{i}.ln_1.bias": "blk.{i}.attn_norm.bias",
-    "h.{i}.attn.c_attn.weight": "blk.{i}.attn_qkv.weight",
-    "h.{i}.attn.c_attn.bias": "blk.{i}.attn_qkv.bias",
-    "h.{i}.attn.c_proj.weight": "blk.{i}.attn_output.weight",
-    "h.{i}.attn.c_proj.bias": "blk.{i}.attn_output.bias",
-    "h.{i}.ln_2.weight": "blk.{i}.ffn_norm.weight",
-    "h.{i}.ln_2.bias": "blk.{i}.ffn_norm.bias",
-    "h.{i}.mlp.c_fc.weight": "blk.{i}.ffn_up.weight",
-    "h.{i}.mlp.c_fc.bias": "blk.{i}.ffn_up.bias",
-    "h.{i}.mlp.c_proj.weight": "blk.{i}.ffn_down.weight",
-    "h.{i}.mlp.c_proj.bias": "blk.{i}.ffn_down.bias",
-    "ln_f.weight": "output_norm.weight",
-    "ln_f.bias": "output_norm.bias",
-}
-
 
 # the blocks the export holds (config.export_block): llama.cpp's gpt2 (GPT-2's block) and llama
 GGUF_BLOCKS = {"gpt2": {}, "llama": {**ARCHS["llama"], "mlp_hidden": ANY, "n_kv_head": ANY, "tied_head": ANY,
                                      "rope_theta": ANY}}
-# our table's rows (llmc.py) -> llama.cpp's llama tensors ({i}: the layer; qkvw: q, k and v)
-LLAMA_NAMES = {
-    "wte": "token_embd.weight",
-    "ln1w": "blk.{i}.attn_norm.weight",
-    "qkvw": ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight"),
-    "attprojw": "blk.{i}.attn_output.weight",
-    "ln2w": "blk.{i}.ffn_norm.weight",
-    "fcgatew": "blk.{i}.ffn_gate.weight",
-    "fcw": "blk.{i}.ffn_up.weight",
-    "fcprojw": "blk.{i}.ffn_down.weight",
-    "lnfw": "output_norm.weight",
-    "lmheadw": "output.weight",
+# per architecture: our table's rows (llmc.py) -> llama.cpp's tensors ({i}: the layer; a tuple: q, k and v)
+GGUF_NAMES = {
+    "gpt2": {
+        "wte": "token_embd.weight", "wpe": "position_embd.weight",
+        "ln1w": "blk.{i}.attn_norm.weight", "ln1b": "blk.{i}.attn_norm.bias",
+        "qkvw": "blk.{i}.attn_qkv.weight", "qkvb": "blk.{i}.attn_qkv.bias",
+        "attprojw": "blk.{i}.attn_output.weight", "attprojb": "blk.{i}.attn_output.bias",
+        "ln2w": "blk.{i}.ffn_norm.weight", "ln2b": "blk.{i}.ffn_norm.bias",
+        "fcw": "blk.{i}.ffn_up.weight", "fcb": "blk.{i}.ffn_up.bias",
+        "fcprojw": "blk.{i}.ffn_down.weight", "fcprojb": "blk.{i}.ffn_down.bias",
+        "lnfw": "output_norm.weight", "lnfb": "output_norm.bias",
+    },
+    "llama": {
+        "wte": "token_embd.weight",
+        "ln1w": "blk.{i}.attn_norm.weight",
+        "qkvw": ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight"),
+        "attprojw": "blk.{i}.attn_output.weight",
+        "ln2w": "blk.{i}.ffn_norm.weight",
+        "fcgatew": "blk.{i}.ffn_gate.weight",
+        "fcw": "blk.{i}.ffn_up.weight",
+        "fcprojw": "blk.{i}.ffn_down.weight",
+        "lnfw": "output_norm.weight",
+        "lmheadw": "output.weight",
+    },
 }
-
-
-def tensor_layout(config):
-    """(llm.c tensor, layer or None, GGUF name, GGUF shape) of every GGUF tensor of a config, in order."""
-    for name, shape, parameter in llmc.tensors(config):
-        if llmc.per_layer(parameter):
-            for i in range(config.n_layer):
-                yield name, i, GGUF_NAMES[parameter].format(i=i), shape[1:]
-        else:
-            yield name, None, GGUF_NAMES[parameter], (config.vocab_size, config.n_embd) if name == "wte" else shape
-
-
-def gguf_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Our 16 llm.c tensors -> the GGUF tensors by name (fp32, row-major, shapes of the docstring)."""
-    out = {}
-    for name, layer, gguf_name, shape in tensor_layout(config):
-        value = params[name] if layer is None else params[name][layer]
-        out[gguf_name] = np.ascontiguousarray(value[: shape[0]], dtype=np.float32)  # wte: without its padding rows
-    return out
 
 
 def interleave_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -125,12 +100,22 @@ def interleave_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, -1, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def llama_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Our table's tensors -> the GGUF tensors of llama.cpp's llama (fp32, row-major)."""
-    out = llmc.renamed(config, params, LLAMA_NAMES)
-    for i in range(config.n_layer):
-        for name, heads in ((f"blk.{i}.attn_q.weight", config.n_head), (f"blk.{i}.attn_k.weight", config.kv_heads)):
-            out[name] = np.ascontiguousarray(interleave_rotary(out[name], heads))
+def deinterleave_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
+    """interleave_rotary undone: llama.cpp's rotary pairs back to ours."""
+    return weight.reshape(heads, -1, 2, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def rotary_heads(config) -> dict[str, int]:
+    """The llama tensors whose rows are rotated (q's and k's of each layer), and their heads."""
+    return {f"blk.{i}.attn_{x}.weight": heads for i in range(config.n_layer)
+            for x, heads in (("q", config.n_head), ("k", config.kv_heads))}
+
+
+def gguf_tensors(config, params: dict[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+    """Our table's tensors -> the GGUF tensors of llama.cpp's `arch` (fp32, row-major), in file order."""
+    out = llmc.renamed(config, params, GGUF_NAMES[arch])
+    for name, heads in rotary_heads(config).items() if arch == "llama" else ():
+        out[name] = np.ascontiguousarray(interleave_rotary(out[name], heads))
     return out
 
 
@@ -142,7 +127,7 @@ def add_metadata(writer, config, arch: str) -> None:
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
     if arch == "gpt2":
-        writer.add_layer_norm_eps(LAYER_NORM_EPS)
+        writer.add_layer_norm_eps(NORM_EPS)
         return
     writer.add_head_count_kv(config.kv_heads)
     writer.add_layer_norm_rms_eps(NORM_EPS)
@@ -201,8 +186,7 @@ def export_gguf(model_path, output, tokenizer: Tokenizer, weight_type: str = "f1
         writer.add_eos_token_id(tokenizer.eot)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        tensors = gguf_tensors(config, model.params) if arch == "gpt2" else llama_tensors(config, model.params)
-        for name, value in tensors.items():
+        for name, value in gguf_tensors(config, model.params, arch).items():
             kind = qtype if value.ndim == 2 else gguf.GGMLQuantizationType.F32
             writer.add_tensor(name, gguf.quants.quantize(value, kind), raw_dtype=kind)
         writer.write_header_to_file()
@@ -249,7 +233,7 @@ def _metadata(reader, key: str, path):
 
     field = reader.fields.get(key)
     if field is None:
-        raise BadInput(f"{path}: no {key} in its metadata (not a GPT-2 GGUF file that export --gguf writes)")
+        raise BadInput(f"{path}: no {key} in its metadata (not a GGUF file that export --gguf writes)")
     strings = gguf.GGUFValueType.STRING
     try:
         if field.types[0] == gguf.GGUFValueType.ARRAY:
@@ -261,20 +245,31 @@ def _metadata(reader, key: str, path):
         raise BadInput(f"{path}: its metadata {key} is not a value that export --gguf writes") from None
 
 
-def read_config(reader, path) -> GPTConfig:
-    """The GPTConfig of a gpt2 GGUF file, BadInput for anything our model cannot represent exactly."""
-    if metadata(reader, "general.architecture", path) != "gpt2":
-        raise BadInput(f"{path}: architecture {metadata(reader, 'general.architecture', path)!r}; only gpt2 can be imported")
-    size = {key: metadata(reader, f"gpt2.{key}", path, int) for key in (
+def read_config(reader, path) -> tuple[GPTConfig, str]:
+    """The GPTConfig of a gpt2 or llama GGUF file, and its architecture; BadInput for anything our model
+    cannot represent exactly."""
+    arch = metadata(reader, "general.architecture", path)
+    if arch not in GGUF_NAMES:
+        raise BadInput(f"{path}: architecture {arch!r}; only {' and '.join(GGUF_NAMES)} can be imported")
+    size = {key: metadata(reader, f"{arch}.{key}", path, int) for key in (
         "context_length", "embedding_length", "feed_forward_length", "block_count", "attention.head_count")}
     tokens = metadata(reader, "tokenizer.ggml.tokens", path, list)
-    config = GPTConfig(block_size=size["context_length"], vocab_size=len(tokens), n_layer=size["block_count"],
-                       n_head=size["attention.head_count"], n_embd=size["embedding_length"])
-    if size["feed_forward_length"] != 4 * config.n_embd:
-        raise BadInput(f"{path}: unsupported feed_forward_length {size['feed_forward_length']} (ours is 4 * {config.n_embd})")
-    eps = metadata(reader, "gpt2.attention.layer_norm_epsilon", path, float)
-    if abs(eps - LAYER_NORM_EPS) > 1e-9:
-        raise BadInput(f"{path}: unsupported layer_norm_epsilon {eps} (ours is {LAYER_NORM_EPS})")
+    shape = dict(block_size=size["context_length"], vocab_size=len(tokens), n_layer=size["block_count"],
+                 n_head=size["attention.head_count"], n_embd=size["embedding_length"])
+    config = checked(GPTConfig(**shape), path)  # the sizes, before the llama fields are read against them
+    if arch == "llama":
+        config = checked(llama_config(reader, path, shape, size["feed_forward_length"]), path)
+    if size["feed_forward_length"] != config.hidden_size:
+        raise BadInput(f"{path}: unsupported feed_forward_length {size['feed_forward_length']} (ours is {config.hidden_size})")
+    eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
+    eps = metadata(reader, f"{arch}.{eps_key}", path, float)
+    if abs(eps - NORM_EPS) > 1e-9:
+        raise BadInput(f"{path}: unsupported {eps_key.split('.')[-1]} {eps} (ours is {NORM_EPS})")
+    return config, arch
+
+
+def checked(config: GPTConfig, path) -> GPTConfig:
+    """`config`, or BadInput naming `path` when it is impossible or does not fit this machine."""
     try:
         config.validate()
         config.check_fits_in_memory()
@@ -283,34 +278,54 @@ def read_config(reader, path) -> GPTConfig:
     return config
 
 
-def read_params(reader, config: GPTConfig, path) -> dict[str, np.ndarray]:
-    """The 16 llm.c tensors from the GGUF tensors (dequantised to fp32; wte padded with zeros)."""
+def llama_config(reader, path, shape: dict, hidden: int) -> GPTConfig:
+    """The GPTConfig of a llama GGUF file of sizes `shape` and MLP width `hidden`: the Llama block, with
+    its kv heads and rope base, and the head tied unless the file holds output.weight."""
+    kv_heads = optional_metadata(reader, "llama.attention.head_count_kv", path, shape["n_head"])
+    theta = optional_metadata(reader, "llama.rope.freq_base", path, 10000.0)
+    if not math.isfinite(theta) or theta != int(theta) or any(key.startswith("llama.rope.scaling.") for key in reader.fields):
+        raise BadInput(f"{path}: unsupported rope (freq_base {theta}, or a rope scaling); ours is plain rope of an "
+                       f"integer base")
+    head_size = shape["n_embd"] // shape["n_head"]
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        if optional_metadata(reader, f"llama.{key}", path, head_size) != head_size:
+            raise BadInput(f"{path}: unsupported {key} {metadata(reader, f'llama.{key}', path)} (ours is the head "
+                           f"size, {head_size})")
+    tied = "output.weight" not in {t.name for t in reader.tensors}
+    return llama_block(hidden, kv_heads, tied, int(theta), **shape)
+
+
+def optional_metadata(reader, key: str, path, default):
+    """A number that the file may leave out (llama.cpp then takes `default`)."""
+    return metadata(reader, key, path, type(default)) if key in reader.fields else default
+
+
+def read_params(reader, config: GPTConfig, arch: str, path) -> dict[str, np.ndarray]:
+    """Our table's tensors from the GGUF tensors of llama.cpp's `arch` (dequantised to fp32; wte padded
+    with zeros)."""
     import gguf
 
-    layout = list(tensor_layout(config))
+    expected = llmc.renamed_shapes(config, GGUF_NAMES[arch])
     stored = {t.name: t for t in reader.tensors}
-    expected = {gguf_name for _, _, gguf_name, _ in layout}
-    if stored.keys() != expected:
-        missing, extra = sorted(expected - stored.keys()), sorted(stored.keys() - expected)
-        raise BadInput(f"{path}: its tensors are not a gpt2 model's of its metadata's shape (missing {missing[:3]}, "
+    if stored.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+        raise BadInput(f"{path}: its tensors are not a {arch} model's of its metadata's shape (missing {missing[:3]}, "
                        f"unexpected {extra[:3]})")
-    params = {name: np.zeros(shape, dtype=np.float32) for name, shape, _ in llmc.tensors(config)}
-    for name, layer, gguf_name, shape in layout:
-        tensor = stored[gguf_name]
+    values = {}
+    for name, shape in expected.items():
+        tensor = stored[name]
         found = tuple(reversed(tensor.shape.tolist()))  # GGUF lists the innermost dimension first
         if found != shape:
-            raise BadInput(f"{path}: {gguf_name} has shape {list(found)}, expected {list(shape)}")
+            raise BadInput(f"{path}: {name} has shape {list(found)}, expected {list(shape)}")
         try:
-            value = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(shape)
+            values[name] = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(shape)
         except NotImplementedError:
-            raise BadInput(f"{path}: {gguf_name} is stored as {tensor.tensor_type.name}, which is not read here") from None
-        if not np.isfinite(value).all():
-            raise BadInput(f"{path}: {gguf_name} holds NaN or infinite values")
-        if layer is None:
-            params[name][: shape[0]] = value  # wte: the padding rows stay zero
-        else:
-            params[name][layer] = value
-    return params
+            raise BadInput(f"{path}: {name} is stored as {tensor.tensor_type.name}, which is not read here") from None
+        if not np.isfinite(values[name]).all():
+            raise BadInput(f"{path}: {name} holds NaN or infinite values")
+    for name, heads in rotary_heads(config).items() if arch == "llama" else ():
+        values[name] = deinterleave_rotary(values[name], heads)
+    return llmc.gathered(config, values, GGUF_NAMES[arch])
 
 
 def read_tokenizer(reader, path) -> Tokenizer:
@@ -336,7 +351,7 @@ def import_gguf(path, output) -> GPTConfig:
     if os.path.exists(output) and os.path.samefile(path, output):
         raise BadInput(f"-o {output}: is the file it converts; write the model elsewhere")
     reader = read_gguf(path)
-    config = read_config(reader, path)
+    config, arch = read_config(reader, path)
     tokenizer = read_tokenizer(reader, path)
-    write_imported_model(output, config, read_params(reader, config, path), tokenizer)
+    write_imported_model(output, config, read_params(reader, config, arch, path), tokenizer)
     return config

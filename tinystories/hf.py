@@ -1,4 +1,4 @@
-"""Hugging Face interop: export a model file to a `transformers` GPT-2 or Llama folder, and import a GPT-2 one.
+"""Hugging Face interop: export a model file to a `transformers` GPT-2 or Llama folder, and import either.
 
 A model of GPT-2's block exports to GPT2LMHeadModel (below); one of the Llama block (create_model.py
 --arch llama: RoPE, RMSNorm, SwiGLU, no biases; any kv heads, MLP width, rope base, tied head or not)
@@ -51,8 +51,8 @@ is either absent, the old folder, or the complete new one. An existing target is
 is empty or holds nothing but files that export writes; anything else needs `force=True`. A target that
 is or holds the current folder or the model file is never replaced.
 
-Import reads a GPT-2 architecture folder (config.json + model.safetensors, or a sharded
-model.safetensors.index.json) in any float dtype and writes our fp32 llm.c model file with wte padded
+Import reads a GPT-2 or a Llama architecture folder (config.json + model.safetensors, or a sharded
+model.safetensors.index.json) in any float dtype and writes our fp32 model file (llm.c's for GPT-2's block), wte padded
 to Vp rows of zeros. A folder whose vocabulary is not GPT-2's and whose tokenizer.json is a byte-level
 BPE of this project (what export wrote) gives a model whose header names that tokenizer, and the
 tokenizer.json beside the model file, where tokenizer.for_model finds it. Pickled weights
@@ -64,6 +64,12 @@ attention-mask buffers are skipped), finite, with the config's shapes; an untied
 is accepted only when it equals wte. The config's sizes are checked before anything is allocated:
 against the llm.c header's int32 and this machine's memory (GPTConfig), and n_layer against the layers
 the safetensors files hold.
+A Llama folder (model_type "llama") gives a model of the Llama block (config.llama_block: its sizes,
+intermediate_size as the MLP width, num_key_value_heads, rope base, tie_word_embeddings, LlamaConfig's
+defaults for the fields it leaves out): hidden_act "silu", rms_norm_eps 1e-5, no attention or MLP
+biases, head_dim null or hidden_size / heads, and plain rope (rope_parameters of rope_type "default",
+or an older config's rope_theta, no rope_scaling) of an integer base, with exactly the tensors of
+LLAMA_NAMES (rotary inv_freq buffers of old files are skipped).
 """
 import contextlib
 import dataclasses
@@ -77,7 +83,7 @@ import numpy as np
 
 from . import llmc
 from .bpe import EOT_TEXT
-from .config import ANY, ARCHS, NORM_EPS, GPTConfig, export_block
+from .config import ANY, ARCHS, INT32_MAX, NORM_EPS, GPTConfig, export_block, llama_block
 from .errors import BadInput
 from .formats import atomic_write, current_umask, file_size, read_model, read_small_file, write_model
 from .outputs import remove_stale_folders
@@ -92,8 +98,15 @@ GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_lay
                  "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
                  "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                  "add_cross_attention": False, "tie_word_embeddings": True}
+# what LlamaConfig assumes for a field that config.json leaves out (rope_theta: of older configs, which
+# have no rope_parameters)
+LLAMA_DEFAULTS = {"vocab_size": 32000, "max_position_embeddings": 2048, "hidden_size": 4096,
+                  "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": None, "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+                  "attention_bias": False, "mlp_bias": False, "rope_theta": 10000.0, "rope_scaling": None,
+                  "rope_parameters": None, "tie_word_embeddings": False}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # all the tanh approximation of GELU
-LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.")  # a block's tensor: the layer index
+LAYER_NAME = re.compile(r"(?:transformer\.)?h\.(\d+)\.|model\.layers\.(\d+)\.")  # a block's tensor: its layer
 MAX_JSON_BYTES = 16 << 20  # config.json and the safetensors index are kilobytes
 
 # the blocks the export holds (config.export_block): GPT-2's (every field at its default) and Llama's
@@ -328,12 +341,13 @@ def import_folder(folder, output, block_size: int | None = None) -> GPTConfig:
                        if os.path.exists(folder) else f"{folder}: folder not found")
     if _is_input_file(folder, os.fspath(output)):
         raise BadInput(f"-o {output}: would replace a file of the folder it converts; write the model elsewhere")
-    config, tied = read_gpt2_config(os.path.join(folder, "config.json"))
+    config, tied = read_config(os.path.join(folder, "config.json"))
     if block_size is not None and block_size > config.block_size:
         raise BadInput(f"--block-size: {block_size} is more than the model's {config.block_size} positions")
-    tensors = read_gpt2_tensors(folder, config, tied)
+    tensors = read_tensors(folder, config, tied)
     config = dataclasses.replace(config, block_size=block_size or config.block_size)
-    write_imported_model(output, config, llmc_params(config, tensors), folder_tokenizer(folder, config))
+    params = llmc_params(config, tensors) if config.gpt2_block else llmc.gathered(config, tensors, LLAMA_NAMES)
+    write_imported_model(output, config, params, folder_tokenizer(folder, config))
     return config
 
 
@@ -380,9 +394,9 @@ def _is_input_file(folder: str, output: str) -> bool:
     return beside and (name == "config.json" or name.endswith((".safetensors", SAFETENSORS_INDEX)))
 
 
-def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
-    """GPTConfig of a GPT2Config file (block size = n_positions), and whether it
-    declares the head tied. BadInput for anything our model cannot represent exactly."""
+def read_config(path: str) -> tuple[GPTConfig, bool]:
+    """GPTConfig of a GPT2Config or LlamaConfig file (block size = n_positions, max_position_embeddings),
+    and whether it declares the head tied. BadInput for anything our model cannot represent exactly."""
     if not os.path.exists(path):
         raise BadInput(f"{path}: file not found (a Hugging Face model folder has a config.json)")
     try:
@@ -391,33 +405,76 @@ def read_gpt2_config(path: str) -> tuple[GPTConfig, bool]:
         raise BadInput(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a JSON object")
-    if raw.get("model_type") != "gpt2":
-        raise BadInput(f"{path}: model_type is {raw.get('model_type')!r}; only GPT-2 ('gpt2') models can be imported")
-    fields = {**GPT2_DEFAULTS, **{k: v for k, v in raw.items() if k in GPT2_DEFAULTS}}
-    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-        if type(fields[name]) is not int or fields[name] <= 0:
-            raise BadInput(f"{path}: {name} must be a positive integer, got {fields[name]!r}")
-    C = fields["n_embd"]
-    unsupported = [
-        (fields["activation_function"] not in TANH_GELUS,
-         f"activation_function {fields['activation_function']!r} (ours is the tanh GELU: {', '.join(TANH_GELUS)})"),
-        (fields["n_inner"] not in (None, 4 * C), f"n_inner {fields['n_inner']!r} (ours is 4 * n_embd = {4 * C})"),
-        (fields["layer_norm_epsilon"] != 1e-5, f"layer_norm_epsilon {fields['layer_norm_epsilon']!r} (ours is 1e-5)"),
-        (fields["scale_attn_weights"] is not True, "scale_attn_weights false"),
-        (fields["scale_attn_by_inverse_layer_idx"] is not False, "scale_attn_by_inverse_layer_idx true"),
-        (fields["add_cross_attention"] is not False, "add_cross_attention true"),
-    ]
-    for is_unsupported, what in unsupported:
-        if is_unsupported:
-            raise BadInput(f"{path}: unsupported {what}")
-    config = GPTConfig(block_size=fields["n_positions"], vocab_size=fields["vocab_size"],
-                       n_layer=fields["n_layer"], n_head=fields["n_head"], n_embd=C)
+    readers = {"gpt2": gpt2_config, "llama": llama_config}
+    if raw.get("model_type") not in readers:
+        raise BadInput(f"{path}: model_type is {raw.get('model_type')!r}; only GPT-2 ('gpt2') and Llama ('llama') "
+                       f"models can be imported")
+    config, tied = readers[raw["model_type"]](raw, path)
     try:
         config.validate()
         config.check_fits_in_memory()
     except ValueError as e:
         raise BadInput(f"{path}: {e}") from None
+    return config, tied
+
+
+def config_fields(raw: dict, defaults: dict, sizes: tuple[str, ...], path: str) -> dict:
+    """config.json's fields that `defaults` names, the defaults for those it leaves out; BadInput unless
+    each of `sizes` is a positive integer."""
+    fields = {**defaults, **{k: v for k, v in raw.items() if k in defaults}}
+    for name in sizes:
+        if type(fields[name]) is not int or fields[name] <= 0:
+            raise BadInput(f"{path}: {name} must be a positive integer, got {fields[name]!r}")
+    return fields
+
+
+def refuse_unsupported(checks: list[tuple[bool, str]], path: str) -> None:
+    for is_unsupported, what in checks:
+        if is_unsupported:
+            raise BadInput(f"{path}: unsupported {what}")
+
+
+def gpt2_config(raw: dict, path: str) -> tuple[GPTConfig, bool]:
+    fields = config_fields(raw, GPT2_DEFAULTS, ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"), path)
+    C = fields["n_embd"]
+    refuse_unsupported([
+        (fields["activation_function"] not in TANH_GELUS,
+         f"activation_function {fields['activation_function']!r} (ours is the tanh GELU: {', '.join(TANH_GELUS)})"),
+        (fields["n_inner"] not in (None, 4 * C), f"n_inner {fields['n_inner']!r} (ours is 4 * n_embd = {4 * C})"),
+        (fields["layer_norm_epsilon"] != NORM_EPS, f"layer_norm_epsilon {fields['layer_norm_epsilon']!r} (ours is 1e-5)"),
+        (fields["scale_attn_weights"] is not True, "scale_attn_weights false"),
+        (fields["scale_attn_by_inverse_layer_idx"] is not False, "scale_attn_by_inverse_layer_idx true"),
+        (fields["add_cross_attention"] is not False, "add_cross_attention true"),
+    ], path)
+    config = GPTConfig(block_size=fields["n_positions"], vocab_size=fields["vocab_size"],
+                       n_layer=fields["n_layer"], n_head=fields["n_head"], n_embd=C)
     return config, fields["tie_word_embeddings"] is not False
+
+
+def llama_config(raw: dict, path: str) -> tuple[GPTConfig, bool]:
+    sizes = ("vocab_size", "max_position_embeddings", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads")
+    fields = config_fields(raw, LLAMA_DEFAULTS, sizes, path)
+    H, C = fields["num_attention_heads"], fields["hidden_size"]
+    rope = fields["rope_parameters"] or {"rope_type": "default", "rope_theta": fields["rope_theta"]}
+    theta = rope.get("rope_theta", fields["rope_theta"]) if isinstance(rope, dict) else None
+    kv_heads = H if fields["num_key_value_heads"] is None else fields["num_key_value_heads"]
+    refuse_unsupported([
+        (fields["hidden_act"] != "silu", f"hidden_act {fields['hidden_act']!r} (ours is SwiGLU's 'silu')"),
+        (fields["rms_norm_eps"] != NORM_EPS, f"rms_norm_eps {fields['rms_norm_eps']!r} (ours is 1e-5)"),
+        (fields["attention_bias"] is not False, "attention_bias true (ours has no biases)"),
+        (fields["mlp_bias"] is not False, "mlp_bias true (ours has no biases)"),
+        (fields["head_dim"] not in (None, C // H), f"head_dim {fields['head_dim']!r} (ours is hidden_size / heads)"),
+        (type(kv_heads) is not int or kv_heads <= 0, f"num_key_value_heads {kv_heads!r}"),
+        (fields["rope_scaling"] is not None or not isinstance(rope, dict) or set(rope) - {"rope_type", "rope_theta"}
+         or rope.get("rope_type", "default") != "default", f"rope {rope!r} (ours is plain rope, no scaling)"),
+        (type(theta) not in (int, float) or not 0 < theta <= INT32_MAX or theta != int(theta),
+         f"rope_theta {theta!r} (ours is a positive integer base)"),
+    ], path)
+    config = llama_block(fields["intermediate_size"], kv_heads, fields["tie_word_embeddings"] is True, int(theta),
+                         block_size=fields["max_position_embeddings"], vocab_size=fields["vocab_size"],
+                         n_layer=fields["num_hidden_layers"], n_head=H, n_embd=C)
+    return config, config.tied_head
 
 
 def _safetensors_paths(folder: str) -> list[str]:
@@ -438,18 +495,27 @@ def _safetensors_paths(folder: str) -> list[str]:
     raise BadInput(f"{folder}: no {SAFETENSORS} (the weights of a Hugging Face model folder)")
 
 
-def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, np.ndarray]:
-    """The GPT-2 state dict (names without `transformer.`) as fp32 arrays, after checking that
-    exactly the expected tensors are present with the expected shapes and finite values."""
+def folder_tensors(config: GPTConfig) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The tensors a folder of `config` holds (name without `transformer.` -> shape) and the token
+    embedding's name."""
+    if config.gpt2_block:
+        return hf_tensor_shapes(config), "wte.weight"
+    return llmc.renamed_shapes(config, LLAMA_NAMES), LLAMA_NAMES["wte"]
+
+
+def read_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, np.ndarray]:
+    """The folder's state dict (GPT-2's names without `transformer.`, or Llama's) as fp32 arrays, after
+    checking that exactly the expected tensors are present with the expected shapes and finite values."""
     paths = _safetensors_paths(folder)
-    layers = len({int(m.group(1)) for path in paths for m in map(LAYER_NAME.match, _tensor_names(path)) if m})
+    layers = len({int(m.group(1) or m.group(2)) for path in paths for m in map(LAYER_NAME.match, _tensor_names(path)) if m})
     if layers != config.n_layer:  # before the expected names are listed: n_layer may be absurd
-        raise BadInput(f"{folder}: config.json gives n_layer {config.n_layer:,}, but the weights hold {layers:,} layers")
-    expected = hf_tensor_shapes(config)
+        field = "n_layer" if config.gpt2_block else "num_hidden_layers"
+        raise BadInput(f"{folder}: config.json gives {field} {config.n_layer:,}, but the weights hold {layers:,} layers")
+    expected, embedding = folder_tensors(config)
     tensors, head = {}, None
     for path in paths:
         for name, value in _read_safetensors(path, expected, config).items():
-            if name == "lm_head.weight":
+            if name == "lm_head.weight" and name not in expected:
                 head = (path, value)
             else:
                 tensors[name] = value
@@ -457,12 +523,12 @@ def read_gpt2_tensors(folder: str, config: GPTConfig, tied: bool) -> dict[str, n
     if missing:
         raise BadInput(f"{folder}: tensor {missing[0]} missing "
                        f"({len(missing)} of {len(expected)} expected tensors absent)")
-    if not tied:  # transformers would use lm_head.weight as stored; it must be wte for our tied head
+    if not tied and config.tied_head:  # transformers would use lm_head.weight as stored; it must be wte for our tied head
         if head is None:
             raise BadInput(f"{folder}: config unties the output head (tie_word_embeddings false) "
                            f"but no lm_head.weight is stored")
-        if not np.array_equal(head[1], tensors["wte.weight"]):
-            raise BadInput(f"{head[0]}: lm_head.weight differs from wte.weight; "
+        if not np.array_equal(head[1], tensors[embedding]):
+            raise BadInput(f"{head[0]}: lm_head.weight differs from {embedding}; "
                            f"our model ties the output head to the embedding")
     return tensors
 
@@ -495,11 +561,11 @@ def _read_safetensors(path: str, expected: dict, config: GPTConfig) -> dict[str,
     with _safetensors_file(path) as f:
         for key in f.keys():
             name = key.removeprefix("transformer.")
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # causal-mask buffers, not weights
-            want = (config.vocab_size, config.n_embd) if name == "lm_head.weight" else expected.get(name)
+            if name.endswith((".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")):
+                continue  # causal-mask and rotary buffers, not weights
+            want = expected.get(name, (config.vocab_size, config.n_embd) if name == "lm_head.weight" else None)
             if want is None:
-                raise BadInput(f"{path}: unexpected tensor {key} (not part of a GPT-2 of this config)")
+                raise BadInput(f"{path}: unexpected tensor {key} (not part of a model of this config)")
             shape = tuple(f.get_slice(key).get_shape())
             if shape != want:
                 raise BadInput(f"{path}: tensor {key} has shape {list(shape)}, expected {list(want)}")

@@ -52,26 +52,52 @@ def tensors(config) -> list[tuple[str, tuple[int, ...], str]]:
     return [(name, shape, parameter) for name, shape, parameter, present in rows if present]
 
 
-def split_qkv(config, value) -> list:
-    """A layer's qkvw (or qkvb) rows as q (H hs, ...), k and v (KV hs, ...) each."""
+def _pieces(config, names: dict):
+    """(row's llm.c name, layer or None, the other program's name, the row's rows it holds: a slice) of
+    every tensor that `names` gives (see `renamed`), in file order."""
     H, KV, hs = config.n_head, config.kv_heads, config.head_size
-    return [value[: H * hs], value[H * hs : (H + KV) * hs], value[(H + KV) * hs :]]
+    qkv_bounds = (0, H * hs, (H + KV) * hs, (H + 2 * KV) * hs)  # q, then k and v of the kv heads
+    for name, shape, parameter in tensors(config):
+        layered = per_layer(parameter)
+        targets = names[name]
+        if isinstance(targets, tuple):  # qkvw's (qkvb's) three parts
+            parts = [(target, slice(a, b)) for target, a, b in zip(targets, qkv_bounds, qkv_bounds[1:])]
+        else:
+            parts = [(targets, slice(0, config.vocab_size if name == "wte" else shape[1 if layered else 0]))]
+        for layer in range(config.n_layer) if layered else [None]:
+            for target, rows in parts:
+                yield name, layer, target.format(i=layer), rows
 
 
 def renamed(config, params: dict, names: dict) -> dict:
     """The table's tensors `params` as another program names them (fp32 numpy, contiguous): `names` maps
-    a row's llm.c name to the name of one layer's tensor ({i}: the layer), or qkvw's (and qkvb's) to three
-    names, q's, k's and v's; wte loses its padding rows. Every row of the config must be named."""
+    a row's llm.c name to the name of one layer's tensor ({i}: the layer), or to three names, q's, k's and
+    v's, for a qkvw (qkvb) that the program splits; wte loses its padding rows. Every row of the config
+    must be named."""
     import numpy as np
 
     out = {}
-    for name, _, parameter in tensors(config):
-        for i, value in enumerate(params[name] if per_layer(parameter) else [params[name]]):
-            split = name in ("qkvw", "qkvb")
-            for target, part in zip(names[name] if split else [names[name]], split_qkv(config, value) if split else [value]):
-                out[target.format(i=i)] = np.ascontiguousarray(part[: config.vocab_size] if name == "wte" else part,
-                                                               dtype=np.float32)
+    for name, layer, target, rows in _pieces(config, names):
+        value = params[name] if layer is None else params[name][layer]
+        out[target] = np.ascontiguousarray(value[rows], dtype=np.float32)
     return out
+
+
+def renamed_shapes(config, names: dict) -> dict:
+    """The shape of each tensor `renamed` gives, by name, in its order."""
+    shapes = dict((name, shape[1:] if per_layer(parameter) else shape) for name, shape, parameter in tensors(config))
+    return {target: (rows.stop - rows.start, *shapes[name][1:]) for name, _, target, rows in _pieces(config, names)}
+
+
+def gathered(config, values: dict, names: dict) -> dict:
+    """`renamed` undone: the tensors `values` (numpy, by the other program's names, every one present with
+    its shape) as the table's fp32 tensors, wte's padding rows zero."""
+    import numpy as np
+
+    params = {name: np.zeros(shape, dtype=np.float32) for name, shape, _ in tensors(config)}
+    for name, layer, target, rows in _pieces(config, names):
+        (params[name] if layer is None else params[name][layer])[rows] = values[target]
+    return params
 
 
 def per_layer(parameter: str) -> bool:
