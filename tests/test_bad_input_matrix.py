@@ -155,17 +155,22 @@ GGUF_METADATA = {  # what read_config reads first, as export --gguf writes it (a
     "gpt2.feed_forward_length": ("uint32", 32), "gpt2.block_count": ("uint32", 1),
     "gpt2.attention.head_count": ("uint32", 1), "tokenizer.ggml.tokens": ("array", ["a", "b"]),
     "gpt2.attention.layer_norm_epsilon": ("float32", 1e-5)}
+LLAMA_GGUF_METADATA = {  # the same as llama.cpp's llama
+    **{key.replace("gpt2.", "llama."): value for key, value in GGUF_METADATA.items() if "epsilon" not in key},
+    "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5), "llama.attention.head_count_kv": ("uint32", 1)}
 
 
 def gguf_metadata_with(key: str, kind: str, value):
-    """A GGUF file of GGUF_METADATA (no tensors) with `key` written as `kind` (a GGUFWriter add_<kind>)."""
+    """A GGUF file of GGUF_METADATA, or LLAMA_GGUF_METADATA for a llama.* key (no tensors), with `key`
+    written as `kind` (a GGUFWriter add_<kind>)."""
     def make(d):
         import gguf
 
+        arch, metadata = ("llama", LLAMA_GGUF_METADATA) if key.startswith("llama.") else ("gpt2", GGUF_METADATA)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "m.gguf")
-            writer = gguf.GGUFWriter(path, "gpt2")
-            for name, (how, data) in dict(GGUF_METADATA, **{key: (kind, value)}).items():
+            writer = gguf.GGUFWriter(path, arch)
+            for name, (how, data) in dict(metadata, **{key: (kind, value)}).items():
                 getattr(writer, f"add_{how}")(name, data)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
@@ -473,6 +478,14 @@ CASES = [
          bad=gguf_metadata_with("gpt2.attention.head_count", "bool", True)),
     case("import-gguf-string-epsilon", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "layer_norm_epsilon", "a number"],
          bad=gguf_metadata_with("gpt2.attention.layer_norm_epsilon", "string", "1e-5")),
+    case("import-llama-gguf-no-heads", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "n_head must be positive"],
+         bad=gguf_metadata_with("llama.attention.head_count", "uint32", 0)),
+    case("import-llama-gguf-string-kv-heads", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "head_count_kv", "an integer"],
+         bad=gguf_metadata_with("llama.attention.head_count_kv", "string", "1")),
+    case("import-llama-gguf-infinite-rope-base", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "unsupported rope"],
+         bad=gguf_metadata_with("llama.rope.freq_base", "float32", float("inf"))),
+    case("import-llama-gguf-odd-rope-dimensions", "import", "-i {bad} -o {folder}/m.bin", ["{bad}", "rope.dimension_count 3"],
+         bad=gguf_metadata_with("llama.rope.dimension_count", "uint32", 3)),
     case("plot-output-is-a-device", "plot", "{afile} -o {device}", ["-o {device}", "not a regular file"], skip=NOT_ROOT),
     # prepare_data.py
     case("prepare-source-unknown-kind", "prepare", "--source {afile} --out-dir {folder}", ["--source {afile}", "unknown kind"]),
