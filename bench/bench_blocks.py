@@ -30,7 +30,7 @@ from tinystories.config import MODEL_PRESETS, RECOMMENDED_VOCAB  # noqa: E402
 
 # shape name -> {block: create_model.py flags}
 SHAPES = {
-    "fastest": {"gpt2": MODEL_PRESETS["fastest"], "llama": {**MODEL_PRESETS["fastest"], "arch": "llama"}},
+    "fastest": {"gpt2": {**MODEL_PRESETS["fastest"], "arch": "gpt2"}, "llama": {**MODEL_PRESETS["fastest"], "arch": "llama"}},
     "260K": {"gpt2": {"layers": 5, "heads": 8, "channels": 64, "block_size": 256},
              "llama": MODEL_PRESETS["llama260k"]},
 }

@@ -1,9 +1,9 @@
 """eval's speed: tokens scored per second by `tinystories eval` against the formulation it had before
 (issue 31), and against the same model's training tokens/s, in one process.
 
-The model is the fastest preset (1 layer, 4 heads, 128 channels, block 256) with a 4,096-token BPE
-trained on the train excerpt of ../shared/data; it scores the first --tokens tokens of the val
-excerpt in windows of 257 tokens, on the CPU:
+The model is the fastest preset (the Llama block, 1 layer, 4 heads, 128 channels, block 256; --arch
+gpt2: GPT-2's block) with a 4,096-token BPE trained on the train excerpt of ../shared/data; it scores
+the first --tokens tokens of the val excerpt in windows of 257 tokens, on the CPU:
   before          eval as it was: -b 8 windows per forward pass, the output layer in fp32, a separate
                   fp32 F.cross_entropy per 1,024 rows, eager (`before_window_nats` below, kept here as it was)
   the others      eval's default -b (eval_parser's, 8), every batch padded to that one shape (a batch
@@ -14,9 +14,10 @@ excerpt in windows of 257 tokens, on the CPU:
   bf16 eager / bf16 compiled   the matrix products under bf16 autocast, the loss summed in fp32
   train step      ./train --config configs/fastest.toml's step (tinystories.step.TrainStep: Muon, B=8,
                   T=256, --precision auto and --compile auto as that config's run of 2,000 steps decides)
-Rounds alternate between the variants; compile time is the warm-up (not timed in tokens/s).
+Rounds alternate between the variants, each called --calls times in a row per round; compile time is
+the warm-up (not timed in tokens/s).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_eval.py [--tokens 33000] [--rounds 3] [--threads N] [--batch 8]
+    PYTHONPATH=. .venv/bin/python bench/bench_eval.py [--tokens 33000] [--rounds 3] [--calls 3] [--threads N] [--batch 8]
 
 (PYTHONPATH=. so that `tinystories` is this checkout's, not the editable install's, which may be another.)
 """
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from tinystories import bpe, evaluate
 from tinystories.cli import eval_parser, train_parser
-from tinystories.config import MODEL_PRESETS, GPTConfig, TrainConfig
+from tinystories.config import ARCHS, MODEL_PRESETS, GPTConfig, TrainConfig
 from tinystories.config_file import parse_with_config
 from tinystories.device import autocast, resolve_precision, select_head_loss, use_compile
 from tinystories.model import GPT
@@ -72,9 +73,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=33_000, help="val tokens scored per call")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=3, help="calls of each variant in a row, per round: a "
+                        "variant's first call after another's runs on cold caches, which weighs on the fastest")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, the cores)")
     parser.add_argument("--batch", type=int, default=eval_parser().get_default("batch_size"),
                         help="windows per forward pass of the variants other than before")
+    parser.add_argument("--arch", choices=ARCHS, default=None, help="the model's block (default: the preset's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +88,7 @@ def main() -> None:
     tokens = val[: args.tokens]
     shape = MODEL_PRESETS["fastest"]
     model = GPT(GPTConfig(block_size=shape["block_size"], vocab_size=4096, n_layer=shape["layers"],
-                          n_head=shape["heads"], n_embd=shape["channels"]))
+                          n_head=shape["heads"], n_embd=shape["channels"], **ARCHS[args.arch or shape["arch"]]))
     model.init_weights(1337)
     cpu = torch.device("cpu")
     auto = resolve_precision("auto", cpu)
@@ -117,7 +121,7 @@ def main() -> None:
             rows = torch.from_numpy(val[start : start + B * T + 1].astype(np.int64))
             return step([(rows[:-1].view(B, T), rows[1:].view(B, T))], cfg.learning_rate)[0].item()
 
-        timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, warmup=3)
+        timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, calls=args.calls, warmup=3)
     scored = (tokens.size // (T + 1)) * T + max(0, tokens.size % (T + 1) - 1)
     print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; -b {args.batch} "
           f"train step: {precision}, {'compiled' if step.compiled else 'eager'}, B={B}, T={T}")

@@ -13,7 +13,7 @@ from conftest import ONE_THREAD, REPO, TINY, assert_one_line_error, logged, run,
 
 from tinystories import tokenizer
 from tinystories.cli import train_parser
-from tinystories.config import MODEL_PRESETS, RECOMMENDED_VOCAB
+from tinystories.config import ARCHS, MODEL_PRESETS, RECOMMENDED_VOCAB
 from tinystories.config_file import config_defaults
 from tinystories.formats import read_model, read_token_header, write_tokens
 from tinystories.generate import sample_story
@@ -239,6 +239,7 @@ def test_preset_fastest_takes_its_shape_and_the_tokenizers_vocabulary(run_dir, t
     config, preset = read_model(tmp_path / "fastest.bin").config, MODEL_PRESETS["fastest"]
     assert (config.n_layer, config.n_head, config.n_embd, config.block_size, config.vocab_size) == (
         preset["layers"], preset["heads"], preset["channels"], preset["block_size"], VOCAB)
+    assert {name: getattr(config, name) for name in ARCHS["llama"]} == ARCHS[preset["arch"]]  # the Llama block
     run("create_model.py", "--preset", "fastest", "--layers", "3", "--tokenizer", run_dir / "data" / "tokenizer.json",
         "-o", tmp_path / "three.bin")
     assert preset["layers"] != 3 and read_model(tmp_path / "three.bin").config.n_layer == 3  # a flag beside it wins

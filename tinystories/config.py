@@ -231,7 +231,9 @@ BPE_SAMPLE_BYTES = 200_000_000
 # create_model.py --preset fastest (its flags' values here), and ./train --config configs/fastest.toml.
 RECOMMENDED_VOCAB = 4096
 MODEL_PRESETS = {
-    "fastest": {"layers": 1, "heads": 4, "channels": 128, "block_size": 256},
+    # the fastest way to a story model (README): the Llama block at the shape bench_shapes.py chose
+    # (BENCHMARKS.md "Model shape", and "Llama-style block against GPT-2's" for the block)
+    "fastest": {"arch": "llama", "layers": 1, "heads": 4, "channels": 128, "block_size": 256},
     # llama2.c's 260K TinyStories model (dim 64, 5 layers, 8 heads, 4 kv heads, hidden 172), our block size
     "llama260k": {"arch": "llama", "layers": 5, "heads": 8, "kv_heads": 4, "channels": 64, "mlp_hidden": 172,
                   "block_size": 256},
