@@ -249,7 +249,7 @@ def generate_parser() -> Parser:
     p = Parser(prog="generate", description="Print a story sampled from a trained model.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
+    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (either block)")
     a("-n", "--tokens", type=positive_int, default=256, help="tokens to generate (at most the block size minus the prompt)")
     a("-s", "--seed", type=seed_int, default=None, help="random seed; the same seed gives the same story (default: a fresh one, printed)")
     a("-p", "--prompt", default="", help="text the story starts with (default: a new story after <|endoftext|>)")
@@ -280,7 +280,7 @@ def eval_parser() -> Parser:
         "into non-overlapping windows of -t + 1 tokens (the first token of each is context only); a tail of "
         "2 or more tokens is one shorter window."))
     a = p.add_argument
-    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (llm.c format)")
+    a("-e", "--model", default="checkpoint.bin", help="model or checkpoint file (either block)")
     a("-i", "--tokens", default="data/tinystories/TinyStories_val.bin", help="token file to score")
     a("-t", "--seq-len", type=non_negative_int, default=0, help="tokens per window less one; 0 = the model's block size")
     a("-b", "--batch-size", type=positive_int, default=8, help="windows per forward pass")
