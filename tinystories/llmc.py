@@ -14,7 +14,8 @@ table is exactly llm.c's 16.
 
 Everything else is derived from the table, by name: the shapes of a model file's tensors
 (formats.model_tensor_shapes), the parameter count (GPTConfig.num_parameters), moving weights in
-and out of a GPT (model_params, load_params; model.read_gpt) and the exports (hf.py, gguf_file.py).
+and out of a GPT (model_params, load_params; model.read_gpt), and the exports and imports (hf.py,
+gguf_file.py: renamed and gathered, with each program's names for the rows).
 
 This module imports nothing at the top, so that config.py can count parameters with it while the
 command line starts without torch.
@@ -85,7 +86,7 @@ def renamed(config, params: dict, names: dict) -> dict:
 
 def renamed_shapes(config, names: dict) -> dict:
     """The shape of each tensor `renamed` gives, by name, in its order."""
-    shapes = dict((name, shape[1:] if per_layer(parameter) else shape) for name, shape, parameter in tensors(config))
+    shapes = {name: shape[1:] if per_layer(parameter) else shape for name, shape, parameter in tensors(config)}
     return {target: (rows.stop - rows.start, *shapes[name][1:]) for name, _, target, rows in _pieces(config, names)}
 
 
