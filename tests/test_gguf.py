@@ -181,7 +181,7 @@ def llama_gguf_edited(source, out, drop=(), **values):
     return out
 
 
-def test_import_of_a_llama_gguf_takes_llama_cpp_defaults_for_what_it_leaves_out(trained, tmp_path):
+def test_import_of_a_llama_gguf_takes_llama_cpp_defaults_for_what_it_leaves_out(tmp_path):
     """head_count_kv, rope.freq_base and rope.dimension_count may be absent (llama.cpp's defaults: the heads,
     10000, the head size): a file without them is a model with as many kv heads as heads."""
     run("create_model.py", *TINY, "--arch", "llama", "-o", tmp_path / "mha.bin")

@@ -189,11 +189,7 @@ def create_main(argv=None) -> None:
                        f"leave --vocab-size out to take its size")
     config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.layers, n_head=args.heads,
                        n_embd=args.channels, n_kv_head=args.kv_heads, mlp_hidden=args.mlp_hidden, **ARCHS[args.arch])
-    try:
-        config.validate()
-        config.check_fits_in_memory()
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    config.checked()
     check_output(args.output, "-o", replaces=(MODEL,), force="--force", forced=args.force,
                  inputs={"--tokenizer": args.tokenizer})
     model = GPT(config)

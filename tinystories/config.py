@@ -118,6 +118,16 @@ class GPTConfig:
                              f"GiB in fp32, held {WRITE_COPIES} times over while the file is written: more than this "
                              f"machine's {have / 2**30:,.1f} GiB of memory")
 
+    def checked(self, where: str | None = None) -> "GPTConfig":
+        """This config, or BadInput (its message after "`where`: ") when validate or check_fits_in_memory
+        refuses it."""
+        try:
+            self.validate()
+            self.check_fits_in_memory()
+        except ValueError as e:
+            raise BadInput(f"{where}: {e}" if where else str(e)) from None
+        return self
+
     def num_parameters(self, padded: bool = True) -> int:
         """Values stored in a model file (padded=True) or used by the model (padded=False)."""
         stored = sum(math.prod(shape) for _, shape, _ in llmc.tensors(self))

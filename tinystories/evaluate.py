@@ -232,15 +232,16 @@ def main(args) -> None:
     device, precision = runtime.device, runtime.precision
     model.to(device)
     nats_function = scoring_function(args.compile, tokens.size, device)
+    compiled = nats_function is not window_nats
     result = evaluate(model, tokens, tokenizer, seq_len, args.batch_size, device, precision, progress=not args.json,
                       nats_function=nats_function)
     if args.json:
         print(json.dumps(dict(result.as_dict(), model=args.model, tokens_file=args.tokens, tokenizer=tokenizer.name,
-                              seq_len=seq_len, precision=precision, compiled=nats_function is not window_nats),
+                              seq_len=seq_len, precision=precision, compiled=compiled),
                          allow_nan=False))
         return
     print(f"{args.model} on {args.tokens}: {result.targets:,} tokens scored ({result.bytes:,} bytes), "
-          f"windows of {seq_len + 1} tokens, {precision}{', compiled' if nats_function is not window_nats else ''}, "
+          f"windows of {seq_len + 1} tokens, {precision}{', compiled' if compiled else ''}, "
           f"{tokenizer.name}")
     if not math.isfinite(result.loss):
         print(f"loss {result.loss}: not finite, the model's predictions overflow (as after a diverged run)")

@@ -256,9 +256,9 @@ def read_config(reader, path) -> tuple[GPTConfig, str]:
     tokens = metadata(reader, "tokenizer.ggml.tokens", path, list)
     shape = dict(block_size=size["context_length"], vocab_size=len(tokens), n_layer=size["block_count"],
                  n_head=size["attention.head_count"], n_embd=size["embedding_length"])
-    config = checked(GPTConfig(**shape), path)  # the sizes, before the llama fields are read against them
+    config = GPTConfig(**shape).checked(path)  # the sizes, before the llama fields are read against them
     if arch == "llama":
-        config = checked(llama_config(reader, path, shape, size["feed_forward_length"]), path)
+        config = llama_config(reader, path, shape, size["feed_forward_length"]).checked(path)
     if size["feed_forward_length"] != config.hidden_size:
         raise BadInput(f"{path}: unsupported feed_forward_length {size['feed_forward_length']} (ours is {config.hidden_size})")
     eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
@@ -266,16 +266,6 @@ def read_config(reader, path) -> tuple[GPTConfig, str]:
     if abs(eps - NORM_EPS) > 1e-9:
         raise BadInput(f"{path}: unsupported {eps_key.split('.')[-1]} {eps} (ours is {NORM_EPS})")
     return config, arch
-
-
-def checked(config: GPTConfig, path) -> GPTConfig:
-    """`config`, or BadInput naming `path` when it is impossible or does not fit this machine."""
-    try:
-        config.validate()
-        config.check_fits_in_memory()
-    except ValueError as e:
-        raise BadInput(f"{path}: {e}") from None
-    return config
 
 
 def llama_config(reader, path, shape: dict, hidden: int) -> GPTConfig:

@@ -410,12 +410,7 @@ def read_config(path: str) -> tuple[GPTConfig, bool]:
         raise BadInput(f"{path}: model_type is {raw.get('model_type')!r}; only GPT-2 ('gpt2') and Llama ('llama') "
                        f"models can be imported")
     config, tied = readers[raw["model_type"]](raw, path)
-    try:
-        config.validate()
-        config.check_fits_in_memory()
-    except ValueError as e:
-        raise BadInput(f"{path}: {e}") from None
-    return config, tied
+    return config.checked(path), tied
 
 
 def config_fields(raw: dict, defaults: dict, sizes: tuple[str, ...], path: str) -> dict:
