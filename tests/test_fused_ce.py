@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, run
 
 from tinystories.config import GPTConfig
 from tinystories.kernels import fused_ce
@@ -157,3 +157,26 @@ def test_gpt_with_fused_head_matches_plain():
     for name, expected in plain_grads.items():
         assert rel_err(fused_grads[name], expected) <= 1e-4, name
     assert not fused_grads["wte.weight"][config.vocab_size:].any()  # padding rows get no gradient
+
+
+FIRST_CALL = """
+import hashlib, torch
+from tinystories.kernels.fused_ce import fused_head_loss
+g = torch.Generator().manual_seed(0)
+h = torch.randn(64, 32, generator=g).requires_grad_()
+weight = (0.1 * torch.randn(50257, 32, generator=g)).requires_grad_()
+targets = torch.randint(0, 50257, (64,), generator=g)
+torch.mm(torch.ones(512, 512), torch.ones(512, 512))  # a matmul just before, as in a model's forward pass
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    fused_head_loss(h, weight, targets).backward()
+print(hashlib.sha256(h.grad.numpy().tobytes() + weight.grad.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_bf16_gradients_are_the_same_in_every_process():
+    """The bf16 chunk loop's first call gives the same gradients in fresh processes. (It once took
+    the softmax as torch.exp of the log-probabilities, MKL's vector exp on the CPU: on an Intel Xeon
+    with AMX, in about a third of processes one thread's half of the rows came out of a less accurate
+    exp, and a resumed run drifted from the run it resumed.)"""
+    digests = {run("-c", FIRST_CALL).stdout.strip() for _ in range(8)}
+    assert len(digests) == 1, digests

@@ -9,8 +9,7 @@ The rows are processed in chunks of R. For each chunk, in the forward pass:
     logits        = h[rows] @ W.T                  (R, V)  in the compute dtype (bf16 under autocast)
     logprobs      = log_softmax(logits) in fp32    (R, V)
     loss         += -sum of logprobs[row, target]
-    dlogits       = exp(logprobs) - onehot(target) (R, V)  the summed loss's gradient, compute dtype,
-                                                           written over the logits
+    dlogits       = softmax(logits) - onehot(target) (R, V)  the summed loss's gradient, compute dtype
     grad_h[rows]  = dlogits @ W                    (R, C)
     grad_W       += dlogits.T @ h[rows]            (V, C)  summed over chunks in fp32
 
@@ -21,8 +20,9 @@ only the loss is computed.
 The chunk loop and the autograd wrapper (`chunked_head_loss`) are shared with the Triton version
 (triton_ce.py), which only replaces the per-chunk softmax / cross-entropy (`TorchChunkLoss` here).
 
-Memory: one (R, V) logits buffer in the compute dtype (plus an fp32 one under bf16), allocated once
-per call and reused by every chunk, grad_h (N, C) and an fp32 grad_W (V, C); the plain formulation
+Memory: (R, V) buffers for the logits and their gradient in the compute dtype and the fp32
+log-probabilities (in fp32 the gradient takes the log-probabilities' place), allocated once per call
+and reused by every chunk, grad_h (N, C) and an fp32 grad_W (V, C); the plain formulation
 allocates fp32 (N, V) logits and their gradient afresh on every step. On CPU the reuse matters:
 a freshly allocated large tensor costs a page fault per 4 KiB page when first written.
 
@@ -81,14 +81,19 @@ class TorchChunkLoss:
     """The softmax cross-entropy of one chunk of logits, in plain PyTorch, with its buffers.
 
     `logits(n)` is where the chunk's (n, V) logits are written; calling it then returns the chunk's
-    summed loss and its number of targets, and with_grad overwrites the logits with their gradient
-    softmax - onehot (in the compute dtype)."""
+    summed loss, its number of targets and, with_grad, their gradient softmax - onehot (n, V) in the
+    compute dtype (else None).
+
+    The softmax is taken from the logits by torch.softmax, not as exp(logprobs): on the CPU torch.exp
+    of a large fp32 tensor is MKL's vector exp, which on some CPUs (an Intel Xeon with AMX) gives one
+    thread a less accurate result in a process's first parallel call, so a run and its exact resume
+    would differ. torch.softmax uses torch's own exp, and is faster (BENCHMARKS.md)."""
 
     def __init__(self, rows: int, V: int, dtype: torch.dtype, device):
-        self.buffer = torch.empty(rows, V, dtype=dtype, device=device)  # reused by every chunk
-        # fp32 log-probabilities: the logits buffer itself in fp32 (overwritten in place), else their own
-        self.logprobs = self.buffer if dtype == torch.float32 else torch.empty(rows, V, dtype=torch.float32,
-                                                                               device=device)
+        self.buffer = torch.empty(rows, V, dtype=dtype, device=device)  # the logits, reused by every chunk
+        self.logprobs = torch.empty(rows, V, dtype=torch.float32, device=device)
+        # the gradient: over the fp32 log-probabilities once the loss is taken, else in the compute dtype
+        self.grads = self.logprobs if dtype == torch.float32 else torch.empty(rows, V, dtype=dtype, device=device)
 
     def logits(self, n: int) -> torch.Tensor:
         return self.buffer[:n]  # (n, V)
@@ -98,10 +103,11 @@ class TorchChunkLoss:
         logprobs = torch.log_softmax(logits, dim=1, dtype=torch.float32, out=self.logprobs[:n])  # (n, V)
         picked = (torch.arange(n, device=logits.device), targets)  # each row's target entry
         loss_sum = -logprobs[picked].sum()
-        if with_grad:
-            torch.exp(logprobs, out=logits)  # softmax, rounded to the compute dtype
-            logits[picked] -= 1.0  # softmax - onehot
-        return loss_sum, n
+        if not with_grad:
+            return loss_sum, n, None
+        grads = torch.softmax(logits, dim=1, out=self.grads[:n])  # (n, V), rounded to the compute dtype
+        grads[picked] -= 1.0  # softmax - onehot
+        return loss_sum, n, grads
 
 
 def compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -170,17 +176,17 @@ def chunked_loss_and_grads(h, weight, targets, chunk_rows: int, chunk_loss, with
         rows = slice(start, min(start + R, N))
         chunk_h = h[rows]  # (n, C)
         logits = torch.mm(chunk_h, weight.T, out=ce.logits(rows.stop - start))  # (n, V)
-        chunk_sum, chunk_count = ce(logits, targets[rows], with_grads)  # logits now hold dlogits
+        chunk_sum, chunk_count, dlogits = ce(logits, targets[rows], with_grads)  # dlogits: (n, V)
         loss_sum += chunk_sum
         count += chunk_count
         if with_grads:
-            torch.mm(logits, weight, out=grad_h[rows])  # (n, C)
-            if logits.dtype == torch.float32:
-                grad_w.addmm_(logits.T, chunk_h)  # (V, C) += (V, n) @ (n, C)
+            torch.mm(dlogits, weight, out=grad_h[rows])  # (n, C)
+            if dlogits.dtype == torch.float32:
+                grad_w.addmm_(dlogits.T, chunk_h)  # (V, C) += (V, n) @ (n, C)
             elif grad_w_chunk is None:  # CUDA: cuBLAS adds the bf16 product to fp32 grad_w directly
-                torch.addmm(grad_w, logits.T, chunk_h, out_dtype=torch.float32, out=grad_w)
+                torch.addmm(grad_w, dlogits.T, chunk_h, out_dtype=torch.float32, out=grad_w)
             else:
-                grad_w += torch.mm(logits.T, chunk_h, out=grad_w_chunk)  # (V, C)
+                grad_w += torch.mm(dlogits.T, chunk_h, out=grad_w_chunk)  # (V, C)
     return loss_sum, count, grad_h, grad_w
 
 

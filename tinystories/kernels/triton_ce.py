@@ -120,8 +120,8 @@ class TritonChunkLoss:
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, with_grad: bool):
         n = logits.size(0)
         targets = targets.contiguous()
-        cross_entropy_rows_(logits, self.V, targets, self.losses[:n], with_grad)
-        return self.losses[:n].sum(), (targets != IGNORE_INDEX).sum()
+        cross_entropy_rows_(logits, self.V, targets, self.losses[:n], with_grad)  # with_grad: dlogits over the logits
+        return self.losses[:n].sum(), (targets != IGNORE_INDEX).sum(), logits if with_grad else None
 
 
 @torch.compiler.disable  # its kernels are fused already; and dynamo cannot trace the fp32-output addmm (torch 2.11)
