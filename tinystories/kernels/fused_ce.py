@@ -6,12 +6,12 @@ Shapes: N rows (B * T tokens), C channels, V vocabulary (50257), R rows per chun
 
 The rows are processed in chunks of R. For each chunk, in the forward pass:
 
-    logits        = h[rows] @ W.T                  (R, V)  in the compute dtype (bf16 under autocast)
-    logprobs      = log_softmax(logits) in fp32    (R, V)
+    logits        = h[rows] @ W.T                     (R, V)  in the compute dtype (bf16 under autocast)
+    logprobs      = log_softmax(logits) in fp32       (R, V)
     loss         += -sum of logprobs[row, target]
-    dlogits       = softmax(logits) - onehot(target) (R, V)  the summed loss's gradient, compute dtype
-    grad_h[rows]  = dlogits @ W                    (R, C)
-    grad_W       += dlogits.T @ h[rows]            (V, C)  summed over chunks in fp32
+    dlogits       = softmax(logits) - onehot(target)  (R, V)  the summed loss's gradient, compute dtype
+    grad_h[rows]  = dlogits @ W                       (R, C)
+    grad_W       += dlogits.T @ h[rows]               (V, C)  summed over chunks in fp32
 
 so both gradients are computed while each chunk of logits is at hand, and the backward pass only
 scales them by grad_output / N. Under torch.no_grad() (or when neither h nor W requires grad)
