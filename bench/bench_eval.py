@@ -69,6 +69,18 @@ def stories(name: str) -> list[str]:
     return [s.strip() for s in text.replace("\n\n", "<|endoftext|>").split("<|endoftext|>") if s.strip()]
 
 
+def excerpt_setup(arch: str | None = None) -> tuple[BPETokenizer, np.ndarray, GPT]:
+    """A 4,096-token BPE trained on the train excerpt, the val excerpt's tokens in it (each story after
+    an EOT), and the fastest preset's model at that vocabulary (`arch`: its block, default the preset's)."""
+    tok = BPETokenizer(bpe.train(stories("tinystories_v1_train_head.txt"), 4096), "bpe4096")
+    val = np.array([i for s in stories("tinystories_v1_valid_head.txt") for i in [tok.eot, *tok.encode(s)]])
+    shape = MODEL_PRESETS["fastest"]
+    model = GPT(GPTConfig(block_size=shape["block_size"], vocab_size=4096, n_layer=shape["layers"],
+                          n_head=shape["heads"], n_embd=shape["channels"], **ARCHS[arch or shape["arch"]]))
+    model.init_weights(1337)
+    return tok, val, model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=33_000, help="val tokens scored per call")
@@ -83,13 +95,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tok = BPETokenizer(bpe.train(stories("tinystories_v1_train_head.txt"), 4096), "bpe4096")
-    val = np.array([i for s in stories("tinystories_v1_valid_head.txt") for i in [tok.eot, *tok.encode(s)]])
+    tok, val, model = excerpt_setup(args.arch)
     tokens = val[: args.tokens]
-    shape = MODEL_PRESETS["fastest"]
-    model = GPT(GPTConfig(block_size=shape["block_size"], vocab_size=4096, n_layer=shape["layers"],
-                          n_head=shape["heads"], n_embd=shape["channels"], **ARCHS[args.arch or shape["arch"]]))
-    model.init_weights(1337)
     cpu = torch.device("cpu")
     auto = resolve_precision("auto", cpu)
 

@@ -24,17 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinystories import bpe, evaluate
-from tinystories.config import ARCHS, MODEL_PRESETS, GPTConfig
+from tinystories import evaluate
 from tinystories.device import autocast
-from tinystories.model import GPT
-from tinystories.tokenizer import BPETokenizer
 
-from bench_eval import B, T, before_window_nats, stories
+from bench_eval import B, T, before_window_nats, excerpt_setup
 from common import best_of_rounds
 
 C_SOURCE = r"""
@@ -99,35 +95,28 @@ def _(logits, targets):
     return logits.new_empty(logits.size(0), dtype=torch.float32)
 
 
-@torch.no_grad()
-def kernel_window_nats(model, x, y, precision):
-    """evaluate.window_nats with each chunk's loss from the C kernel (bf16 logits only)."""
-    with autocast(x.device, precision):
-        h = model.hidden(x)  # (B, T, C)
-    h, y = h.reshape(-1, h.size(-1)), y.reshape(-1)  # (B*T, C), (B*T,)
-    weight = model.head_weight()  # (V, C)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, h.size(0), evaluate.HEAD_ROWS):
+def window_nats_with(chunk_loss):
+    """evaluate.window_nats with each chunk's losses from chunk_loss(logits (rows, V) bf16, targets
+    (rows,)) -> (rows,) fp32 instead of F.cross_entropy."""
+    @torch.no_grad()
+    def window_nats(model, x, y, precision):
         with autocast(x.device, precision):
-            logits = F.linear(h[start : start + evaluate.HEAD_ROWS], weight)  # (rows, V) bf16
-        total += row_losses(logits, y[start : start + evaluate.HEAD_ROWS]).double().sum()
-    return total
+            h = model.hidden(x)  # (B, T, C)
+        h, y = h.reshape(-1, h.size(-1)), y.reshape(-1)  # (B*T, C), (B*T,)
+        weight = model.head_weight()  # (V, C)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for start in range(0, h.size(0), evaluate.HEAD_ROWS):
+            with autocast(x.device, precision):
+                logits = F.linear(h[start : start + evaluate.HEAD_ROWS], weight)  # (rows, V) bf16
+            total += chunk_loss(logits, y[start : start + evaluate.HEAD_ROWS]).double().sum()
+        return total
+    return window_nats
 
 
-@torch.no_grad()
-def logits_only_window_nats(model, x, y, precision):
-    """The bound on any loss kernel: evaluate.window_nats with the loss left out (the sum of the
-    target logits instead, which costs next to nothing); the figures it gives are not a loss."""
-    with autocast(x.device, precision):
-        h = model.hidden(x)  # (B, T, C)
-    h, y = h.reshape(-1, h.size(-1)), y.reshape(-1).clamp(min=0)  # (B*T, C), (B*T,)
-    weight = model.head_weight()  # (V, C)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, h.size(0), evaluate.HEAD_ROWS):
-        with autocast(x.device, precision):
-            logits = F.linear(h[start : start + evaluate.HEAD_ROWS], weight)  # (rows, V) bf16
-        total += logits.gather(1, y[start : start + evaluate.HEAD_ROWS, None]).double().sum()
-    return total
+def target_logits(logits, targets):
+    """The bound on any loss kernel: the target logits (padding: logit 0), which cost next to nothing;
+    not a loss."""
+    return logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1).float()
 
 
 def main() -> None:
@@ -138,13 +127,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3, help="calls of each variant in a row, per round")
     args = parser.parse_args()
     torch.manual_seed(0)
-    tok = BPETokenizer(bpe.train(stories("tinystories_v1_train_head.txt"), 4096), "bpe4096")
-    val = np.array([i for s in stories("tinystories_v1_valid_head.txt") for i in [tok.eot, *tok.encode(s)]])
+    tok, val, model = excerpt_setup()
     tokens = val[: args.tokens]
-    shape = MODEL_PRESETS["fastest"]
-    model = GPT(GPTConfig(block_size=shape["block_size"], vocab_size=4096, n_layer=shape["layers"],
-                          n_head=shape["heads"], n_embd=shape["channels"], **ARCHS[shape["arch"]]))
-    model.init_weights(1337)
     cpu = torch.device("cpu")
 
     def scorer(window_nats, precision):
@@ -154,8 +138,8 @@ def main() -> None:
         KERNEL = build(Path(folder))
         runs = {"before (fp32 eager)": scorer(before_window_nats, "fp32"),
                 "bf16 compiled (eval)": scorer(torch.compile(evaluate.window_nats), "bf16"),
-                "bf16 compiled, C loss": scorer(torch.compile(kernel_window_nats), "bf16"),
-                "bf16 compiled, no loss": scorer(torch.compile(logits_only_window_nats), "bf16")}
+                "bf16 compiled, C loss": scorer(torch.compile(window_nats_with(row_losses)), "bf16"),
+                "bf16 compiled, no loss": scorer(torch.compile(window_nats_with(target_logits)), "bf16")}
         timings = best_of_rounds(runs, rounds=args.rounds, calls=args.calls, warmup=3)
     scored = timings["before (fp32 eager)"].result.targets
     print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; -b {B}")
