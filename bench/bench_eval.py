@@ -23,8 +23,6 @@ the warm-up (not timed in tokens/s).
 """
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,22 +111,21 @@ def main() -> None:
         if args.batch != B:
             runs["bf16 compiled -b 8"] = scorer(torch.compile(evaluate.window_nats), "bf16", B)
 
-    with tempfile.TemporaryDirectory() as folder:
-        cfg = TrainConfig(**vars(parse_with_config(train_parser(), ["--config", str(ROOT / "configs/fastest.toml")])))
-        precision = resolve_precision(cfg.precision, cpu)
-        head = select_head_loss(cfg.head_loss, cpu, precision)
-        runtime = Runtime.single(cpu, precision, head.name, compile=use_compile(cfg.compile, cfg.max_steps, cpu))
-        train_model = GPT(model.config, head.load())
-        train_model.init_weights(1337)
-        step = TrainStep(train_model, make_optimizer(train_model, cfg), runtime, cfg.grad_accum, cfg.grad_clip)
-        rng = np.random.default_rng(0)
+    cfg = TrainConfig(**vars(parse_with_config(train_parser(), ["--config", str(ROOT / "configs/fastest.toml")])))
+    precision = resolve_precision(cfg.precision, cpu)
+    head = select_head_loss(cfg.head_loss, cpu, precision)
+    runtime = Runtime.single(cpu, precision, head.name, compile=use_compile(cfg.compile, cfg.max_steps, cpu))
+    train_model = GPT(model.config, head.load())
+    train_model.init_weights(1337)
+    step = TrainStep(train_model, make_optimizer(train_model, cfg), runtime, cfg.grad_accum, cfg.grad_clip)
+    rng = np.random.default_rng(0)
 
-        def train_step():
-            start = int(rng.integers(0, val.size - B * T - 1))
-            rows = torch.from_numpy(val[start : start + B * T + 1].astype(np.int64))
-            return step([(rows[:-1].view(B, T), rows[1:].view(B, T))], cfg.learning_rate)[0].item()
+    def train_step():
+        start = int(rng.integers(0, val.size - B * T - 1))
+        rows = torch.from_numpy(val[start : start + B * T + 1].astype(np.int64))
+        return step([(rows[:-1].view(B, T), rows[1:].view(B, T))], cfg.learning_rate)[0].item()
 
-        timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, calls=args.calls, warmup=3)
+    timings = best_of_rounds({**runs, "train step": train_step}, rounds=args.rounds, calls=args.calls, warmup=3)
     scored = (tokens.size // (T + 1)) * T + max(0, tokens.size % (T + 1) - 1)
     print(f"CPU: {torch.get_num_threads()} threads; {scored:,} tokens scored per call; precision auto = {auto}; -b {args.batch} "
           f"train step: {precision}, {'compiled' if step.compiled else 'eager'}, B={B}, T={T}")
